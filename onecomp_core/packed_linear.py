@@ -1,0 +1,110 @@
+"""``PackedIntLinear``: a Linear whose weight is stored as packed b-bit integer codes.
+
+Tensors follow the GPTQ checkpoint layout (``qweight``, ``qzeros``,
+``scales``, ``g_idx``, optional ``bias``), so RTN checkpoints and GPTQ
+checkpoints are read the same way. ``zero_offset`` is 0 for raw zero points
+("gptq_v2") and 1 for the legacy "gptq" (v1) convention that stores zero − 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import packing
+from .grid import num_groups
+
+
+class PackedIntLinear(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        groups: int,
+        bias: bool = False,
+        zero_offset: int = 0,
+        cache_weight: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.zero_offset, self.cache_weight = bits, zero_offset, cache_weight
+        words_in = packing.packed_length(in_features, bits)
+        words_out = packing.packed_length(out_features, bits)
+        self.register_buffer("qweight", torch.zeros(words_in, out_features, dtype=torch.int32))
+        self.register_buffer("qzeros", torch.zeros(groups, words_out, dtype=torch.int32))
+        self.register_buffer("scales", torch.zeros(groups, out_features, dtype=torch.float16))
+        self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32))
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float16))
+        else:
+            self.bias = None
+        self._cached: torch.Tensor | None = None
+
+    @classmethod
+    def from_codes(
+        cls,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        zeros: torch.Tensor,
+        g_idx: torch.Tensor,
+        bits: int,
+        bias: torch.Tensor | None = None,
+        zero_offset: int = 0,
+    ) -> PackedIntLinear:
+        """Pack (out, in) codes with (out, groups) scales and zero points."""
+        out_features, in_features = codes.shape
+        layer = cls(in_features, out_features, bits, scales.shape[1], bias is not None, zero_offset)
+        layer.qweight.copy_(packing.pack_dim0(codes.t(), bits))
+        stored_zeros = (zeros.to(torch.int64) - zero_offset) & ((1 << bits) - 1)
+        layer.qzeros.copy_(packing.pack_dim1(stored_zeros.t(), bits))
+        layer.scales.copy_(scales.t().to(torch.float16))
+        layer.g_idx.copy_(g_idx.to(torch.int32))
+        if bias is not None:
+            layer.bias = bias.detach().to(torch.float16).clone()
+        return layer
+
+    @classmethod
+    def empty(
+        cls,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        groupsize: int,
+        bias: bool = False,
+        zero_offset: int = 0,
+    ) -> PackedIntLinear:
+        return cls(
+            in_features, out_features, bits, num_groups(in_features, groupsize), bias, zero_offset
+        )
+
+    def codes(self) -> torch.Tensor:
+        """(out, in) uint8 codes."""
+        return packing.unpack_dim0(self.qweight, self.bits, self.in_features).t()
+
+    def zeros(self) -> torch.Tensor:
+        """(groups, out) zero points in the raw convention."""
+        stored = packing.unpack_dim1(self.qzeros, self.bits, self.out_features).to(torch.int64)
+        return (stored + self.zero_offset) & ((1 << self.bits) - 1)
+
+    def dequantize(self) -> torch.Tensor:
+        """The dense (out, in) weight in fp32."""
+        g = self.g_idx.long()
+        codes = self.codes().t().float()  # (in, out)
+        w = self.scales.float()[g] * (codes - self.zeros().float()[g])
+        return w.t().contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self._cached
+        if weight is None or weight.dtype != x.dtype or weight.device != x.device:
+            weight = self.dequantize().to(x.device, x.dtype)
+            self._cached = weight if self.cache_weight else None
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, weight, bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bits={self.bits}, groups={self.scales.shape[0]}"
+        )

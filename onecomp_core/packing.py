@@ -1,0 +1,56 @@
+"""Bit packing of integer codes into int32 words, in the GPTQ checkpoint layout.
+
+Codes are written as one continuous little-endian bit stream along a chosen
+dimension (low bits first, 3-bit codes cross word boundaries), padded with
+zero bits to a whole word. Values are masked to b bits before shifting, so a
+code or zero point of 0 can never borrow into its neighbour.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_SHIFTS = torch.arange(32, dtype=torch.int64)
+
+
+def packed_length(n: int, bits: int) -> int:
+    return -(-n * bits // 32)
+
+
+def pack_dim0(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(n, m) codes → (ceil(n·b/32), m) int32, packed along dim 0."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits={bits}: packing supports 1 to 8 bits")
+    n, m = codes.shape
+    c = codes.to(torch.int64) & ((1 << bits) - 1)
+    stream = ((c.unsqueeze(1) >> torch.arange(bits).view(1, bits, 1)) & 1).reshape(n * bits, m)
+    words = packed_length(n, bits)
+    pad = words * 32 - n * bits
+    if pad:
+        stream = torch.cat([stream, stream.new_zeros(pad, m)])
+    packed = (stream.view(words, 32, m) << _SHIFTS.view(1, 32, 1)).sum(dim=1)
+    return _to_int32(packed)
+
+
+def unpack_dim0(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """Inverse of :func:`pack_dim0`: (words, m) int32 → (n, m) uint8 codes."""
+    words, m = packed.shape
+    p = packed.to(torch.int64) & 0xFFFFFFFF
+    stream = ((p.unsqueeze(1) >> _SHIFTS.to(p.device).view(1, 32, 1)) & 1).reshape(words * 32, m)
+    stream = stream[: n * bits].view(n, bits, m)
+    weights = (1 << torch.arange(bits, device=p.device)).view(1, bits, 1)
+    return (stream * weights).sum(dim=1).to(torch.uint8)
+
+
+def pack_dim1(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """(m, n) codes → (m, ceil(n·b/32)) int32, packed along dim 1 (qzeros)."""
+    return pack_dim0(codes.t(), bits).t().contiguous()
+
+
+def unpack_dim1(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    return unpack_dim0(packed.t(), bits, n).t().contiguous()
+
+
+def _to_int32(values: torch.Tensor) -> torch.Tensor:
+    """Reinterpret unsigned 32-bit values held in int64 as int32 (two's complement)."""
+    return torch.where(values >= 2**31, values - 2**32, values).to(torch.int32)
