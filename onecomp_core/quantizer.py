@@ -153,6 +153,7 @@ class Quantizer(ABC):
 
     def on_block_quantized(self, context: BlockContext) -> None:
         """Called after a block's layers are quantized, before its outputs feed the next block."""
+        return None
 
     # -- shared machinery ------------------------------------------------------------
     def quantize(
