@@ -1,0 +1,66 @@
+"""``onecomp eval MODEL_OR_DIR --ppl TEXT``: perplexity of a saved or original model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .options import add_model_options, model_config, resolve_dtype
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity of a quantized folder or an original model")
+    p.add_argument("model", help="onecomp output folder, model folder or hub id")
+    p.add_argument("--ppl", required=True, metavar="TEXT_PATH", help="evaluation text file")
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--max-tokens", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="last line: a JSON object")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+def load_any(model: str, dtype: str, device: str):
+    """A onecomp folder through the registry, anything else through transformers."""
+    from ..serialization import load_quantized_model
+
+    folder = Path(model)
+    config = folder / "config.json"
+    if config.is_file() and "quantization_config" in json.loads(config.read_text()):
+        return load_quantized_model(folder, device_map=device, dtype=resolve_dtype(dtype, device))
+    mc = model_config(model, dtype, device)
+    return mc.load_model(), mc.load_tokenizer()
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import calculate_perplexity
+
+    if not Path(args.ppl).is_file():
+        raise FileNotFoundError(f"--ppl {args.ppl}: no such file")
+    if args.seqlen < 2:
+        raise ValueError(f"--seqlen {args.seqlen}: expected at least 2")
+    model, tokenizer = load_any(args.model, args.dtype, args.device)
+    if tokenizer is None:
+        raise ValueError(f"{args.model} has no tokenizer files; cannot tokenize {args.ppl}")
+    start = time.perf_counter()
+    result = calculate_perplexity(
+        model, tokenizer, Path(args.ppl), seqlen=args.seqlen, max_tokens=args.max_tokens
+    )
+    seconds = time.perf_counter() - start
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ppl": result.ppl,
+                    "tokens": result.tokens,
+                    "seqlen": args.seqlen,
+                    "seconds": round(seconds, 3),
+                    "model": args.model,
+                    "text": args.ppl,
+                }
+            )
+        )
+    else:
+        print(f"perplexity {result.ppl:.4f} over {result.tokens} tokens ({seconds:.1f} s)")
+    return 0

@@ -1,0 +1,102 @@
+"""``onecomp quantize MODEL --method NAME --out DIR``: the main job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .options import add_model_options, model_config, parse_settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize a model and save it")
+    p.add_argument("model", help="local model folder or Hugging Face hub id")
+    p.add_argument("--method", required=True, help="quantization method (see `onecomp plugins`)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter, value parsed as JSON when possible (repeatable)",
+    )
+    p.add_argument("--bits", type=float, help="shortcut for the method's bit-width parameter")
+    p.add_argument("--calibration", help="calibration text: .txt/.jsonl/.parquet path or hub name")
+    p.add_argument("--text-key", default="text")
+    p.add_argument(
+        "--strategy", default="concat_chunk", choices=["concat_chunk", "drop_head", "drop_rand"]
+    )
+    p.add_argument("--num-samples", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", help="save progress after each block; rerun to resume")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--summary-json", help="also write the per-layer summary to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    add_model_options(p)
+    p.set_defaults(run=run)
+
+
+BITS_PARAMETER = ("wbits", "target_bits", "target_bit")
+
+
+def _params(args: argparse.Namespace, quantizer_cls) -> dict:
+    import dataclasses
+
+    params = parse_settings(args.set)
+    if args.bits is not None:
+        fields = {f.name for f in dataclasses.fields(quantizer_cls)}
+        name = next((n for n in BITS_PARAMETER if n in fields), None)
+        if name is None:
+            raise ValueError(
+                f"--bits: method {args.method!r} has no bit-width parameter; use --set"
+            )
+        params[name] = int(args.bits) if name == "wbits" and args.bits.is_integer() else args.bits
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..calibration import CalibrationConfig
+    from ..plugins import create_quantizer, get_quantizer
+    from ..runner import Runner
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"output folder {out} already exists (add --overwrite to replace it)")
+    quantizer = create_quantizer(args.method, **_params(args, get_quantizer(args.method)))
+    calibration = CalibrationConfig(
+        dataset=args.calibration,
+        text_key=args.text_key,
+        max_length=args.max_length,
+        num_calibration_samples=args.num_samples,
+        strategy=args.strategy,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    calibration.validate()
+    runner = Runner(
+        model_config(args.model, args.dtype, args.device),
+        quantizer,
+        calibration,
+        checkpoint_dir=args.checkpoint_dir,
+        show_progress=not args.quiet,
+    )
+    start = time.perf_counter()
+    runner.run()
+    elapsed = time.perf_counter() - start
+    if not args.quiet:
+        runner.print_quantization_results()
+    runner.save_quantized_model(out, overwrite=args.overwrite)
+    if args.summary_json:
+        summary = runner.summary() | {"wall_time_s": round(elapsed, 3)}
+        Path(args.summary_json).write_text(json.dumps(summary, indent=1))
+    print(
+        f"quantized {len(quantizer.results)} layers with {args.method} in {elapsed:.1f} s; "
+        f"saved to {out}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,76 @@
+"""Input statistics of Linear layers, accumulated by forward hooks without storing activations.
+
+"full" keeps XᵀX (in × in) in the quantizer's ``hessian_dtype``; "diag" keeps
+only Σ x_j². Both count tokens, so the result is H = (2/N)·XᵀX or its
+diagonal, exactly as if all calibration tokens had been seen at once. Padded
+tokens (mask 0) are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class InputStatistics:
+    """Running XᵀX (or its diagonal) of one layer's inputs."""
+
+    def __init__(self, in_features: int, kind: str, dtype: torch.dtype, device: torch.device):
+        if kind not in ("full", "diag"):
+            raise ValueError(f"statistics kind {kind!r}: expected 'full' or 'diag'")
+        self.kind, self.dtype, self.tokens = kind, dtype, 0
+        shape = (in_features, in_features) if kind == "full" else (in_features,)
+        self.sum = torch.zeros(shape, dtype=dtype, device=device)
+
+    def add(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        if token_mask is not None:
+            x = x[token_mask.reshape(-1).to(x.device).bool()]
+        x = x.to(self.sum.device, self.dtype)
+        if self.kind == "full":
+            self.sum.addmm_(x.t(), x)
+        else:
+            self.sum.add_(x.pow(2).sum(dim=0))
+        self.tokens += x.shape[0]
+
+    def hessian(self) -> torch.Tensor:
+        """H = (2/N)·XᵀX (or its diagonal), in float32 unless the accumulator is wider."""
+        if self.tokens == 0:
+            raise RuntimeError("no calibration token reached this layer")
+        h = self.sum * (2.0 / self.tokens)
+        return h if h.dtype == torch.float64 else h.float()
+
+
+class StatisticsCollector:
+    """Forward hooks on a set of layers; ``token_mask`` is set per batch by the caller."""
+
+    def __init__(self, layers: dict[str, nn.Module], kind: str, dtype: torch.dtype):
+        self.stats = {
+            name: InputStatistics(m.in_features, kind, dtype, m.weight.device)
+            for name, m in layers.items()
+        }
+        self.layers = layers
+        self.token_mask: torch.Tensor | None = None
+
+    @contextmanager
+    def hooked(self) -> Iterator[StatisticsCollector]:
+        handles = [
+            module.register_forward_hook(self._hook(name)) for name, module in self.layers.items()
+        ]
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            self.stats[name].add(args[0].detach(), self.token_mask)
+
+        return hook
+
+    def hessians(self) -> dict[str, torch.Tensor]:
+        return {name: s.hessian() for name, s in self.stats.items()}
