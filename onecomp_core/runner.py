@@ -165,16 +165,14 @@ class Runner:
 
     def _outer_to(self, blocks: nn.ModuleList, device: torch.device) -> None:
         """Move everything but the blocks (embeddings, rotary tables, final norm)."""
-        block_params = {id(p) for p in blocks.parameters()}
+        inside = {id(t) for t in [*blocks.parameters(), *blocks.buffers()]}
         for module in self.model.modules():
-            if module is blocks:
-                continue
-            for name, p in list(module.named_parameters(recurse=False)):
-                if id(p) not in block_params:
+            for _, p in module.named_parameters(recurse=False):
+                if id(p) not in inside:
                     p.data = p.data.to(device)
-            for name, b in list(module.named_buffers(recurse=False)):
-                if not any(b is bb for bb in blocks.buffers()):
-                    module._buffers[name] = b.to(device)
+            for key, b in list(module._buffers.items()):
+                if b is not None and id(b) not in inside:
+                    module._buffers[key] = b.to(device)
 
     def _restore(self, blocks, checkpoint: BlockCheckpoint, start: int, device) -> None:
         results = checkpoint.load_results(start)
