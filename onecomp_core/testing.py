@@ -35,26 +35,29 @@ _TINY = dict(
 )
 
 
-def tiny_model(kind: str = "llama", seed: int = 0) -> torch.nn.Module:
+def tiny_model(kind: str = "llama", seed: int = 0, vocab_size: int = 128) -> torch.nn.Module:
     """A small randomly initialised model: "llama", "qwen2", "qwen3", "gpt2" or "bert"."""
     import transformers as tf
 
     torch.manual_seed(seed)
+    sizes = {**_TINY, "vocab_size": vocab_size}
     if kind == "llama":
-        config = tf.LlamaConfig(**_TINY)
+        config = tf.LlamaConfig(**sizes)
     elif kind == "qwen2":
-        config = tf.Qwen2Config(**_TINY)
+        config = tf.Qwen2Config(**sizes)
     elif kind == "qwen3":
-        config = tf.Qwen3Config(**_TINY, head_dim=8)
+        config = tf.Qwen3Config(**sizes, head_dim=8)
     elif kind == "gpt2":
-        config = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=128, n_positions=128)
+        config = tf.GPT2Config(
+            n_embd=32, n_layer=2, n_head=4, vocab_size=vocab_size, n_positions=128
+        )
     elif kind == "bert":
         config = tf.BertConfig(
             hidden_size=32,
             intermediate_size=72,
             num_hidden_layers=2,
             num_attention_heads=4,
-            vocab_size=128,
+            vocab_size=vocab_size,
             max_position_embeddings=128,
         )
         return tf.BertModel(config).eval()
