@@ -89,11 +89,11 @@ class PackedIntLinear(nn.Module):
         return (stored + self.zero_offset) & ((1 << self.bits) - 1)
 
     def dequantize(self) -> torch.Tensor:
-        """The dense (out, in) weight in fp32."""
+        """The dense (out, in) weight, rounded to fp16 like every result's dequantized weight."""
         g = self.g_idx.long()
         codes = self.codes().t().float()  # (in, out)
         w = self.scales.float()[g] * (codes - self.zeros().float()[g])
-        return w.t().contiguous()
+        return w.t().to(torch.float16).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self._cached
