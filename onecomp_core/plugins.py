@@ -85,9 +85,17 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
     for ep in md.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist else "unknown"
         info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else "unknown")
-        _infos[ep.name] = info
+        # Two distributions may use the same entry name (= method name); keep both so
+        # the duplicate check in _collect_classes can name them instead of one hiding the other.
+        key = ep.name if ep.name not in _infos else f"{ep.name}@{dist}"
+        _infos[key] = info
         try:
-            pm.register(ep.load(), name=ep.name)
+            pm.register(ep.load(), name=key)
+            try:
+                pm.check_pending()  # a misspelled hook fails this plugin only
+            except Exception:
+                pm.unregister(name=key)
+                raise
         except Exception as exc:
             if _strict():
                 raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -14,9 +15,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plugins import plugin_report
+    from ..plugins import PluginError, plugin_report
 
-    infos = plugin_report()
+    try:
+        infos = plugin_report()
+    except PluginError as exc:  # e.g. two distributions provide one method: the user must choose
+        print(f"onecomp plugins: error: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
         return 0

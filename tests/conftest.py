@@ -1,0 +1,64 @@
+"""Shared fixtures of the root test suite."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from onecomp_core import plugins
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fresh_registry() -> Iterator[None]:
+    """Plugin registry state forgotten before and after the test."""
+    plugins.reset()
+    yield
+    plugins.reset()
+
+
+@pytest.fixture
+def fake_plugin(tmp_path: Path) -> Callable[..., Path]:
+    """Write a plugin that is "installed" only for whoever puts the returned folder on sys.path.
+
+    The folder holds ``<module>.py`` with ``source`` and a
+    ``<distribution>-0.1.dist-info`` whose entry_points.txt declares
+    ``<entry> = <module>`` in the ``onecomp`` group, so importlib.metadata finds
+    it without touching the environment. Several plugins may share one folder.
+    """
+
+    def make(distribution: str, entry: str, module: str, source: str) -> Path:
+        root = tmp_path / "site"
+        # the folder name carries the name with "_" (as wheels write it): importlib.metadata
+        # splits it at the first "-" to tell distributions apart
+        info = root / f"{distribution.replace('-', '_')}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n"
+        )
+        (info / "entry_points.txt").write_text(f"[onecomp]\n{entry} = {module}\n")
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+        return root
+
+    return make
+
+
+@pytest.fixture
+def on_sys_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_registry: None
+) -> Iterator[Callable[[Path], None]]:
+    """Put a fake plugin folder on sys.path for this test; its modules are forgotten afterwards."""
+
+    def add(folder: Path) -> None:
+        monkeypatch.syspath_prepend(str(folder))
+        plugins.reset()
+
+    yield add
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]

@@ -1,0 +1,111 @@
+"""``onecomp plugins`` and ``onecomp --version``, run as a user would, in a subprocess.
+
+The broken plugins live in a temporary folder put on PYTHONPATH: a module and
+a ``*.dist-info`` with an ``onecomp`` entry point, so importlib.metadata sees
+an installed distribution while the real environment stays untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_plugins import HOOK_RAISES, MISSPELLED_HOOK, RAISES_AT_IMPORT, provides
+
+
+def onecomp(*args: str, path: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ONECOMP_")}
+    environ.update(env)
+    if path is not None:
+        environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(path), environ.get("PYTHONPATH")])
+        )
+    return subprocess.run(
+        [sys.executable, "-m", "onecomp_core.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+    )
+
+
+def listing(proc: subprocess.CompletedProcess) -> dict[str, dict]:
+    assert proc.returncode == 0, proc.stderr
+    return {row["name"]: row for row in json.loads(proc.stdout)}
+
+
+@pytest.fixture
+def broken_site(fake_plugin) -> Path:
+    """One folder holding three broken plugins: import error, raising hook, misspelled hook."""
+    fake_plugin("onecomp_broken_fixture", "broken", "broken_plugin", RAISES_AT_IMPORT)
+    fake_plugin("onecomp-hook-fixture", "hooky", "hooky_plugin", HOOK_RAISES)
+    return fake_plugin("onecomp-typo-fixture", "typo", "typo_plugin", MISSPELLED_HOOK)
+
+
+def test_plugins_json_lists_rtn_as_ok():
+    rows = listing(onecomp("plugins", "--json"))
+    assert rows["rtn"] == {
+        "name": "rtn",
+        "distribution": "onecomp-core",
+        "version": md.version("onecomp-core"),
+        "status": "ok",
+        "error": None,
+        "methods": ["rtn"],
+    }
+
+
+def test_broken_plugins_are_shown_failed_and_the_command_still_succeeds(broken_site):
+    rows = listing(onecomp("plugins", "--json", path=broken_site))
+    assert rows["rtn"]["status"] == "ok"
+    assert rows["broken"]["status"] == "failed"
+    assert rows["broken"]["distribution"] == "onecomp_broken_fixture"
+    assert rows["broken"]["error"] == "RuntimeError: broken on purpose"
+    assert rows["hooky"]["status"] == "failed" and "hook exploded" in rows["hooky"]["error"]
+    assert rows["typo"]["status"] == "failed"
+    assert "unknown hook 'onecomp_quantizer'" in rows["typo"]["error"]
+
+
+def test_the_table_shows_the_error_of_a_failed_plugin(broken_site):
+    proc = onecomp("plugins", path=broken_site)
+    assert proc.returncode == 0, proc.stderr
+    assert "broken: RuntimeError: broken on purpose" in proc.stdout
+
+
+def test_strict_mode_makes_a_broken_plugin_fatal(fake_plugin):
+    site = fake_plugin("onecomp_broken_fixture", "broken", "broken_plugin", RAISES_AT_IMPORT)
+    others_ok = all(
+        row["status"] == "ok"
+        for name, row in listing(onecomp("plugins", "--json", path=site)).items()
+        if name != "broken"
+    )
+    proc = onecomp("plugins", "--json", path=site, ONECOMP_STRICT_PLUGINS="1")
+    assert proc.returncode != 0
+    assert proc.stdout == ""
+    if others_ok:  # otherwise another broken plugin of the environment may raise first
+        assert "RuntimeError: broken on purpose" in proc.stderr
+
+
+def test_a_duplicate_method_fails_with_one_line_naming_both_distributions(fake_plugin):
+    site = fake_plugin("onecomp-dup-fixture", "rtn", "dup_plugin", provides("rtn"))
+    proc = onecomp("plugins", "--json", path=site)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "onecomp-core" in proc.stderr and "onecomp-dup-fixture" in proc.stderr
+
+
+def test_version_is_the_installed_distribution_version():
+    proc = onecomp("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"onecomp {md.version('onecomp-core')}"
+
+
+@pytest.mark.skipif(shutil.which("onecomp") is None, reason="console script not on PATH")
+def test_the_console_script_is_the_same_command():
+    proc = subprocess.run(["onecomp", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == f"onecomp {md.version('onecomp-core')}"
