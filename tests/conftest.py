@@ -62,3 +62,26 @@ def on_sys_path(
     for name, module in list(sys.modules.items()):
         if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
             del sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    """The shared real assets (stories260K and texts), next to the checkout."""
+    return Path(__file__).resolve().parents[1].parent / "shared" / "assets"
+
+
+@pytest.fixture(scope="session")
+def stories_path(assets: Path) -> Path:
+    """The stories260K model folder (a real trained Llama, fp32, 1 MB)."""
+    return assets / "stories260K"
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: on the shared 2-core machine, more threads mostly wait on each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
