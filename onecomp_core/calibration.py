@@ -64,6 +64,10 @@ class CalibrationConfig:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise one ValueError naming every problem (fields may be changed after creation)."""
         problems = self.problems()
         if problems:
             raise ValueError("invalid CalibrationConfig: " + "; ".join(problems))

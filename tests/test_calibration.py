@@ -177,6 +177,10 @@ def test_all_bad_fields_in_one_error(tmp_path: Path) -> None:
     for part in ("max_length=0", "num_calibration_samples=-1", "batch_size=0", "strategy='random'"):
         assert part in message
     assert "dataset file not found" in message
+    config = CalibrationConfig()
+    config.strategy = "drop_tail"
+    with pytest.raises(ValueError, match="strategy='drop_tail'"):
+        config.validate()
 
 
 @pytest.mark.parametrize("dataset", [123, [], ["ok", 5], "table.csv"])
