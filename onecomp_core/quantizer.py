@@ -85,10 +85,11 @@ class Quantizer(ABC):
     def selection_rules(self) -> SelectionRules:
         return SelectionRules(
             target_layer_types=tuple(self.target_layer_types),
-            include_layer_names=list(self.include_layer_names),
-            include_layer_keywords=list(self.include_layer_keywords),
-            exclude_layer_names=list(self.exclude_layer_names),
-            exclude_layer_keywords=list(self.exclude_layer_keywords),
+            # passed as given (not list()-ed) so a bare string is reported, not split into letters
+            include_layer_names=self.include_layer_names,
+            include_layer_keywords=self.include_layer_keywords,
+            exclude_layer_names=self.exclude_layer_names,
+            exclude_layer_keywords=self.exclude_layer_keywords,
             num_layers=self.num_layers,
         )
 

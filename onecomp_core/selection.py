@@ -59,7 +59,7 @@ class SelectionRules:
             "exclude_layer_keywords",
         ):
             value = getattr(self, label)
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
                 found.append(f"{label}={value!r}: expected a list of strings")
                 continue
             for entry in value:

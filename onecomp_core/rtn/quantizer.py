@@ -104,6 +104,12 @@ class RTN(Quantizer):
     def get_quant_config(self) -> dict[str, Any]:
         return {"bits": self.wbits, "group_size": self.groupsize, "sym": self.sym}
 
+    @classmethod
+    def from_quant_config(cls, config: dict[str, Any]) -> RTN:
+        """Inverse of :meth:`get_quant_config`, whose keys follow the GPTQ checkpoint names."""
+        renamed = {"bits": "wbits", "group_size": "groupsize"}
+        return super().from_quant_config({renamed.get(k, k): v for k, v in config.items()})
+
     def create_inference_layer(
         self, result: RTNResult, linear_module: nn.Module, **kwargs: Any
     ) -> PackedIntLinear:
