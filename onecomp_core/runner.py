@@ -128,7 +128,7 @@ class Runner:
                 "dtype": str(self.model_config.dtype),
                 "quantizer": self.quantizer.config_for_storage(),
                 "layers": sorted(self.layers),
-                "calibration": self.calibration.content_hash if self.calibration else None,
+                "calibration": self.calibration.sha256 if self.calibration else None,
             }
         )
 
@@ -331,7 +331,7 @@ class Runner:
             "method": self.quantizer.method,
             "layers": rows,
             "total_time_s": round(sum(r["time_s"] for r in rows), 3),
-            "calibration_hash": self.calibration.content_hash if self.calibration else None,
+            "calibration_hash": self.calibration.sha256 if self.calibration else None,
         }
 
     def print_quantization_results(self) -> None:
@@ -348,11 +348,11 @@ class Runner:
             raise RuntimeError("call Runner.run() first")
 
     def create_quantized_model(self) -> nn.Module:
-        """Replace the quantized Linears of ``self.model`` by their inference layers."""
-        from .serialization import replace_with_inference_layers
+        """A model with packed inference layers (``self.model`` stays fake-quantized)."""
+        from .serialization import packed_model
 
         self._require_run()
-        return replace_with_inference_layers(self.model, self.quantizer)
+        return packed_model(self.model, self.quantizer, bool(self.conv1d_linearized))
 
     def save_quantized_model(self, out_dir: str | Path, overwrite: bool = False) -> Path:
         from .serialization import save_quantized_model

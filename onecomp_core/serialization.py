@@ -46,12 +46,24 @@ def inference_layers(model: nn.Module, quantizer: Quantizer) -> dict[str, nn.Mod
     }
 
 
-def replace_with_inference_layers(model: nn.Module, quantizer: Quantizer) -> nn.Module:
-    """Swap every quantized Linear of ``model`` (in place) for its inference layer."""
-    for name, layer in inference_layers(model, quantizer).items():
-        old = model.get_submodule(name)
-        adapters.set_submodule(model, name, layer.to(old.weight.device))
-    return model
+def packed_model(
+    model: nn.Module, quantizer: Quantizer, conv1d_as_linear: bool = False
+) -> nn.Module:
+    """A new model with inference layers in place of the quantized Linears.
+
+    The untouched tensors are shared with ``model``, not copied, so this costs
+    only the packed layers' memory.
+    """
+    skeleton = _skeleton(model.config.to_dict())
+    if conv1d_as_linear:
+        adapters.linearize_conv1d(skeleton)
+    packed = inference_layers(model, quantizer)
+    for name, layer in packed.items():
+        adapters.set_submodule(skeleton, name, layer.to(model.get_submodule(name).weight.device))
+    state = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in packed}
+    skeleton.load_state_dict(state, strict=False, assign=True)
+    _finish(skeleton, model.config.to_dict())
+    return skeleton
 
 
 def layer_table(model: nn.Module, quantizer: Quantizer) -> dict[str, dict[str, Any]]:
@@ -143,7 +155,7 @@ def quantization_config(runner: Runner) -> dict[str, Any]:
         "format_version": FORMAT_VERSION,
         "quantizer": type(quantizer).__name__,
         "layers": layer_table(runner.model, quantizer),
-        "calibration_hash": runner.calibration.content_hash if runner.calibration else None,
+        "calibration_hash": runner.calibration.sha256 if runner.calibration else None,
     }
     if getattr(runner, "conv1d_linearized", 0):
         config["conv1d_as_linear"] = True
@@ -274,16 +286,22 @@ def load_quantized_model(
     tensors = _read_tensors(folder)
     _check_state(model, tensors)
     model.load_state_dict(tensors, strict=False, assign=True)
-    if config_dict.get("tie_word_embeddings", False) or getattr(model, "_tied_weights_keys", None):
-        model.tie_weights()
-    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if left:
-        raise ValueError(f"these parameters were not in the saved files: {left[:5]}")
+    _finish(model, config_dict)
     if dtype is not None:
         model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     model.to(_device(device_map))
     model.eval()
     return model, _tokenizer(folder)
+
+
+def _finish(model: nn.Module, config_dict: dict[str, Any]) -> None:
+    """Re-tie embeddings and make sure no parameter was left on the meta device."""
+    if config_dict.get("tie_word_embeddings", False):
+        model.tie_weights()
+    left = [n for n, p in model.named_parameters() if p.device.type == "meta"]
+    if left:
+        raise ValueError(f"these parameters were not in the saved files: {left[:5]}")
+    model.eval()
 
 
 def _device(device_map: str | None) -> torch.device:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from . import plugins
+from .grid import grid_params, quantize_codes
+from .hookspecs import hookimpl
+from .rtn.quantizer import RTN, RTNResult
 
 
 @contextmanager
@@ -64,3 +69,54 @@ def tiny_model(kind: str = "llama", seed: int = 0, vocab_size: int = 128) -> tor
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}")
     return tf.AutoModelForCausalLM.from_config(config).eval()
+
+
+# -- a toy method that uses calibration statistics ----------------------------------------
+@dataclass
+class HessianRTN(RTN):
+    """RTN that picks, per row, the clipping factor with the lowest output error ΔHΔᵀ.
+
+    Its result depends on the calibration inputs, which is what tests of the
+    Runner's statistics and resume need; the core tests must not depend on plugins.
+    """
+
+    method: ClassVar[str] = "hessian_rtn"
+    flag_calibration: bool = True
+    flag_hessian: bool = True
+    true_sequential: bool = True
+
+    def quantize_layer(self, module, input=None, hessian=None) -> RTNResult:
+        assert hessian is not None and hessian.shape == (module.in_features,) * 2
+        w = module.weight.data.float()
+        best_err, best = None, None
+        for clip in (1.0, 0.9, 0.8):
+            scale, zero = grid_params(w * clip, self.wbits, self.sym)
+            codes = quantize_codes(w, scale, zero, self.wbits)
+            delta = w - scale[:, None] * (codes - zero[:, None])
+            err = ((delta @ hessian) * delta).sum(dim=1)
+            if best_err is None:
+                best_err, best = err, (codes, scale, zero)
+            else:
+                better = err < best_err
+                best_err = torch.where(better, err, best_err)
+                best = tuple(
+                    torch.where(better[:, None] if n.dim() == 2 else better, n, o)
+                    for n, o in zip((codes, scale, zero), best, strict=True)
+                )
+        codes, scale, zero = best
+        return RTNResult(
+            codes=codes.to(torch.uint8),
+            scales=scale[:, None].half(),
+            zeros=zero[:, None].to(torch.uint8),
+            bits=self.wbits,
+            groupsize=-1,
+            sym=self.sym,
+        )
+
+
+class HessianRTNPlugin:
+    """Registers :class:`HessianRTN` (use with :func:`registered_plugin`)."""
+
+    @hookimpl
+    def onecomp_quantizers(self) -> list[type]:
+        return [HessianRTN]

@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     if args.seqlen < 2:
         raise ValueError(f"--seqlen {args.seqlen}: expected at least 2")
     model, tokenizer = load_any(args.model, args.dtype, args.device)
+    for module in model.modules():
+        if hasattr(module, "cache_weight"):
+            module.cache_weight = True  # unpack once: evaluation runs many windows
     if tokenizer is None:
         raise ValueError(f"{args.model} has no tokenizer files; cannot tokenize {args.ppl}")
     start = time.perf_counter()
@@ -48,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer, Path(args.ppl), seqlen=args.seqlen, max_tokens=args.max_tokens
     )
     seconds = time.perf_counter() - start
+    if result.tokens < args.seqlen - 1:
+        raise ValueError(
+            f"{args.ppl} holds only {result.tokens + 1} tokens, shorter than one "
+            f"window of --seqlen {args.seqlen}; use a longer text or a smaller "
+            "--seqlen"
+        )
     if args.json:
         print(
             json.dumps(

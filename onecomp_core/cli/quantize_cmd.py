@@ -77,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
     )
-    calibration.validate()
     runner = Runner(
         model_config(args.model, args.dtype, args.device),
         quantizer,

@@ -1,0 +1,158 @@
+"""The ``onecomp`` command as users run it: quantize, eval, inspect, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from onecomp_core.cli import main
+
+ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+STORIES = str(ASSETS / "stories260K")
+TS = str(ASSETS / "text" / "tinystories-valid-excerpt.txt")
+FP32_TS = 5.538
+
+
+def _quantize(out: Path, *settings: str) -> None:
+    args = ["quantize", STORIES, "--method", "rtn", "--out", str(out), "--quiet"]
+    for s in settings:
+        args += ["--set", s]
+    assert main(args) == 0
+
+
+def _ppl(target: Path | str, capsys) -> float:
+    capsys.readouterr()
+    assert main(["eval", str(target), "--ppl", TS, "--json"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    return json.loads(line)["ppl"]
+
+
+@pytest.fixture(scope="module")
+def rtn4(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "rtn4"
+    _quantize(out, "wbits=4")
+    return out
+
+
+def test_original_model_reproduces_the_reference_perplexity(capsys):
+    assert _ppl(STORIES, capsys) == pytest.approx(FP32_TS, abs=5e-4)
+
+
+def test_rtn_8bit_is_within_half_a_percent_of_fp32(tmp_path, capsys):
+    _quantize(tmp_path / "q", "wbits=8")
+    assert _ppl(tmp_path / "q", capsys) <= FP32_TS * 1.005
+
+
+def test_rtn_4bit_symmetric_lies_between_the_two_usual_grids(rtn4, capsys):
+    assert 6.30 <= _ppl(rtn4, capsys) <= 6.60
+
+
+def test_rtn_4bit_asymmetric(tmp_path, capsys):
+    _quantize(tmp_path / "q", "wbits=4", "sym=false")
+    assert _ppl(tmp_path / "q", capsys) <= 6.25
+
+
+def test_inspect_reports_bits_and_size(rtn4, capsys):
+    capsys.readouterr()
+    assert main(["inspect", str(rtn4), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    down = next(r for r in report["layers"] if r["layer"] == "model.layers.0.mlp.down_proj")
+    assert down["effective_bits"] == pytest.approx(4 + 20 / 172, abs=1e-5)
+    # qweight 22 words × 64 + qzeros 8 words + fp16 scales 64 + int32 g_idx 172, in bytes
+    assert down["bytes"] == 22 * 64 * 4 + 8 * 4 + 64 * 2 + 172 * 4
+    assert down["bits_on_disk"] == pytest.approx(8 * down["bytes"] / (64 * 172), abs=1e-4)
+    assert report["compression_ratio"] > 1.5
+
+
+def _error(args: list[str], capsys) -> str:
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    return err.splitlines()[-1]
+
+
+def test_missing_model_path(tmp_path, capsys):
+    err = _error(
+        ["quantize", str(tmp_path / "nope"), "--method", "rtn", "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert "model folder not found" in err and "nope" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_method(tmp_path, capsys):
+    err = _error(["quantize", STORIES, "--method", "nosuch", "--out", str(tmp_path / "o")], capsys)
+    assert "unknown quantization method 'nosuch'" in err and "rtn" in err
+
+
+@pytest.mark.parametrize(
+    "setting, expected",
+    [
+        ("wbits=four", "wbits='four': expected an integer from 2 to 8"),
+        ("wbits", "expected KEY=VALUE"),
+        ("colour=blue", "unknown parameter(s) ['colour']"),
+    ],
+)
+def test_bad_set_values(tmp_path, capsys, setting, expected):
+    err = _error(
+        ["quantize", STORIES, "--method", "rtn", "--set", setting, "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert expected in err
+
+
+def test_empty_calibration_file(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    from onecomp_core.testing import HessianRTNPlugin, registered_plugin
+
+    with registered_plugin(HessianRTNPlugin(), name="hessian_rtn"):
+        err = _error(
+            [
+                "quantize",
+                STORIES,
+                "--method",
+                "hessian_rtn",
+                "--calibration",
+                str(empty),
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            capsys,
+        )
+    assert "empty" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_text_shorter_than_one_window(rtn4, tmp_path, capsys):
+    short = tmp_path / "short.txt"
+    short.write_text("Once upon a time there was a cat.")
+    err = _error(["eval", str(rtn4), "--ppl", str(short)], capsys)
+    assert "shorter than one window" in err
+
+
+def test_output_folder_that_exists_is_refused(rtn4, capsys):
+    err = _error(["quantize", STORIES, "--method", "rtn", "--out", str(rtn4)], capsys)
+    assert "already exists" in err and "--overwrite" in err
+
+
+def test_truncated_weights(rtn4, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(rtn4, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    err = _error(["eval", str(broken), "--ppl", TS], capsys)
+    assert "corrupt or truncated" in err
+
+
+def test_config_without_quantization_config(tmp_path, capsys):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    err = _error(["inspect", str(folder)], capsys)
+    assert "no onecomp quantization_config" in err

@@ -1,0 +1,199 @@
+"""The Runner: block-wise statistics, write-back, true-sequential groups, memory, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from onecomp_core import blockwise
+from onecomp_core.calibration import CalibrationConfig
+from onecomp_core.model_config import ModelConfig
+from onecomp_core.rtn import RTN
+from onecomp_core.runner import Runner
+from onecomp_core.testing import HessianRTN, HessianRTNPlugin, registered_plugin
+
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "assets" / "stories260K"
+CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"
+
+
+def _model_config() -> ModelConfig:
+    return ModelConfig(path=STORIES, dtype="float32", device="cpu")
+
+
+def _calibration(batch_size: int = 4, samples: int = 8) -> CalibrationConfig:
+    return CalibrationConfig(
+        dataset=str(CALIB), max_length=64, num_calibration_samples=samples, batch_size=batch_size
+    )
+
+
+class RecordingRTN(HessianRTN):
+    """Keeps every Hessian it was given, to check the Runner's statistics."""
+
+    def quantize_layer(self, module, input=None, hessian=None):
+        self.__dict__.setdefault("hessians", {})[self.module_to_name[module]] = hessian.clone()
+        return super().quantize_layer(module, hessian=hessian)
+
+
+def test_rtn_needs_no_calibration_and_writes_back_dequantized_weights():
+    runner = Runner(_model_config(), RTN(wbits=4), show_progress=False)
+    results = runner.run()
+    assert runner.calibration is None
+    assert len(results) == 35  # 5 blocks × 7 Linears; lm_head excluded by default
+    q = runner.model.get_submodule("model.layers.3.mlp.down_proj").weight
+    expected = results["model.layers.3.mlp.down_proj"].compute_dequantized_weight().float()
+    assert torch.equal(q, expected)
+    assert q.unique().numel() <= 16 * 64  # at most 16 levels per row
+
+
+def test_hessian_is_exact_over_batches_and_matches_direct_inputs():
+    recorded = {}
+    for batch_size in (1, 8):
+        quantizer = RecordingRTN(wbits=4)
+        Runner(_model_config(), quantizer, _calibration(batch_size), show_progress=False).run()
+        recorded[batch_size] = quantizer.hessians
+    name = "model.layers.0.self_attn.q_proj"
+    torch.testing.assert_close(recorded[1][name], recorded[8][name], rtol=1e-5, atol=1e-6)
+
+    # block 0 sees the unquantized embeddings, so its q_proj inputs can be captured directly
+    runner = Runner(_model_config(), RTN(), _calibration(), show_progress=False)
+    runner._load()
+    runner._calibrate()
+    inputs = []
+    layer = runner.model.get_submodule(name)
+    handle = layer.register_forward_hook(lambda m, a, o: inputs.append(a[0].reshape(-1, 64)))
+    with torch.no_grad():
+        runner.model(runner.calibration.input_ids)
+    handle.remove()
+    x = torch.cat(inputs).double()
+    direct = (2 / x.shape[0]) * x.t() @ x
+    torch.testing.assert_close(recorded[8][name].double(), direct, rtol=1e-4, atol=1e-6)
+
+
+def test_later_blocks_see_quantized_inputs():
+    """Block 1's Hessian must come from block 0's quantized outputs, not the original ones."""
+    fp = RecordingRTN(wbits=8)
+    low = RecordingRTN(wbits=2)
+    for q in (fp, low):
+        Runner(_model_config(), q, _calibration(), show_progress=False).run()
+    first = "model.layers.0.self_attn.q_proj"
+    later = "model.layers.1.self_attn.q_proj"
+    torch.testing.assert_close(fp.hessians[first], low.hessians[first])
+    assert not torch.allclose(fp.hessians[later], low.hessians[later], rtol=1e-2)
+
+
+def test_true_sequential_groups_follow_execution_order():
+    runner = Runner(_model_config(), RTN(), _calibration(), show_progress=False)
+    runner._load()
+    runner._calibrate()
+    _, blocks = blockwise.find_blocks(runner.model)
+    inputs, kwargs = blockwise.capture_inputs(
+        runner.model, blocks[0], [(runner.calibration.input_ids[:2], None)], torch.device("cpu")
+    )
+    layers = runner._block_layers("model.layers.0")
+    groups = blockwise.sequential_groups(blocks[0], layers, inputs[0], kwargs[0])
+    short = [[n.rsplit(".", 1)[1] for n in g] for g in groups]
+    assert short == [
+        ["q_proj", "k_proj", "v_proj"],
+        ["o_proj"],
+        ["gate_proj", "up_proj"],
+        ["down_proj"],
+    ]
+
+
+def test_only_the_current_block_is_on_the_compute_device(monkeypatch):
+    """Blocks go to the device one at a time and come back before the next one leaves."""
+    moves: list[tuple[int, str]] = []
+    runner = Runner(_model_config(), HessianRTN(), _calibration(), show_progress=False)
+    runner._load()
+    _, blocks = blockwise.find_blocks(runner.model)
+    for index, block in enumerate(blocks):
+        original = block.to
+
+        def recording_to(*args, _i=index, _orig=original, **kwargs):
+            moves.append((_i, str(args[0] if args else kwargs.get("device"))))
+            return _orig(*args, **kwargs)
+
+        monkeypatch.setattr(block, "to", recording_to)
+    runner.run()
+    # block i goes to the compute device and back before block i + 1 moves at all
+    assert moves == [(i, "cpu") for i in range(5) for _ in range(2)]
+
+
+class StopAfter(Exception):
+    pass
+
+
+def _stop_after(index: int):
+    def callback(context):
+        if context.index == index:
+            raise StopAfter(index)
+
+    return callback
+
+
+def test_resume_after_a_crash_is_bit_identical(tmp_path):
+    with registered_plugin(HessianRTNPlugin(), name="hessian_rtn"):
+        whole = Runner(_model_config(), HessianRTN(wbits=3), _calibration(), show_progress=False)
+        whole.run()
+        whole.save_quantized_model(tmp_path / "whole")
+
+        ckpt = tmp_path / "ckpt"
+        crashed = Runner(
+            _model_config(),
+            HessianRTN(wbits=3),
+            _calibration(),
+            checkpoint_dir=ckpt,
+            block_callback=_stop_after(2),
+            show_progress=False,
+        )
+        with pytest.raises(StopAfter):
+            crashed.run()
+        assert (ckpt / "manifest.json").is_file()
+        assert sorted(p.name for p in ckpt.glob("block_*")) == [
+            "block_0000",
+            "block_0001",
+            "block_0002",
+        ]
+        resumed = Runner(
+            _model_config(),
+            HessianRTN(wbits=3),
+            _calibration(),
+            checkpoint_dir=ckpt,
+            show_progress=False,
+        )
+        quantized_again = []
+        resumed.block_callback = lambda ctx: quantized_again.append(ctx.index)
+        resumed.run()
+        resumed.save_quantized_model(tmp_path / "resumed")
+    assert quantized_again == [3, 4]
+    a = load_file(str(tmp_path / "whole" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    first = Runner(
+        _model_config(),
+        HessianRTN(wbits=3),
+        _calibration(),
+        checkpoint_dir=ckpt,
+        block_callback=_stop_after(0),
+        show_progress=False,
+    )
+    with pytest.raises(StopAfter):
+        first.run()
+    other = Runner(
+        _model_config(),
+        HessianRTN(wbits=4),
+        _calibration(),
+        checkpoint_dir=ckpt,
+        show_progress=False,
+    )
+    with pytest.raises(ValueError, match="belongs to a different run"):
+        other.run()
