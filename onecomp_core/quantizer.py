@@ -148,6 +148,18 @@ class Quantizer(ABC):
         known = {f.name for f in dataclasses.fields(cls) if f.init}
         return cls(**{k: v for k, v in config.items() if k in known})
 
+    # -- whole-model hook -------------------------------------------------------------
+    def prepare(
+        self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> None:
+        """Called once after layer selection and calibration, before the first block.
+
+        ``batches`` are the calibration (input_ids, attention_mask) pairs (empty
+        when the quantizer needs no calibration). Methods that plan over the
+        whole model (AutoBit's bit allocation) do it here.
+        """
+        return None
+
     # -- per-block hook ------------------------------------------------------------
     #: ask the Runner to also keep the full-precision stream of each block
     wants_fp_stream: ClassVar[bool] = False

@@ -81,6 +81,7 @@ class Runner:
         self._needs_data = self.quantizer.statistics != "none" or self.quantizer.wants_fp_stream
         if self._needs_data:
             self._calibrate()
+        self.quantizer.prepare(self.model, self._batches() if self._needs_data else [])
         prefix, blocks = blockwise.find_blocks(self.model)
         checkpoint = self._checkpoint()
         start = checkpoint.finished_blocks() if checkpoint else 0
