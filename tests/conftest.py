@@ -48,6 +48,72 @@ def fake_plugin(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+#: sources of plugin modules broken in the ways a third-party plugin can be broken
+PLUGIN_SOURCES = {
+    "raises_at_import": "raise RuntimeError('broken on purpose')\n",
+    "hook_raises": """
+from onecomp_core import hookimpl
+
+@hookimpl
+def onecomp_quantizers():
+    raise RuntimeError("hook exploded")
+""",
+    "misspelled_hook": """
+from onecomp_core import hookimpl
+
+@hookimpl
+def onecomp_quantizer():
+    return []
+""",
+    "not_a_quantizer": """
+from onecomp_core import hookimpl
+
+@hookimpl
+def onecomp_quantizers():
+    return [dict]
+""",
+}
+
+_PROVIDES = """
+from dataclasses import dataclass
+from typing import ClassVar
+
+from onecomp_core import Quantizer, hookimpl
+
+
+@dataclass
+class Clone(Quantizer):
+    method: ClassVar[str] = "{method}"
+
+    def quantize_layer(self, module, input=None, hessian=None):
+        raise NotImplementedError
+
+    def get_quant_config(self):
+        return {{}}
+
+    def create_inference_layer(self, result, linear_module, **kwargs):
+        raise NotImplementedError
+
+
+@hookimpl
+def onecomp_quantizers():
+    return [Clone]
+"""
+
+
+@pytest.fixture
+def plugin_source() -> Callable[[str], str]:
+    """Source of a plugin module: a kind of PLUGIN_SOURCES, or "provides:<method>" for a
+    working plugin whose do-nothing Quantizer is registered as ``<method>``."""
+
+    def source(kind: str) -> str:
+        if kind.startswith("provides:"):
+            return _PROVIDES.format(method=kind.split(":", 1)[1])
+        return PLUGIN_SOURCES[kind]
+
+    return source
+
+
 @pytest.fixture
 def on_sys_path(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fresh_registry: None

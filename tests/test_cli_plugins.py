@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_plugins import HOOK_RAISES, MISSPELLED_HOOK, RAISES_AT_IMPORT, provides
 
 
 def onecomp(*args: str, path: Path | None = None, **env: str) -> subprocess.CompletedProcess:
@@ -41,11 +40,15 @@ def listing(proc: subprocess.CompletedProcess) -> dict[str, dict]:
 
 
 @pytest.fixture
-def broken_site(fake_plugin) -> Path:
+def broken_site(fake_plugin, plugin_source) -> Path:
     """One folder holding three broken plugins: import error, raising hook, misspelled hook."""
-    fake_plugin("onecomp_broken_fixture", "broken", "broken_plugin", RAISES_AT_IMPORT)
-    fake_plugin("onecomp-hook-fixture", "hooky", "hooky_plugin", HOOK_RAISES)
-    return fake_plugin("onecomp-typo-fixture", "typo", "typo_plugin", MISSPELLED_HOOK)
+    fake_plugin(
+        "onecomp_broken_fixture", "broken", "broken_plugin", plugin_source("raises_at_import")
+    )
+    fake_plugin("onecomp-hook-fixture", "hooky", "hooky_plugin", plugin_source("hook_raises"))
+    return fake_plugin(
+        "onecomp-typo-fixture", "typo", "typo_plugin", plugin_source("misspelled_hook")
+    )
 
 
 def test_plugins_json_lists_rtn_as_ok():
@@ -77,8 +80,10 @@ def test_the_table_shows_the_error_of_a_failed_plugin(broken_site):
     assert "broken: RuntimeError: broken on purpose" in proc.stdout
 
 
-def test_strict_mode_makes_a_broken_plugin_fatal(fake_plugin):
-    site = fake_plugin("onecomp_broken_fixture", "broken", "broken_plugin", RAISES_AT_IMPORT)
+def test_strict_mode_makes_a_broken_plugin_fatal(fake_plugin, plugin_source):
+    site = fake_plugin(
+        "onecomp_broken_fixture", "broken", "broken_plugin", plugin_source("raises_at_import")
+    )
     others_ok = all(
         row["status"] == "ok"
         for name, row in listing(onecomp("plugins", "--json", path=site)).items()
@@ -91,8 +96,10 @@ def test_strict_mode_makes_a_broken_plugin_fatal(fake_plugin):
         assert "RuntimeError: broken on purpose" in proc.stderr
 
 
-def test_a_duplicate_method_fails_with_one_line_naming_both_distributions(fake_plugin):
-    site = fake_plugin("onecomp-dup-fixture", "rtn", "dup_plugin", provides("rtn"))
+def test_a_duplicate_method_fails_with_one_line_naming_both_distributions(
+    fake_plugin, plugin_source
+):
+    site = fake_plugin("onecomp-dup-fixture", "rtn", "dup_plugin", plugin_source("provides:rtn"))
     proc = onecomp("plugins", "--json", path=site)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

@@ -15,61 +15,6 @@ from onecomp_core.testing import registered_plugin
 
 pytestmark = pytest.mark.usefixtures("fresh_registry")
 
-RAISES_AT_IMPORT = "raise RuntimeError('broken on purpose')\n"
-
-HOOK_RAISES = """
-from onecomp_core import hookimpl
-
-@hookimpl
-def onecomp_quantizers():
-    raise RuntimeError("hook exploded")
-"""
-
-MISSPELLED_HOOK = """
-from onecomp_core import hookimpl
-
-@hookimpl
-def onecomp_quantizer():
-    return []
-"""
-
-NOT_A_QUANTIZER = """
-from onecomp_core import hookimpl
-
-@hookimpl
-def onecomp_quantizers():
-    return [dict]
-"""
-
-
-def provides(method: str) -> str:
-    """Source of a plugin module providing a do-nothing Quantizer named ``method``."""
-    return f"""
-from dataclasses import dataclass
-from typing import ClassVar
-
-from onecomp_core import Quantizer, hookimpl
-
-
-@dataclass
-class Clone(Quantizer):
-    method: ClassVar[str] = "{method}"
-
-    def quantize_layer(self, module, input=None, hessian=None):
-        raise NotImplementedError
-
-    def get_quant_config(self):
-        return {{}}
-
-    def create_inference_layer(self, result, linear_module, **kwargs):
-        raise NotImplementedError
-
-
-@hookimpl
-def onecomp_quantizers():
-    return [Clone]
-"""
-
 
 def report() -> dict[str, plugins.PluginInfo]:
     return {info.name: info for info in plugins.plugin_report()}
@@ -142,8 +87,14 @@ def test_missing_dbf_points_to_onecomp_dbf():
 
 
 # -- autoload switch and in-process plugins --------------------------------------------
-def test_disable_autoload_keeps_only_the_builtin_methods(monkeypatch, fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-extra-fixture", "extra", "extra_plugin", provides("extra")))
+def test_disable_autoload_keeps_only_the_builtin_methods(
+    monkeypatch, fake_plugin, on_sys_path, plugin_source
+):
+    on_sys_path(
+        fake_plugin(
+            "onecomp-extra-fixture", "extra", "extra_plugin", plugin_source("provides:extra")
+        )
+    )
     assert "extra" in list_quantizers()
     monkeypatch.setenv("ONECOMP_DISABLE_PLUGIN_AUTOLOAD", "1")
     plugins.reset()
@@ -169,8 +120,14 @@ def test_registered_plugin_adds_a_method_for_the_block_only():
 
 
 # -- isolation of broken plugins -------------------------------------------------------
-def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_work(fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-broken-fixture", "broken", "broken_plugin", RAISES_AT_IMPORT))
+def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_work(
+    fake_plugin, on_sys_path, plugin_source
+):
+    on_sys_path(
+        fake_plugin(
+            "onecomp-broken-fixture", "broken", "broken_plugin", plugin_source("raises_at_import")
+        )
+    )
     assert "rtn" in list_quantizers()
     info = report()["broken"]
     assert (info.status, info.distribution) == ("failed", "onecomp-broken-fixture")
@@ -178,21 +135,29 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_work(fake_plugin
     assert report()["rtn"].status == "ok"
 
 
-def test_a_plugin_whose_hook_raises_is_reported(fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-hook-fixture", "hooky", "hooky_plugin", HOOK_RAISES))
+def test_a_plugin_whose_hook_raises_is_reported(fake_plugin, on_sys_path, plugin_source):
+    on_sys_path(
+        fake_plugin("onecomp-hook-fixture", "hooky", "hooky_plugin", plugin_source("hook_raises"))
+    )
     assert "rtn" in list_quantizers()
     info = report()["hooky"]
     assert info.status == "failed" and "hook exploded" in info.error
 
 
-def test_a_plugin_returning_a_non_quantizer_is_reported(fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-dict-fixture", "dicty", "dicty_plugin", NOT_A_QUANTIZER))
+def test_a_plugin_returning_a_non_quantizer_is_reported(fake_plugin, on_sys_path, plugin_source):
+    on_sys_path(
+        fake_plugin(
+            "onecomp-dict-fixture", "dicty", "dicty_plugin", plugin_source("not_a_quantizer")
+        )
+    )
     assert "rtn" in list_quantizers()
     assert "not a Quantizer subclass" in report()["dicty"].error
 
 
-def test_a_misspelled_hook_fails_that_plugin_only(fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-typo-fixture", "typo", "typo_plugin", MISSPELLED_HOOK))
+def test_a_misspelled_hook_fails_that_plugin_only(fake_plugin, on_sys_path, plugin_source):
+    on_sys_path(
+        fake_plugin("onecomp-typo-fixture", "typo", "typo_plugin", plugin_source("misspelled_hook"))
+    )
     assert "rtn" in list_quantizers()
     info = report()["typo"]
     assert info.status == "failed"
@@ -202,22 +167,26 @@ def test_a_misspelled_hook_fails_that_plugin_only(fake_plugin, on_sys_path):
 @pytest.mark.parametrize(
     ("source", "error"),
     [
-        (RAISES_AT_IMPORT, RuntimeError),
-        (HOOK_RAISES, RuntimeError),
-        (MISSPELLED_HOOK, pluggy.PluginValidationError),
+        ("raises_at_import", RuntimeError),
+        ("hook_raises", RuntimeError),
+        ("misspelled_hook", pluggy.PluginValidationError),
     ],
     ids=["import", "hook", "misspelled"],
 )
-def test_strict_mode_reraises(monkeypatch, fake_plugin, on_sys_path, source, error):
-    on_sys_path(fake_plugin("onecomp-strict-fixture", "strict", "strict_plugin", source))
+def test_strict_mode_reraises(monkeypatch, fake_plugin, on_sys_path, plugin_source, source, error):
+    on_sys_path(
+        fake_plugin("onecomp-strict-fixture", "strict", "strict_plugin", plugin_source(source))
+    )
     only_fixtures(monkeypatch)
     monkeypatch.setenv("ONECOMP_STRICT_PLUGINS", "1")
     with pytest.raises(error):
         list_quantizers()
 
 
-def test_strict_mode_accepts_working_plugins(monkeypatch, fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-fine-fixture", "fine", "fine_plugin", provides("fine")))
+def test_strict_mode_accepts_working_plugins(monkeypatch, fake_plugin, on_sys_path, plugin_source):
+    on_sys_path(
+        fake_plugin("onecomp-fine-fixture", "fine", "fine_plugin", plugin_source("provides:fine"))
+    )
     only_fixtures(monkeypatch)
     monkeypatch.setenv("ONECOMP_STRICT_PLUGINS", "1")
     assert list_quantizers() == ["fine", "rtn"]
@@ -234,15 +203,25 @@ def only_fixtures(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- duplicates ------------------------------------------------------------------------
-def test_a_duplicate_method_is_an_error_naming_both_distributions(fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-dup-fixture", "rtn_clone", "dup_plugin", provides("rtn")))
+def test_a_duplicate_method_is_an_error_naming_both_distributions(
+    fake_plugin, on_sys_path, plugin_source
+):
+    on_sys_path(
+        fake_plugin("onecomp-dup-fixture", "rtn_clone", "dup_plugin", plugin_source("provides:rtn"))
+    )
     with pytest.raises(plugins.PluginError, match="'rtn'") as err:
         get_quantizer("rtn")
     assert "onecomp-core" in str(err.value) and "onecomp-dup-fixture" in str(err.value)
 
 
-def test_a_duplicate_entry_name_is_an_error_naming_both_distributions(fake_plugin, on_sys_path):
-    on_sys_path(fake_plugin("onecomp-same-name-fixture", "rtn", "same_plugin", provides("rtn")))
+def test_a_duplicate_entry_name_is_an_error_naming_both_distributions(
+    fake_plugin, on_sys_path, plugin_source
+):
+    on_sys_path(
+        fake_plugin(
+            "onecomp-same-name-fixture", "rtn", "same_plugin", plugin_source("provides:rtn")
+        )
+    )
     with pytest.raises(plugins.PluginError) as err:
         list_quantizers()
     assert "onecomp-core" in str(err.value) and "onecomp-same-name-fixture" in str(err.value)
