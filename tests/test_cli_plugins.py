@@ -61,6 +61,9 @@ def test_plugins_json_lists_rtn_as_ok():
         "error": None,
         "methods": ["rtn"],
     }
+    if md.entry_points(group="onecomp", name="ternary"):  # the example plugin, when installed
+        assert rows["ternary"]["status"] == "ok"
+        assert rows["ternary"]["distribution"] == "onecomp-example-plugin"
 
 
 def test_broken_plugins_are_shown_failed_and_the_command_still_succeeds(broken_site):
