@@ -1,0 +1,18 @@
+"""AutoBit: mixed precision by integer linear programming over other onecomp methods.
+
+AutoBit never imports another plugin: candidates are made by method name
+through ``onecomp_core.plugins``, so any installed method whose results report
+``effective_bits`` can be a candidate.
+"""
+
+from .ilp import InfeasibleTargetError, solve_assignment
+from .quantizer import AutoBitQuantizer
+from .vram import VramEstimate, estimate_wbits_from_vram
+
+__all__ = [
+    "AutoBitQuantizer",
+    "InfeasibleTargetError",
+    "VramEstimate",
+    "estimate_wbits_from_vram",
+    "solve_assignment",
+]

@@ -1,0 +1,158 @@
+"""Second moments of layer inputs (a) and of the loss gradient at layer outputs (b).
+
+One forward (and, for b, one backward) pass of the original model over the
+Runner's calibration batches. Hooks add x_j² and g_i² into running sums, so
+no activation is kept beyond what autograd itself holds for one batch:
+
+* a_j = mean over tokens of x_j² (the diagonal of XᵀX/N);
+* b_i = mean over tokens of g_i², g = ∂(summed next-token NLL)/∂(layer output).
+
+Together they give the diagonal Kronecker-factored Fisher estimate of the
+loss increase of a weight change Δ: Σ_ij b_i·a_j·Δ_ij².
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class LayerMoments:
+    """a (in,) and b (out,) of one layer, float64 on the CPU; b None when not collected."""
+
+    a: torch.Tensor
+    b: torch.Tensor | None
+    tokens: int
+
+
+class _Accumulator:
+    def __init__(self, module: nn.Module, gradients: bool) -> None:
+        self.sum_x = torch.zeros(module.in_features, dtype=torch.float64)
+        self.sum_g = torch.zeros(module.out_features, dtype=torch.float64) if gradients else None
+        self.tokens = 0
+        self.grad_tokens = 0
+        self.mask: torch.Tensor | None = None
+
+    def _rows(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().reshape(-1, t.shape[-1])
+        if self.mask is not None:
+            t = t[self.mask.to(t.device)]
+        return t.double()
+
+    def forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = self._rows(args[0])
+        self.sum_x += x.pow(2).sum(0).cpu()
+        self.tokens += x.shape[0]
+        if self.sum_g is not None and output.requires_grad:
+            output.register_hook(self._grad_hook)
+
+    def _grad_hook(self, grad: torch.Tensor) -> None:
+        g = self._rows(grad)
+        self.sum_g += g.pow(2).sum(0).cpu()
+        self.grad_tokens += g.shape[0]
+
+    def moments(self) -> LayerMoments:
+        if self.tokens == 0:
+            raise RuntimeError("no calibration token reached this layer")
+        b = None
+        if self.sum_g is not None and self.grad_tokens:
+            b = self.sum_g / self.grad_tokens
+        return LayerMoments(self.sum_x / self.tokens, b, self.tokens)
+
+
+def limit_batches(batches: list[Batch], max_samples: int | None, seqlen: int | None) -> list[Batch]:
+    """At most ``max_samples`` sequences, each cut to ``seqlen`` tokens."""
+    out: list[Batch] = []
+    left = max_samples if max_samples is not None else None
+    for ids, mask in batches:
+        if left is not None:
+            if left <= 0:
+                break
+            ids, mask = ids[:left], None if mask is None else mask[:left]
+            left -= ids.shape[0]
+        if seqlen is not None:
+            ids, mask = ids[:, :seqlen], None if mask is None else mask[:, :seqlen]
+        out.append((ids, mask))
+    return out
+
+
+def _token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None):
+    """Summed next-token NLL over the real (unpadded) tokens."""
+    nll = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        ids[:, 1:].reshape(-1),
+        reduction="none",
+    )
+    if mask is not None:
+        keep = (mask[:, 1:] * mask[:, :-1]).reshape(-1).to(nll.dtype)
+        nll = nll * keep
+    return nll.sum()
+
+
+def collect_moments(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[Batch],
+    gradients: bool = True,
+) -> dict[str, LayerMoments]:
+    """a (and b when ``gradients``) of every layer in ``layers`` over ``batches``.
+
+    The model is left as it was: parameters keep their values and
+    ``requires_grad`` flags, and no gradient is stored on them. When the
+    model has no logits (an encoder), b is skipped with a warning.
+    """
+    if not batches:
+        raise ValueError("activation-aware planning needs calibration batches, got none")
+    device = next(model.parameters()).device
+    accs = {name: _Accumulator(module, gradients) for name, module in layers.items()}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    embeddings = model.get_input_embeddings() if gradients else None
+    takes_cache = "use_cache" in inspect.signature(model.forward).parameters
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        with ExitStack() as stack:
+            for name, module in layers.items():
+                handle = module.register_forward_hook(accs[name].forward_hook)
+                stack.callback(handle.remove)
+            if embeddings is not None:
+                # gradients must flow from the first activation on, with frozen weights
+                handle = embeddings.register_forward_hook(
+                    lambda _m, _a, out: out.detach().requires_grad_(True)
+                )
+                stack.callback(handle.remove)
+            for ids, mask in batches:
+                token_mask = None if mask is None or bool(mask.all()) else mask.reshape(-1).bool()
+                for acc in accs.values():
+                    acc.mask = token_mask
+                call = {"input_ids": ids.to(device)}
+                if takes_cache:
+                    call["use_cache"] = False
+                if mask is not None:
+                    call["attention_mask"] = mask.to(device)
+                with torch.set_grad_enabled(gradients):
+                    out = model(**call)
+                    logits = getattr(out, "logits", None)
+                    if gradients and logits is None:
+                        logger.warning("the model returns no logits: using input moments only")
+                        gradients = False
+                        continue
+                    if gradients:
+                        _token_loss(
+                            logits, call["input_ids"], call.get("attention_mask")
+                        ).backward()
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return {name: acc.moments() for name, acc in accs.items()}

@@ -1,0 +1,120 @@
+"""err[l, c] and bits[l, c]: each candidate quantizes each layer once, on its real grid.
+
+The candidate's own ``quantize_layer`` runs on the original weight, so its
+group size, symmetry, clipping search or factorization are what is scored,
+not a min-max proxy. Candidates that want statistics get what the planning
+pass has, shaped to their ``statistics``:
+
+* "full": H = diag(2a) (the diagonal of H = (2/N)·XᵀX; the full matrix of
+  every layer at once would cost in² floats per layer). With a diagonal H,
+  GPTQ's error feedback vanishes and it rounds on its own grid, so the score
+  is its grid's error, weighted;
+* "diag": the vector 2a;
+* "none": nothing.
+
+Without calibration moments (strategy "ilp") a = 1, i.e. H = 2I and the
+score is the plain weight error ‖W − Q_c(W)‖². The predicted loss increase
+is Σ_ij b_i·a_j·(W − Q_c(W))_ij² (b = 1 when not collected). Each candidate
+reports its bits through ``result.effective_bits(out, in)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from onecomp_core.quantizer import Quantizer
+
+from .moments import LayerMoments
+
+logger = logging.getLogger(__name__)
+
+
+def planning_hessian(kind: str, a: torch.Tensor | None, in_features: int) -> torch.Tensor | None:
+    """The statistics handed to a candidate while planning (see module docstring)."""
+    if kind == "none":
+        return None
+    diag = 2.0 * (a.float() if a is not None else torch.ones(in_features))
+    return torch.diag(diag) if kind == "full" else diag
+
+
+def predicted_error(
+    weight: torch.Tensor,
+    quantized: torch.Tensor,
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+) -> float:
+    """Σ_ij b_i·a_j·(W − Ŵ)_ij² (a or b left out when None)."""
+    d2 = (weight.double() - quantized.double()).pow(2)
+    if a is not None:
+        d2 = d2 * a.double().to(d2.device)[None, :]
+    if b is not None:
+        d2 = d2 * b.double().to(d2.device)[:, None]
+    return float(d2.sum())
+
+
+@dataclass
+class Costs:
+    """errors[l][c], bits[l][c] (effective bits per weight) and params[l]."""
+
+    errors: list[list[float]]
+    bits: list[list[float]]
+    params: list[int]
+
+
+def score_layer(
+    name: str,
+    module: nn.Module,
+    candidate: Quantizer,
+    moments: LayerMoments | None,
+    use_b: bool,
+) -> tuple[float, float]:
+    """(predicted error, effective bits) of one candidate on one layer; the weight is kept."""
+    weight = module.weight
+    original = weight.data.clone()
+    a = moments.a if moments is not None else None
+    hessian = planning_hessian(candidate.statistics, a, module.in_features)
+    if hessian is not None:
+        hessian = hessian.to(weight.device)
+    try:
+        with torch.no_grad():
+            result = candidate.quantize_layer(module, hessian=hessian)
+    finally:
+        weight.data.copy_(original)  # a candidate may have edited the weight in place
+    out_features, in_features = original.shape
+    bits = result.effective_bits(out_features, in_features)
+    if bits is None:
+        raise ValueError(
+            f"candidate {candidate.method!r} does not report its effective bits "
+            "(QuantizationResult.effective_bits returned None), so AutoBit cannot budget it"
+        )
+    quantized = result.compute_dequantized_weight(original.device)
+    b = moments.b if (moments is not None and use_b) else None
+    return predicted_error(original, quantized, a, b), float(bits)
+
+
+def score_candidates(
+    layers: dict[str, nn.Module],
+    candidates: Sequence[Quantizer],
+    moments: dict[str, LayerMoments] | None,
+    use_b: bool = True,
+) -> Costs:
+    """Score every candidate on every layer (layers in the given order)."""
+    errors, bits, params = [], [], []
+    for name, module in layers.items():
+        row_e, row_b = [], []
+        for candidate in candidates:
+            e, eb = score_layer(
+                name, module, candidate, moments.get(name) if moments else None, use_b
+            )
+            row_e.append(e)
+            row_b.append(eb)
+        errors.append(row_e)
+        bits.append(row_b)
+        params.append(module.weight.numel())
+        logger.debug("%s: errors %s bits %s", name, row_e, row_b)
+    return Costs(errors, bits, params)

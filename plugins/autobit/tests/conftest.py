@@ -1,0 +1,52 @@
+"""Fixtures of the AutoBit tests: the real stories260K model and a small calibration set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).resolve().parents[3].parent / "shared" / "assets"
+
+
+@pytest.fixture(scope="session")
+def stories_path() -> Path:
+    path = ASSETS / "stories260K"
+    if not path.is_dir():
+        pytest.skip("the shared stories260K model is not available")
+    return path
+
+
+@pytest.fixture(scope="session")
+def calib_path() -> Path:
+    return ASSETS / "text" / "wikitext2-valid.tokens.txt"
+
+
+@pytest.fixture
+def make_runner(stories_path: Path, calib_path: Path):
+    """A Runner on stories260K with 8 calibration sequences of 64 tokens."""
+    from onecomp_core.calibration import CalibrationConfig
+    from onecomp_core.model_config import ModelConfig
+    from onecomp_core.runner import Runner
+
+    def make(quantizer, samples: int = 8, length: int = 64):
+        calibration = CalibrationConfig(
+            dataset=str(calib_path), num_calibration_samples=samples, max_length=length
+        )
+        return Runner(
+            ModelConfig(path=str(stories_path), dtype="float32", device="cpu"),
+            quantizer,
+            calibration,
+            show_progress=False,
+        )
+
+    return make
+
+
+def rtn_candidates(bits=(2, 3, 4, 8), groupsize: int = 32) -> list[dict]:
+    return [{"method": "rtn", "wbits": b, "groupsize": groupsize} for b in bits]
+
+
+@pytest.fixture
+def rtn_specs() -> list[dict]:
+    return rtn_candidates()

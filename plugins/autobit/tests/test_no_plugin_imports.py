@@ -1,0 +1,36 @@
+"""AutoBit reaches other methods only through the registry: no module imports another plugin."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import onecomp_autobit
+
+FORBIDDEN = ("onecomp_gptq", "onecomp_dbf")
+
+
+def imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
+            names.update(a.value for a in node.args if isinstance(a, ast.Constant))
+    return names
+
+
+def test_no_module_imports_another_plugin():
+    files = sorted(Path(onecomp_autobit.__file__).parent.rglob("*.py"))
+    assert len(files) >= 10
+    for path in files:
+        bad = [m for m in imported_modules(path) if m.split(".")[0] in FORBIDDEN]
+        assert not bad, f"{path.name} imports {bad}"
+
+
+def test_the_checker_sees_imports(tmp_path):
+    sample = tmp_path / "x.py"
+    sample.write_text("import onecomp_gptq.quantizer\nfrom onecomp_dbf import DBF\n")
+    assert {"onecomp_gptq.quantizer", "onecomp_dbf"} <= imported_modules(sample)
