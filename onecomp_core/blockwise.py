@@ -158,12 +158,11 @@ def sequential_groups(
     Layers that read the same input tensor (q/k/v, gate/up) form one group;
     this finds qkv → o → gate/up → down for any architecture, without names.
     """
-    order: list[tuple[str, tuple]] = []
+    order: list[tuple[str, torch.Tensor]] = []
 
     def hook_for(name: str):
         def hook(module: nn.Module, args: tuple) -> None:
-            x = args[0]
-            order.append((name, (x.data_ptr(), tuple(x.shape))))
+            order.append((name, args[0]))  # held, so no later tensor can reuse its memory
 
         return hook
 
@@ -175,17 +174,17 @@ def sequential_groups(
         for h in handles:
             h.remove()
     groups: list[list[str]] = []
-    last_key = None
+    last_input: torch.Tensor | None = None
     seen: set[str] = set()
-    for name, key in order:
+    for name, x in order:
         if name in seen:
             continue
         seen.add(name)
-        if groups and key == last_key:
+        if groups and x is last_input:
             groups[-1].append(name)
         else:
             groups.append([name])
-        last_key = key
+        last_input = x
     unused = [n for n in layers if n not in seen]
     if unused:
         groups.append(unused)

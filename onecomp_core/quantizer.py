@@ -186,6 +186,38 @@ class Quantizer(ABC):
         self.results[name] = result
         return result
 
+    def quantize_with_qep(
+        self,
+        module: nn.Module,
+        quant_input_activation: torch.Tensor,
+        original_input_activation: torch.Tensor | None = None,
+        percdamp: float = 0.01,
+        perccorr: float = 0.5,
+        hessian: torch.Tensor | None = None,
+        delta_hatX: torch.Tensor | None = None,
+    ) -> QuantizationResult:
+        """Seed API: QEP on one layer from its activations (the Runner streams this instead).
+
+        ``quant_input_activation`` is X̂ (tokens × in) and
+        ``original_input_activation`` X; ``hessian`` and ``delta_hatX`` may be
+        given precomputed as H = (2/N)·X̂ᵀX̂ and C = (2/N)·(X − X̂)ᵀX̂.
+        """
+        from .qep import correct_weight
+
+        x_q = quant_input_activation.reshape(-1, quant_input_activation.shape[-1]).double()
+        scale = 2.0 / x_q.shape[0]
+        if hessian is None:
+            hessian = (scale * x_q.t() @ x_q).float()
+        if delta_hatX is None and original_input_activation is not None:
+            x = original_input_activation.reshape(x_q.shape).double()
+            delta_hatX = (scale * (x - x_q).t() @ x_q).float()
+        if delta_hatX is not None and perccorr > 0:
+            module.weight.data = correct_weight(
+                module.weight.data, hessian, delta_hatX, perccorr, percdamp
+            )
+        stats = hessian.diagonal().clone() if self.statistics == "diag" else hessian
+        return self.quantize_layer(module, hessian=None if self.statistics == "none" else stats)
+
     def _fill_errors(
         self, module: nn.Module, result: QuantizationResult, hessian: torch.Tensor | None
     ) -> None:

@@ -10,6 +10,8 @@ the device is one block plus the calibration activations.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ from . import adapters, blockwise
 from .blockwise import BlockContext
 from .checkpoint import BlockCheckpoint, fingerprint
 from .model_config import ModelConfig
+from .qep import PairedCollector, QEPConfig, correct_weight
 from .quantizer import Quantizer
 from .result import QuantizationResult
 from .statistics import StatisticsCollector
@@ -55,6 +58,8 @@ class Runner:
         checkpoint_dir: str | Path | None = None,
         show_progress: bool | None = None,
         block_callback: Callable[[BlockContext], None] | None = None,
+        qep: bool = False,
+        qep_config: QEPConfig | None = None,
     ) -> None:
         from .calibration import CalibrationConfig
 
@@ -66,6 +71,8 @@ class Runner:
             show_progress = os.environ.get("ONECOMP_QUIET", "") in ("", "0")
         self.show_progress = show_progress
         self.block_callback = block_callback
+        self.qep = qep
+        self.qep_config = qep_config or QEPConfig()
         self.model: nn.Module | None = None
         self.tokenizer = None
         self.calibration = None
@@ -78,7 +85,10 @@ class Runner:
         """Quantize every selected layer; returns ``quantizer.results``."""
         self._load()
         device = self.model_config.resolve_device()
-        self._needs_data = self.quantizer.statistics != "none" or self.quantizer.wants_fp_stream
+        if self.qep:
+            self._check_qep()
+        self._keep_fp = self.quantizer.wants_fp_stream or self.qep
+        self._needs_data = self.quantizer.statistics != "none" or self._keep_fp
         if self._needs_data:
             self._calibrate()
         self.quantizer.prepare(self.model, self._batches() if self._needs_data else [])
@@ -102,6 +112,15 @@ class Runner:
         self._quantize_outside_blocks(prefix, device)
         self.quantized = True
         return self.quantizer.results
+
+    def _check_qep(self) -> None:
+        self.qep_config.validate()
+        if self.quantizer.statistics == "none":
+            raise ValueError(
+                f"QEP corrects weights with calibration statistics, but method "
+                f"{self.quantizer.method!r} takes none (flag_hessian/flag_xtx are off); "
+                "run it without --qep"
+            )
 
     # -- loading and calibration ------------------------------------------------------
     def _load(self) -> None:
@@ -130,6 +149,7 @@ class Runner:
                 "quantizer": self.quantizer.config_for_storage(),
                 "layers": sorted(self.layers),
                 "calibration": self.calibration.sha256 if self.calibration else None,
+                "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
             }
         )
 
@@ -154,7 +174,7 @@ class Runner:
         inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], batches, device)
         self._outer_to(blocks, torch.device("cpu"))
         masks = [self._token_mask(mask) for _, mask in batches]
-        fp = [x.clone() for x in inputs] if self.quantizer.wants_fp_stream else None
+        fp = [x.clone() for x in inputs] if self._keep_fp else None
         if start:
             saved = checkpoint.load_streams(start, device)
             inputs, fp = saved["quantized"], saved.get("full_precision")
@@ -201,6 +221,7 @@ class Runner:
     ) -> _Streams | None:
         layers = self._block_layers(name)
         block.to(device)
+        fp_block = copy.deepcopy(block) if self.qep else None
         with torch.no_grad():
             fp_out = (
                 self._run_all(block, streams.full_precision, streams)
@@ -212,7 +233,12 @@ class Runner:
                 self._quantize_one(layer_name, None)
         else:
             for group in self._groups(block, layers, streams):
-                self._quantize_group(block, {n: layers[n] for n in group}, streams)
+                group_layers = {n: layers[n] for n in group}
+                if fp_block is not None:
+                    self._quantize_group_qep(block, fp_block, name, group_layers, streams)
+                else:
+                    self._quantize_group(block, group_layers, streams)
+        del fp_block
         context = BlockContext(
             index=index,
             name=name,
@@ -274,6 +300,39 @@ class Runner:
             hessians = collector.hessians()
         for layer_name in group:
             self._quantize_one(layer_name, hessians[layer_name])
+
+    def _quantize_group_qep(
+        self,
+        block: nn.Module,
+        fp_block: nn.Module,
+        block_name: str,
+        group: dict[str, nn.Module],
+        streams: _Streams,
+    ) -> None:
+        """Pair each layer's full-precision and quantized-stream inputs, correct, quantize."""
+        fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
+        collector = PairedCollector(fp_group, group, self.quantizer.hessian_dtype)
+        with torch.no_grad(), collector.hooked():
+            for xq, xf, kw, mask in zip(
+                streams.quantized,
+                streams.full_precision,
+                streams.kwargs,
+                streams.token_masks,
+                strict=True,
+            ):
+                collector.token_mask = mask
+                blockwise.run_block(fp_block, xf, kw)
+                blockwise.run_block(block, xq, kw)
+        config = self.qep_config
+        for layer_name, module in group.items():
+            hessian, cross = collector.stats[layer_name].matrices()
+            if config.perccorr > 0 and config.corrects(layer_name):
+                module.weight.data = correct_weight(
+                    module.weight.data, hessian, cross, config.perccorr, config.percdamp
+                )
+            if self.quantizer.statistics == "diag":
+                hessian = hessian.diagonal().clone()
+            self._quantize_one(layer_name, hessian)
 
     def _quantize_one(self, name: str, hessian: torch.Tensor | None) -> None:
         module = self.layers[name]

@@ -11,6 +11,7 @@ at the end, so a crash never leaves a half-written model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -157,6 +158,8 @@ def quantization_config(runner: Runner) -> dict[str, Any]:
         "layers": layer_table(runner.model, quantizer),
         "calibration_hash": runner.calibration.sha256 if runner.calibration else None,
     }
+    if getattr(runner, "qep", False):
+        config["qep"] = dataclasses.asdict(runner.qep_config)
     if getattr(runner, "conv1d_linearized", 0):
         config["conv1d_as_linear"] = True
     return config

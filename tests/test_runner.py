@@ -134,7 +134,7 @@ def _stop_after(index: int):
     return callback
 
 
-def test_resume_after_a_crash_is_bit_identical(tmp_path):
+def test_resume_after_a_crash_is_bit_identical(tmp_path, one_thread):
     with registered_plugin(HessianRTNPlugin(), name="hessian_rtn"):
         whole = Runner(_model_config(), HessianRTN(wbits=3), _calibration(), show_progress=False)
         whole.run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,6 +33,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--qep",
+        action="store_true",
+        help="quantization error propagation (methods that use calibration statistics)",
+    )
+    p.add_argument(
+        "--set-qep",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="QEP setting: percdamp, perccorr, exclude_layer_keywords (repeatable)",
+    )
     p.add_argument("--checkpoint-dir", help="save progress after each block; rerun to resume")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -45,8 +58,6 @@ BITS_PARAMETER = ("wbits", "target_bits", "target_bit")
 
 
 def _params(args: argparse.Namespace, quantizer_cls) -> dict:
-    import dataclasses
-
     params = parse_settings(args.set)
     if args.bits is not None:
         fields = {f.name for f in dataclasses.fields(quantizer_cls)}
@@ -57,6 +68,23 @@ def _params(args: argparse.Namespace, quantizer_cls) -> dict:
             )
         params[name] = int(args.bits) if name == "wbits" and args.bits.is_integer() else args.bits
     return params
+
+
+def _qep_config(args: argparse.Namespace):
+    from ..qep import QEPConfig
+
+    settings = parse_settings(args.set_qep, option="--set-qep")
+    if settings and not args.qep:
+        raise ValueError("--set-qep needs --qep")
+    known = {f.name for f in dataclasses.fields(QEPConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"--set-qep: unknown setting(s) {unknown}; allowed: {', '.join(sorted(known))}"
+        )
+    config = QEPConfig(**settings)
+    config.validate()
+    return config
 
 
 def run(args: argparse.Namespace) -> int:

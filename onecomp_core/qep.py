@@ -1,0 +1,134 @@
+"""QEP: quantization error propagation (Arai & Ichikawa, NeurIPS 2025).
+
+Layer-wise quantization fits each layer to its own, already perturbed inputs
+X̂. QEP first moves the weight towards what the full-precision model computed
+from its inputs X: the least-squares solution of min ‖X Wᵀ − X̂ W′ᵀ‖ is
+W′ = W + W·C·H⁻¹ with H = (2/N)·X̂ᵀX̂ and C = (2/N)·(X − X̂)ᵀX̂. QEP applies
+a damped fraction α of that step, then quantizes W′ with H as usual.
+Both matrices are accumulated batch by batch, so no activation is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class QEPConfig:
+    percdamp: float = 0.01
+    perccorr: float = 0.5
+    exclude_layer_keywords: list[str] = field(default_factory=lambda: ["mlp.down_proj"])
+    device: str | None = None  # where the correction is solved; default: the block's device
+
+    def problems(self) -> list[str]:
+        found = []
+        if not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
+            found.append(f"percdamp={self.percdamp!r}: expected a number >= 0")
+        if not isinstance(self.perccorr, (int, float)) or not 0 <= self.perccorr <= 1:
+            found.append(f"perccorr={self.perccorr!r}: expected a number from 0 to 1")
+        keywords = self.exclude_layer_keywords
+        if isinstance(keywords, str) or not all(isinstance(k, str) for k in keywords):
+            found.append(f"exclude_layer_keywords={keywords!r}: expected a list of strings")
+        return found
+
+    def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("invalid QEP settings: " + "; ".join(problems))
+
+    def corrects(self, name: str) -> bool:
+        return not any(k in name for k in self.exclude_layer_keywords)
+
+
+def correct_weight(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    cross: torch.Tensor,
+    perccorr: float,
+    percdamp: float,
+) -> torch.Tensor:
+    """W + α·W·C·(H + λI)⁻¹ with λ = percdamp·mean(diag H), solved by Cholesky."""
+    h = hessian.double()
+    damp = percdamp * torch.diagonal(h).mean().clamp(min=1e-12)
+    h = h + damp * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    factor, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        solved = torch.linalg.lstsq(h, cross.double().t()).solution
+    else:
+        solved = torch.cholesky_solve(cross.double().t(), factor)  # (H+λI)⁻¹ Cᵀ
+    w = weight.double()
+    return (w + perccorr * w @ solved.t()).to(weight.dtype)
+
+
+class PairedStatistics:
+    """Streams H = (2/N)·X̂ᵀX̂ and C = (2/N)·(X − X̂)ᵀX̂ for one layer."""
+
+    def __init__(self, in_features: int, dtype: torch.dtype, device: torch.device):
+        self.xtx = torch.zeros(in_features, in_features, dtype=dtype, device=device)
+        self.cross = torch.zeros_like(self.xtx)
+        self.tokens = 0
+
+    def add(self, x_fp: torch.Tensor, x_q: torch.Tensor, mask: torch.Tensor | None) -> None:
+        x_fp = x_fp.reshape(-1, x_fp.shape[-1])
+        x_q = x_q.reshape(-1, x_q.shape[-1])
+        if mask is not None:
+            keep = mask.reshape(-1).to(x_q.device).bool()
+            x_fp, x_q = x_fp[keep], x_q[keep]
+        x_fp = x_fp.to(self.xtx.device, self.xtx.dtype)
+        x_q = x_q.to(self.xtx.device, self.xtx.dtype)
+        self.xtx.addmm_(x_q.t(), x_q)
+        self.cross.addmm_((x_fp - x_q).t(), x_q)
+        self.tokens += x_q.shape[0]
+
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.tokens == 0:
+            raise RuntimeError("no calibration token reached this layer")
+        scale = 2.0 / self.tokens
+        return (self.xtx * scale).float(), (self.cross * scale).float()
+
+
+class PairedCollector:
+    """Hooks the same layers in the full-precision and the quantized copy of a block.
+
+    For each batch, run the full-precision block first (its layer inputs are
+    held for that batch only), then the quantized block: each quantized layer
+    input is paired with the full-precision one of the same tokens.
+    """
+
+    def __init__(
+        self, fp_layers: dict[str, nn.Module], q_layers: dict[str, nn.Module], dtype: torch.dtype
+    ):
+        self.fp_layers, self.q_layers = fp_layers, q_layers
+        self.stats = {
+            n: PairedStatistics(m.in_features, dtype, m.weight.device) for n, m in q_layers.items()
+        }
+        self.token_mask: torch.Tensor | None = None
+        self._held: dict[str, torch.Tensor] = {}
+
+    @contextmanager
+    def hooked(self) -> Iterator[PairedCollector]:
+        handles = [m.register_forward_hook(self._hold(n)) for n, m in self.fp_layers.items()]
+        handles += [m.register_forward_hook(self._pair(n)) for n, m in self.q_layers.items()]
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+            self._held.clear()
+
+    def _hold(self, name: str):
+        def hook(module, args, output):
+            self._held[name] = args[0].detach()
+
+        return hook
+
+    def _pair(self, name: str):
+        def hook(module, args, output):
+            self.stats[name].add(self._held.pop(name), args[0].detach(), self.token_mask)
+
+        return hook
