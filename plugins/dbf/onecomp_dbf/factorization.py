@@ -32,7 +32,7 @@ POWER_ITERS = 2
 REFIT_ROUNDS = 4
 _EPS = 1e-12
 #: GEMMs below this many multiply-adds run on one thread (see :func:`small_problem_threads`)
-SMALL_GEMM = 1 << 22
+SMALL_GEMM = 1 << 24
 
 
 @contextmanager
@@ -344,3 +344,42 @@ def gauge_for_fp16(
     common = (peaks[0] * peaks[1] * peaks[2]) ** (1 / 3)
     lam, mu = common / peaks[0], common / peaks[2]
     return a * lam, c / (lam * mu), b * mu
+
+
+def refit_vectors_hessian(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    factors: Factors,
+    rounds: int = REFIT_ROUNDS,
+) -> Factors:
+    """Refit a, b, c (signs fixed) on the full output error tr((W − Ŵ)·H·(W − Ŵ)ᵀ).
+
+    Used when the full input Hessian is available: unlike the diagonal
+    weighting it accounts for correlated input channels. Each step is an
+    exact least-squares solve, so the error never increases.
+    """
+    with torch.no_grad():
+        w = weight.detach().float().cpu()
+        h = hessian.detach().float().cpu()
+        h = h + 1e-6 * h.diagonal().mean().clamp_min(_EPS) * torch.eye(h.shape[0])
+        wh = w @ h
+        a, c, b = factors.a.clone(), factors.c.clone(), factors.b.clone()
+        s_a, s_b = factors.sign_a, factors.sign_b
+        for _ in range(rounds):
+            g = (s_a * c[None, :]) @ (s_b * b[None, :])  # Ŵ = diag(a)·g
+            a = (wh * g).sum(1) / ((g @ h) * g).sum(1).clamp_min(_EPS)
+            hm = (a[:, None] * s_a * c[None, :]) @ s_b  # Ŵ = hm·diag(b)
+            gram_b = h * (hm.t() @ hm)
+            rhs_b = (hm * wh).sum(0)
+            b = torch.linalg.solve(gram_b + _ridge(gram_b), rhs_b)
+            u = a[:, None] * s_a  # (n, k)
+            v = s_b * b[None, :]  # (k, m)
+            gram_c = (u.t() @ u) * (v @ h @ v.t())
+            rhs_c = ((u.t() @ wh) * v).sum(1)
+            c = torch.linalg.solve(gram_c + _ridge(gram_c), rhs_c)
+        a, c, b = gauge_for_fp16(a, c, b)
+    return Factors(a=a, sign_a=s_a, c=c, sign_b=s_b, b=b)
+
+
+def _ridge(gram: torch.Tensor) -> torch.Tensor:
+    return 1e-6 * gram.diagonal().mean().clamp_min(_EPS) * torch.eye(gram.shape[0])

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: calibration tokens per Adam step (whole batches are accumulated up to this)
-TOKENS_PER_STEP = 4096
+TOKENS_PER_STEP = 2048
 
 
 class _TrainableDBF(nn.Module):
@@ -83,13 +83,14 @@ def finetune_block(context: BlockContext, steps: int, lr: float, seed: int) -> d
         setattr(parent, attr, trainable[name])
     hidden = context.inputs[0].shape[-1]
     try:
-        with small_problem_threads(TOKENS_PER_STEP * hidden * hidden):
+        with small_problem_threads(context.inputs[0].numel() * hidden):
             before, after = _train(context, trainable, steps, lr, seed)
     finally:
         for name, (parent, attr) in parents.items():
             setattr(parent, attr, context.layers[name])
         for p in frozen:
             p.requires_grad_(True)
+    logger.info("%s: block fine-tuning loss %.4g → %.4g", context.name, before, after)
     if not (math.isfinite(after) and after < before):
         logger.warning(
             "%s: fine-tuning did not help (%.4g → %.4g); kept", context.name, before, after
@@ -97,7 +98,6 @@ def finetune_block(context: BlockContext, steps: int, lr: float, seed: int) -> d
         return {"before": before, "after": before}
     for name, layer in trainable.items():
         _write_back(results[name], context.layers[name], layer)
-    logger.info("%s: block fine-tuning loss %.4g → %.4g", context.name, before, after)
     return {"before": before, "after": after}
 
 

@@ -21,6 +21,7 @@ from .factorization import (
     compose,
     factorize,
     middle_dim,
+    refit_vectors_hessian,
     total_bits,
 )
 from .layer import DoubleBinaryLinear
@@ -124,7 +125,7 @@ class DBF(Quantizer):
     weighting: str = "activation"
     clamp_k: bool = False
     seed: int = 0
-    finetune_steps: int = 200
+    finetune_steps: int = 100
     finetune_lr: float = 1e-2
     flag_hessian: bool = False
     flag_xtx: bool = True
@@ -255,6 +256,8 @@ class DBF(Quantizer):
         col, row = self._weights(name, m, input, hessian)
         try:
             factors = factorize(weight, k, self.fit_settings(name), col_scale=col, row_scale=row)
+            if hessian is not None and hessian.dim() == 2 and self.weighting != "none":
+                factors = refit_vectors_hessian(weight, hessian, factors)
             a, c, b = (v.to(torch.float16) for v in (factors.a, factors.c, factors.b))
             if not all(torch.isfinite(v).all() for v in (a, c, b)):
                 raise FloatingPointError("non-finite scale vectors")
