@@ -32,7 +32,7 @@ from .fused import DEFAULT_FUSED_GROUPS, fused_layer_groups, groups_problems
 from .ilp import InfeasibleTargetError, minimum_feasible_target, solve_assignment
 from .manual import assign_manually, split_groups
 from .moments import collect_moments, limit_batches
-from .sensitivity import score_candidates
+from .sensitivity import Costs, score_candidates
 from .target import dbf_binary_target, dbf_vector_overhead, effective_target, raw_for_effective
 
 if TYPE_CHECKING:
@@ -91,6 +91,8 @@ class AutoBitQuantizer(Quantizer):
     solver_status: str | None = field(default=None, init=False, compare=False)
     dbf_fallback: bool = field(default=False, init=False, compare=False)
     default_groupsize: int | None = field(default=None, init=False, compare=False)
+    #: err[l][c], bits[l][c] of the last planning (None until ``prepare``)
+    costs: Costs | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- flags derived from the candidates -------------------------------------------------
     def _active(self) -> list[Quantizer]:
@@ -292,6 +294,7 @@ class AutoBitQuantizer(Quantizer):
             else:
                 logger.warning("AutoBit got no calibration batches: plain weight error is used")
         costs = score_candidates(layers, self.candidates, moments, self.use_curvature_b)
+        self.costs = costs
         if self.target_bit_is_effective:
             target = float(self.target_bit)
         else:

@@ -22,7 +22,7 @@ def calib_path() -> Path:
     return ASSETS / "text" / "wikitext2-valid.tokens.txt"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_runner(stories_path: Path, calib_path: Path):
     """A Runner on stories260K with 8 calibration sequences of 64 tokens."""
     from onecomp_core.calibration import CalibrationConfig
@@ -43,10 +43,7 @@ def make_runner(stories_path: Path, calib_path: Path):
     return make
 
 
-def rtn_candidates(bits=(2, 3, 4, 8), groupsize: int = 32) -> list[dict]:
-    return [{"method": "rtn", "wbits": b, "groupsize": groupsize} for b in bits]
-
-
 @pytest.fixture
 def rtn_specs() -> list[dict]:
-    return rtn_candidates()
+    """RTN (built into the core) 2/3/4/8 bit, group size 32: a stand-in for GPTQ."""
+    return [{"method": "rtn", "wbits": b, "groupsize": 32} for b in (2, 3, 4, 8)]

@@ -16,6 +16,7 @@ from onecomp_autobit.target import (
     effective_target,
     raw_for_effective,
 )
+
 from onecomp_core.grid import gptq_effective_bits
 from onecomp_core.plugins import create_quantizer
 
@@ -46,7 +47,9 @@ def test_candidates_are_copies_and_the_callers_list_is_untouched():
 
 def test_bad_candidates_are_reported_together():
     with pytest.raises(ValueError) as info:
-        build_candidates([{"wbits": 2}, {"method": "no_such_method"}, {"method": "rtn", "wbits": 99}])
+        build_candidates(
+            [{"wbits": 2}, {"method": "no_such_method"}, {"method": "rtn", "wbits": 99}]
+        )
     text = str(info.value)
     assert "quantizers[0]" in text and "'method' key" in text
     assert "quantizers[1]" in text and "no_such_method" in text
@@ -54,7 +57,9 @@ def test_bad_candidates_are_reported_together():
 
 
 def test_raw_target_equals_uniform_gptq_like_effective_bits():
-    candidates = build_candidates([{"method": "rtn", "wbits": b, "groupsize": 32} for b in (2, 3, 4, 8)])
+    candidates = build_candidates(
+        [{"method": "rtn", "wbits": b, "groupsize": 32} for b in (2, 3, 4, 8)]
+    )
     shapes = [(64, 64), (32, 64), (172, 64), (64, 172)]
     bits = [[gptq_effective_bits(int(raw_bits(c)), 32, m) for c in candidates] for _, m in shapes]
     params = [n * m for n, m in shapes]
@@ -69,8 +74,8 @@ def test_raw_target_equals_uniform_gptq_like_effective_bits():
 def test_dbf_binary_target_pays_for_the_vectors():
     shapes = [(64, 64), (172, 64)]
     binary = dbf_binary_target(2.0, shapes)
-    total = sum(
-        n * m * (binary + dbf_vector_overhead(n, m, binary)) for n, m in shapes
-    ) / sum(n * m for n, m in shapes)
+    total = sum(n * m * (binary + dbf_vector_overhead(n, m, binary)) for n, m in shapes) / sum(
+        n * m for n, m in shapes
+    )
     assert total == pytest.approx(2.0)
     assert binary < 2.0 - 16 * (64 + 64) / (64 * 64) + 0.1

@@ -34,7 +34,9 @@ def counts():
 def test_counts_and_arithmetic(llama_folder):
     quantizable, other = counts()
     bits = 3.0
-    groups = quantizable / 64  # group size 128 > 64 inputs for attention... computed per layer below
+    groups = (
+        quantizable / 64
+    )  # group size 128 > 64 inputs for attention... computed per layer below
     groups = (64 * 64 * 2 + 32 * 64 * 2 + 256 * 64 * 2) / 64 + 256 * 64 / 128
     groups *= 2
     need = (quantizable * bits + groups * (16 + bits) + 16 * other) / 8  # bytes
@@ -43,7 +45,9 @@ def test_counts_and_arithmetic(llama_folder):
     assert result.breakdown["other_params"] == other
     assert result.breakdown["quantized_layers"] == 14
     assert result.target_bitwidth == pytest.approx(bits)
-    assert result.effective_bits == pytest.approx((quantizable * bits + groups * (16 + bits)) / quantizable)
+    assert result.effective_bits == pytest.approx(
+        (quantizable * bits + groups * (16 + bits)) / quantizable
+    )
     half = estimate_wbits_from_vram(str(llama_folder), total_vram_gb=need / GIB / 0.5, ratio=0.5)
     assert half.target_bitwidth == pytest.approx(bits)
 

@@ -1,0 +1,58 @@
+"""A checkpoint mixing two methods (GPTQ + DBF) saves, loads back without AutoBit, and agrees."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from onecomp_core.cli import main
+from onecomp_core.plugins import create_quantizer, list_quantizers
+from onecomp_core.serialization import load_quantized_model
+
+
+@pytest.mark.skipif(
+    not {"gptq", "dbf"} <= set(list_quantizers()), reason="needs onecomp-gptq and onecomp-dbf"
+)
+def test_gptq_and_dbf_layers_in_one_checkpoint(make_runner, tmp_path):
+    specs = [
+        {"method": "dbf", "target_bits": 1.5, "iters": 3, "finetune_steps": 2},
+        {"method": "gptq", "wbits": 4, "groupsize": 32},
+    ]
+    quantizer = create_quantizer(
+        "autobit", quantizers=specs, target_bit=3.3, target_bit_is_effective=True
+    )
+    runner = make_runner(quantizer, samples=4, length=32)
+    runner.run()
+    methods = {r._method for r in quantizer.results.values()}
+    assert methods == {"gptq", "dbf"}
+    out = runner.save_quantized_model(tmp_path / "mixed")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "autobit"
+    assert {row["method"] for row in qc["layers"].values()} == {"gptq", "dbf"}
+    for name, row in qc["layers"].items():
+        assert row["method"] == quantizer.results[name]._method
+    loaded, _ = load_quantized_model(out, device_map="cpu")
+    ids = torch.tensor([[1, 100, 200, 300, 400, 17, 9]])
+    with torch.no_grad():
+        expected = runner.create_quantized_model()(ids).logits
+        assert torch.equal(loaded(ids).logits, expected)
+
+
+def test_cli_quantize_with_candidates_as_json(stories_path, calib_path, tmp_path):
+    out = tmp_path / "cli"
+    candidates = (
+        '[{"method":"rtn","wbits":2,"groupsize":32},{"method":"rtn","wbits":4,"groupsize":32}]'
+    )
+    args = [
+        "quantize", str(stories_path), "--method", "autobit",
+        "--set", "target_bit=3.0", "--set", f"quantizers={candidates}",
+        "--calibration", str(calib_path), "--num-samples", "4", "--max-length", "32",
+        "--out", str(out), "--quiet",
+    ]  # fmt: skip
+    assert main(args) == 0
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert [c["label"] for c in qc["candidates"]] == ["rtn-2b-g32", "rtn-4b-g32"]
+    assert {row["bits"] for row in qc["layers"].values()} == {2, 4}
+    assert qc["achieved_bits"] <= qc["effective_target"] == pytest.approx(3 + 19 / 32)

@@ -1,0 +1,194 @@
+"""AutoBit inside the Runner on the real stories260K model, with RTN (built in) as candidates."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from onecomp_autobit import AutoBitQuantizer, InfeasibleTargetError
+from onecomp_autobit.fused import fused_layer_groups
+from onecomp_autobit.report import assignment_grid
+
+from onecomp_core.plugins import UnknownMethodError, create_quantizer, list_quantizers
+
+
+def rtn_candidates(bits=(2, 3, 4, 8), groupsize: int = 32) -> list[dict]:
+    return [{"method": "rtn", "wbits": b, "groupsize": groupsize} for b in bits]
+
+
+def autobit(specs, **params) -> AutoBitQuantizer:
+    return create_quantizer("autobit", quantizers=specs, **params)
+
+
+def test_invalid_parameters_are_reported_together():
+    with pytest.raises(ValueError) as info:
+        AutoBitQuantizer(
+            assignment_strategy="greedy", target_bit=-1, dbf_iters=0, fused_groups="qkv"
+        ).validate_params()
+    text = str(info.value)
+    for needle in ("assignment_strategy='greedy'", "target_bit=-1", "dbf_iters=0", "fused_groups"):
+        assert needle in text
+    with pytest.raises(ValueError, match="needs a bit budget"):
+        AutoBitQuantizer(assignment_strategy="ilp").validate_params()
+
+
+@pytest.fixture(scope="module")
+def rtn_run(make_runner, tmp_path_factory):
+    """One activation-aware run at raw 3 bits over RTN 2/3/4/8 g32, with a heatmap."""
+    png = tmp_path_factory.mktemp("autobit") / "plan.png"
+    quantizer = autobit(rtn_candidates(), target_bit=3.0, save_path=str(png))
+    runner = make_runner(quantizer)
+    runner.run()
+    return runner, quantizer, png
+
+
+def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
+    runner, quantizer, _ = rtn_run
+    # raw 3 bits with group size 32 candidates = uniform 3-bit's effective bits
+    assert quantizer.effective_target == pytest.approx(3 + 19 / 32)
+    assert quantizer.solver_status == "optimal"
+    params = {n: m.weight.numel() for n, m in runner.layers.items()}
+    measured = sum(
+        quantizer.results[n].effective_bits(*runner.layers[n].weight.shape) * p
+        for n, p in params.items()
+    ) / sum(params.values())
+    assert measured <= quantizer.effective_target + 1e-12
+    assert measured == pytest.approx(quantizer.achieved_bits)
+    chosen = {r["layer"]: r["candidate"] for r in quantizer.plan}
+    assert len(set(chosen.values())) > 1  # a real mix, not uniform
+    groups = fused_layer_groups(list(runner.layers), quantizer.fused_groups)
+    assert len(groups) == 10  # q/k/v and gate/up of 5 blocks
+    for group in groups:
+        assert len({chosen[n] for n in group}) == 1
+    for name, result in quantizer.results.items():
+        assert result._method == "rtn"
+        assert f"rtn-{result.bits}b-g32" == chosen[name]
+    config = quantizer.get_quant_config()
+    json.dumps(config)
+    assert config["assignment"][name]["candidate"] == chosen[name]
+    assert [c["label"] for c in config["candidates"]] == [
+        "rtn-2b-g32", "rtn-3b-g32", "rtn-4b-g32", "rtn-8b-g32"
+    ]  # fmt: skip
+
+
+def test_plan_predicts_no_more_loss_than_uniform_at_the_same_budget(rtn_run):
+    _, quantizer, _ = rtn_run
+    costs = quantizer.costs
+    plan = sum(r["predicted_error"] for r in quantizer.plan)
+    uniform3 = sum(row[1] for row in costs.errors)  # candidate 1 = 3 bit, exactly on budget
+    assert plan < uniform3
+    assert plan == pytest.approx(sum(row[quantizer.assignment[n]] for n, row in zip(
+        [r["layer"] for r in quantizer.plan], costs.errors, strict=True
+    )))  # fmt: skip
+
+
+def test_statistics_follow_the_chosen_candidates(make_runner):
+    from onecomp_core.testing import HessianRTNPlugin, registered_plugin
+
+    with registered_plugin(HessianRTNPlugin()):
+        specs = [
+            {"method": "rtn", "wbits": 2, "groupsize": 32},
+            {"method": "hessian_rtn", "wbits": 8},
+        ]
+        quantizer = autobit(specs, target_bit=8.0, target_bit_is_effective=True)
+        runner = make_runner(quantizer)
+        runner._load()
+        # before planning: the widest need of any candidate; HessianRTN wants full H, sequential
+        assert quantizer.statistics == "full" and quantizer.true_sequential
+        runner.run()  # HessianRTN asserts it receives a full (in × in) H
+    methods = {r._method for r in quantizer.results.values()}
+    assert "hessian_rtn" in methods
+    assert quantizer.statistics == "full"
+
+
+def test_statistics_shaped_for_each_child():
+    full = torch.eye(4) * 3
+    rtn = create_quantizer("rtn")
+    assert AutoBitQuantizer._statistics_for(rtn, full) is None
+    diag_child = create_quantizer("rtn")
+    diag_child.flag_calibration, diag_child.flag_xtx = True, True
+    assert torch.equal(AutoBitQuantizer._statistics_for(diag_child, full), torch.full((4,), 3.0))
+
+
+def test_heatmap_and_table_are_written(rtn_run):
+    pytest.importorskip("matplotlib")
+    _, quantizer, png = rtn_run
+    assert png.is_file() and png.stat().st_size > 5000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = json.loads(png.with_suffix(".json").read_text())
+    assert len(table["layers"]) == 35
+    assert table["measured_bits"] == pytest.approx(quantizer.achieved_bits)
+    rows, cols, grid = assignment_grid(
+        [r["layer"] for r in table["layers"]], [r["measured_bits"] for r in table["layers"]]
+    )
+    assert cols == ["0", "1", "2", "3", "4"]
+    assert rows == [
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+    ]  # fmt: skip
+    assert grid[3][2] == table["layers"][2 * 7 + 3]["measured_bits"]
+
+
+def test_infeasible_target_names_the_minimum(make_runner, rtn_specs):
+    quantizer = autobit(rtn_specs, target_bit=1.9, dbf_threshold=1.0, auto_dbf=False)
+    with pytest.raises(InfeasibleTargetError) as info:
+        make_runner(quantizer).run()
+    text = str(info.value)
+    assert "minimum feasible target is 2.5625" in text
+    assert "target_bit >= 2.0000" in text  # the same in raw bits
+
+
+def test_manual_strategy_first_match_wins(make_runner):
+    specs = [
+        {"method": "rtn", "wbits": 4, "groupsize": 32, "include_layer_keywords": ["self_attn"]},
+        {"method": "rtn", "wbits": 2, "groupsize": 32},
+    ]
+    quantizer = autobit(specs, assignment_strategy="manual")
+    make_runner(quantizer).run()
+    assert len(quantizer.results) == 35
+    for name, result in quantizer.results.items():
+        assert result.bits == (4 if "self_attn" in name else 2)
+
+
+def test_manual_strategy_refuses_a_split_fused_group(make_runner):
+    specs = [
+        {"method": "rtn", "wbits": 4, "include_layer_keywords": ["q_proj"]},
+        {"method": "rtn", "wbits": 2},
+    ]
+    with pytest.raises(ValueError, match="fused group split"):
+        make_runner(autobit(specs, assignment_strategy="manual")).run()
+
+
+def test_dbf_not_installed_is_said_clearly(make_runner, rtn_specs, monkeypatch):
+    import onecomp_autobit.quantizer as module
+
+    def no_dbf(method, **params):
+        raise UnknownMethodError(f"unknown quantization method {method!r}")
+
+    monkeypatch.setattr(module, "create_quantizer", no_dbf)
+    with pytest.raises(ValueError, match=r"'dbf' method is not installed.*auto_dbf=False"):
+        make_runner(autobit(rtn_specs, target_bit=1.5)).run()
+
+
+needs_dbf = pytest.mark.skipif("dbf" not in list_quantizers(), reason="onecomp-dbf not installed")
+
+
+@needs_dbf
+def test_dbf_fallback_at_low_targets(make_runner, rtn_specs, tmp_path):
+    from onecomp_core.serialization import load_quantized_model
+
+    quantizer = autobit(rtn_specs, target_bit=1.5, dbf_iters=3)
+    runner = make_runner(quantizer, samples=4, length=32)
+    runner.run()
+    assert quantizer.dbf_fallback
+    assert {r._method for r in quantizer.results.values()} == {"dbf"}
+    assert {r.target_bits for r in quantizer.results.values()} == {1.5}
+    out = runner.save_quantized_model(tmp_path / "m")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "autobit" and qc["dbf_fallback"]
+    assert {row["method"] for row in qc["layers"].values()} == {"dbf"}
+    model, _ = load_quantized_model(out, device_map="cpu")
+    ids = torch.tensor([[1, 50, 60, 70, 80]])
+    expected = runner.create_quantized_model()(ids).logits
+    assert torch.equal(model(ids).logits, expected)
