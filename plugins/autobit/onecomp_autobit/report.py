@@ -84,9 +84,12 @@ def save_heatmap(
         for i in range(len(rows)):
             for j in range(len(cols)):
                 if not np.isnan(values[i, j]):
+                    r, g, b, _ = image.cmap(image.norm(values[i, j]))
+                    dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
                     ax.text(
-                        j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w"
-                    )
+                        j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black",
+                    )  # fmt: skip
     fig.colorbar(image, ax=ax, label="effective bits per weight")
     cmap, norm = image.get_cmap(), image.norm
     handles = [

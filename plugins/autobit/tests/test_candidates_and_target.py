@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from onecomp_autobit.candidates import (
     build_candidates,
     default_groupsize,
@@ -16,7 +17,6 @@ from onecomp_autobit.target import (
     effective_target,
     raw_for_effective,
 )
-
 from onecomp_core.grid import gptq_effective_bits
 from onecomp_core.plugins import create_quantizer
 

@@ -7,6 +7,7 @@ import random
 import time
 
 import pytest
+
 from onecomp_autobit.ilp import (
     InfeasibleTargetError,
     average_bits,

@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+
 from onecomp_autobit import AutoBitQuantizer, InfeasibleTargetError
 from onecomp_autobit.fused import fused_layer_groups
 from onecomp_autobit.report import assignment_grid
-
 from onecomp_core.plugins import UnknownMethodError, create_quantizer, list_quantizers
 
 

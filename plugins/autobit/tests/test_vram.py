@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from onecomp_autobit.vram import GIB, estimate_wbits_from_vram
 from torch import nn
+
+from onecomp_autobit.vram import GIB, estimate_wbits_from_vram
 
 
 @pytest.fixture
