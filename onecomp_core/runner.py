@@ -79,6 +79,7 @@ class Runner:
         self.layers: dict[str, nn.Module] = {}
         self.quantized = False
         self.conv1d_linearized = 0
+        self._layer_bar = None
 
     # -- public API ---------------------------------------------------------------------
     def run(self) -> dict[str, QuantizationResult]:
@@ -97,19 +98,30 @@ class Runner:
         start = checkpoint.finished_blocks() if checkpoint else 0
         streams = self._start_streams(blocks, device, checkpoint, start)
         bar = tqdm(
-            range(len(blocks)),
+            total=len(blocks),
             desc="blocks",
             disable=not self.show_progress,
             initial=start,
             unit="block",
+            position=0,
+        )
+        self._layer_bar = tqdm(
+            total=len(self.layers),
+            desc="layers",
+            unit="layer",
+            position=1,
+            initial=len(self.quantizer.results),
+            leave=False,
+            disable=not self.show_progress,
         )
         for index in range(start, len(blocks)):
             streams = self._quantize_block(
                 index, f"{prefix}.{index}", blocks[index], streams, device, checkpoint
             )
             bar.update(1)
-        bar.close()
         self._quantize_outside_blocks(prefix, device)
+        self._layer_bar.close()
+        bar.close()
         self.quantized = True
         return self.quantizer.results
 
@@ -337,6 +349,9 @@ class Runner:
     def _quantize_one(self, name: str, hessian: torch.Tensor | None) -> None:
         module = self.layers[name]
         result = self.quantizer.quantize(module, name, hessian=hessian)
+        if self._layer_bar is not None:
+            self._layer_bar.set_postfix_str(name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1])
+            self._layer_bar.update(1)
         if result.fallback:
             logger.warning("%s: %s", name, result.fallback)
         weight = module.weight
@@ -430,15 +445,28 @@ class Runner:
         self._require_run()
         self.quantizer.save_results(path)
 
-    def calculate_perplexity(self, text_or_path: str | Path, **kwargs: Any):
-        """Perplexity of the (dequantized) model in memory."""
+    def calculate_perplexity(
+        self, text_or_path: str | Path, model: str = "dequantized", **kwargs: Any
+    ):
+        """Perplexity of the "dequantized" model in memory, the packed "quantized" one, or the
+        "original" (reloaded from its source)."""
         from .evaluation import calculate_perplexity
 
         self._require_run()
-        return calculate_perplexity(self.model, self.tokenizer, text_or_path, **kwargs)
+        return calculate_perplexity(self._model_for(model), self.tokenizer, text_or_path, **kwargs)
+
+    def _model_for(self, which: str) -> nn.Module:
+        if which == "dequantized":
+            return self.model
+        if which == "quantized":
+            return self.create_quantized_model()
+        if which == "original":
+            return self.model_config.load_model()
+        raise ValueError(f"model={which!r}: expected 'dequantized', 'quantized' or 'original'")
 
     def calculate_accuracy(self, jsonl_path: str | Path, **kwargs: Any):
         from .evaluation import calculate_accuracy
 
         self._require_run()
-        return calculate_accuracy(self.model, self.tokenizer, jsonl_path, **kwargs)
+        which = kwargs.pop("model", "dequantized")
+        return calculate_accuracy(self._model_for(which), self.tokenizer, jsonl_path, **kwargs)

@@ -154,3 +154,15 @@ def test_tiny_architectures_quantize_save_and_load(kind, tmp_path):
     ids = _ids(20)
     expected = _logits(runner.create_quantized_model(), ids)
     assert (_logits(loaded, ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_runner_evaluates_the_dequantized_packed_and_original_models(rtn_runner):
+    text = ASSETS / "text" / "tinystories-valid-excerpt.txt"
+    ppl = {
+        m: rtn_runner.calculate_perplexity(text, model=m, max_tokens=2048).ppl
+        for m in ("dequantized", "quantized", "original")
+    }
+    assert ppl["quantized"] == pytest.approx(ppl["dequantized"], rel=1e-6)
+    assert ppl["original"] < ppl["dequantized"]
+    with pytest.raises(ValueError, match="expected 'dequantized'"):
+        rtn_runner.calculate_perplexity(text, model="fp8")
