@@ -192,3 +192,12 @@ def test_dbf_fallback_at_low_targets(make_runner, rtn_specs, tmp_path):
     ids = torch.tensor([[1, 50, 60, 70, 80]])
     expected = runner.create_quantized_model()(ids).logits
     assert torch.equal(model(ids).logits, expected)
+
+
+def test_saved_config_rebuilds_the_candidates(rtn_run):
+    _, quantizer, _ = rtn_run
+    config = json.loads(json.dumps(quantizer.get_quant_config()))
+    again = AutoBitQuantizer.from_quant_config(config)
+    assert again.target_bit == 3.0 and again.assignment_strategy == "activation_aware"
+    rebuilt = [(q.method, q.wbits, q.groupsize) for q in again.quantizers]
+    assert rebuilt == [("rtn", b, 32) for b in (2, 3, 4, 8)]
