@@ -113,7 +113,7 @@ class DBF(Quantizer):
     result_type: ClassVar[type[QuantizationResult]] = DBFResult
 
     target_bits: float = 1.5
-    iters: int = 100
+    iters: int = 40
     reg: float = 0.03
     use_balancing: bool = False
     balance_iters: int = 40
@@ -127,7 +127,8 @@ class DBF(Quantizer):
     seed: int = 0
     finetune_steps: int = 100
     finetune_lr: float = 1e-2
-    flag_hessian: bool = False
+    #: the full H refits the vectors on the exact output error (diag alone: flag_hessian=False)
+    flag_hessian: bool = True
     flag_xtx: bool = True
     #: layer name → (out,) mean squared output gradients, for weighting="activation_gradient"
     gradient_statistics: dict[str, torch.Tensor] = field(
@@ -136,8 +137,8 @@ class DBF(Quantizer):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.weighting == "none":
-            self.flag_xtx = False  # no input statistics needed (the stream still is, to fine-tune)
+        if self.weighting == "none":  # no input statistics needed (the stream still is)
+            self.flag_hessian = self.flag_xtx = False
 
     @property
     def wants_fp_stream(self) -> bool:  # type: ignore[override]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from onecomp_dbf.factorization import (
     FitSettings,
     activation_scales,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from onecomp_dbf import DBF, DoubleBinaryLinear
-from onecomp_dbf.finetune import finetune_block
 from torch import nn
 
 from onecomp_core.blockwise import BlockContext
@@ -14,6 +12,8 @@ from onecomp_core.calibration import CalibrationConfig
 from onecomp_core.model_config import ModelConfig
 from onecomp_core.runner import Runner
 from onecomp_core.serialization import load_quantized_model
+from onecomp_dbf import DBF, DoubleBinaryLinear
+from onecomp_dbf.finetune import finetune_block
 
 STORIES = Path(__file__).resolve().parents[4] / "shared" / "assets" / "stories260K"
 CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from onecomp_dbf.packing import pack_signs, packed_size, unpack_signs
 
 

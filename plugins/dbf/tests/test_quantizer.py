@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from onecomp_dbf import DBF, DBFResult, DoubleBinaryLinear
 from torch import nn
 
 from onecomp_core import create_quantizer
+from onecomp_dbf import DBF, DBFResult, DoubleBinaryLinear
 
-FAST = dict(iters=20, finetune_steps=0)
+FAST = dict(iters=20, finetune_steps=0, flag_hessian=False)
 
 
 def test_registered_under_dbf_with_seed_defaults():
@@ -24,7 +24,8 @@ def test_registered_under_dbf_with_seed_defaults():
     )
     assert q.mlp_target_bits is None and q.module_target_bits is None
     assert q.weighting == "activation" and q.clamp_k is False
-    assert q.statistics == "diag"  # only the diagonal of H is used by default
+    assert q.statistics == "full"  # the full H refits the vectors
+    assert DBF(flag_hessian=False).statistics == "diag"  # the fit itself needs only diag(H)
     assert q.wants_fp_stream and not DBF(finetune_steps=0).wants_fp_stream
     assert DBF(weighting="none").statistics == "none"
 
@@ -178,4 +179,4 @@ def test_full_hessian_refit_lowers_output_error():
         ).compute_dequantized_weight()
         return (x @ (lin.weight.data - deq.float()).t()).pow(2).sum().item()
 
-    assert err(DBF(flag_hessian=True, **FAST)) < err(DBF(**FAST))
+    assert err(DBF(**{**FAST, "flag_hessian": True})) < err(DBF(**FAST))
