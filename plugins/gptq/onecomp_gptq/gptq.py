@@ -124,7 +124,8 @@ def gptq_quantize(
     the updated weights. ``row_shrinks`` (several range factors) runs GPTQ
     once per factor on stacked copies of the rows (rows are independent in
     GPTQ) and keeps, per row, the copy with the smallest output error
-    ΔHΔᵀ: a clipping search judged by the error GPTQ actually leaves. Falls
+    ΔHΔᵀ: a clipping search judged by the error GPTQ actually leaves (a
+    factor 0 stands for the spec's own per-group search). Falls
     back to round-to-nearest when H cannot be made positive definite or the
     result is not finite, and says so in ``fallback``.
     """

@@ -64,12 +64,18 @@ def fit_grid(
 
     ``col_weight`` (cols,) weights each column's error (e.g. diag H); ``min_zero``
     keeps asymmetric zero points ≥ 1 for loaders of the legacy v1 format; a
-    given ``shrink`` (rows,) fixes each row's range factor instead of searching.
+    given ``shrink`` (rows,) fixes each row's range factor instead; rows whose
+    factor is 0 get the search.
     """
     w = w.float()
     xmin, xmax = row_range(w, sym)
     if shrink is not None:
-        return grid_from_range(shrink * xmin, shrink * xmax, bits, sym, min_zero)
+        scale, zero = grid_from_range(shrink * xmin, shrink * xmax, bits, sym, min_zero)
+        searched = (shrink <= 0).nonzero().flatten()
+        if len(searched):
+            found = fit_grid(w[searched], bits, sym, col_weight, grid, norm, maxshrink, min_zero)
+            scale[searched], zero[searched] = found
+        return scale, zero
     if grid <= 0:
         return grid_from_range(xmin, xmax, bits, sym, min_zero)
     maxq = max_code(bits)

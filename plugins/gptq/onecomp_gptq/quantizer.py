@@ -91,10 +91,11 @@ class GPTQ(Quantizer):
     blocksize: int = 128
     q_grid: int = 100
     q_norm: float = 2.4
-    #: with mse: range factors (1 down to 0.6) tried per row by running GPTQ on stacked
-    #: copies and keeping the smallest output error (costs that many GPTQ runs);
-    #: 0: only the cheap proxy search per group (q_grid steps, error exponent q_norm)
-    clip_candidates: int = 9
+    #: with mse: besides the per-group proxy search, this many row range factors
+    #: (1 down to 0.6) are tried by running GPTQ on stacked copies of the rows; each
+    #: row keeps the candidate with the smallest output error (costs 1 + this many
+    #: GPTQ runs); 0: only the proxy search (q_grid steps, error exponent q_norm)
+    clip_candidates: int = 5
     mlp_wbits: int | None = None
     mlp_groupsize: int | None = None
     module_wbits: dict[str, int] = field(default_factory=dict)
@@ -170,7 +171,8 @@ class GPTQ(Quantizer):
         if not self.mse or self.clip_candidates <= 0:
             return []
         count = self.clip_candidates
-        return [1.0 - 0.4 * k / max(1, count - 1) for k in range(count)] if count > 1 else [1.0]
+        factors = [1.0 - 0.4 * k / (count - 1) for k in range(count)] if count > 1 else [1.0]
+        return [0.0, *factors]  # 0: the proxy search
 
     # -- the three hooks ---------------------------------------------------------------
     def quantize_layer(

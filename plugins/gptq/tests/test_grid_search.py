@@ -56,3 +56,15 @@ def test_min_zero_keeps_legacy_v1_zero_points_positive() -> None:
     w = torch.rand(3, 16) + 0.5  # all positive: the asymmetric zero would be 0
     assert torch.all(fit_grid(w, 4, False)[1] == 0)
     assert torch.all(fit_grid(w, 4, False, min_zero=1)[1] == 1)
+
+
+def test_fixed_row_factors_and_zero_meaning_search() -> None:
+    w = torch.randn(4, 32)
+    w[:, 0] = 10.0
+    shrink = torch.tensor([1.0, 0.5, 0.0, 0.0])
+    scale, zero = fit_grid(w, 3, False, grid=50, shrink=shrink)
+    assert torch.equal(scale[0], fit_grid(w[:1], 3, False)[0][0])
+    half = grid_from_range(*(0.5 * t for t in row_range(w[1:2], False)), 3, False)
+    assert torch.equal(scale[1], half[0][0])
+    searched = fit_grid(w[2:], 3, False, grid=50)
+    assert torch.equal(scale[2:], searched[0]) and torch.equal(zero[2:], searched[1])
