@@ -44,12 +44,12 @@ def rel_output_error(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> f
 
 
 #: "plain-asym" and "actorder+mse-proxy" are for comparison; the GPTQ quantizer's
-#: actorder=true mse=true (clip_candidates=9) is "actorder+mse"
+#: actorder=true mse=true (default clip_candidates) is "actorder+mse"
 CONFIGS = {
     "plain": dict(actorder=False, clip_grid=0, sym=True),
     "plain-asym": dict(actorder=False, clip_grid=0, sym=False),
     "actorder+mse-proxy": dict(actorder=True, clip_grid=100, sym=True),
-    "actorder+mse": dict(actorder=True, clip_grid=100, sym=True, candidates=9),
+    "actorder+mse": dict(actorder=True, clip_grid=100, sym=True, candidates=GPTQ.clip_candidates),
 }
 
 
