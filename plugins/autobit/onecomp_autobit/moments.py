@@ -29,16 +29,19 @@ Batch = tuple[torch.Tensor, torch.Tensor | None]
 
 @dataclass
 class LayerMoments:
-    """a (in,) and b (out,) of one layer, float64 on the CPU; b None when not collected."""
+    """a (in,), b (out,) and optionally XᵀX/N (in × in) of one layer, float64 on the CPU."""
 
     a: torch.Tensor
     b: torch.Tensor | None
     tokens: int
+    xtx: torch.Tensor | None = None
 
 
 class _Accumulator:
-    def __init__(self, module: nn.Module, gradients: bool) -> None:
+    def __init__(self, module: nn.Module, gradients: bool, full: bool = False) -> None:
         self.sum_x = torch.zeros(module.in_features, dtype=torch.float64)
+        n = module.in_features
+        self.sum_xx = torch.zeros(n, n, dtype=torch.float64) if full else None
         self.sum_g = torch.zeros(module.out_features, dtype=torch.float64) if gradients else None
         self.tokens = 0
         self.grad_tokens = 0
@@ -53,6 +56,8 @@ class _Accumulator:
     def forward_hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         x = self._rows(args[0])
         self.sum_x += x.pow(2).sum(0).cpu()
+        if self.sum_xx is not None:
+            self.sum_xx += (x.t() @ x).cpu()
         self.tokens += x.shape[0]
         if self.sum_g is not None and output.requires_grad:
             output.register_hook(self._grad_hook)
@@ -68,7 +73,8 @@ class _Accumulator:
         b = None
         if self.sum_g is not None and self.grad_tokens:
             b = self.sum_g / self.grad_tokens
-        return LayerMoments(self.sum_x / self.tokens, b, self.tokens)
+        xtx = None if self.sum_xx is None else self.sum_xx / self.tokens
+        return LayerMoments(self.sum_x / self.tokens, b, self.tokens, xtx)
 
 
 def limit_batches(batches: list[Batch], max_samples: int | None, seqlen: int | None) -> list[Batch]:
@@ -105,8 +111,9 @@ def collect_moments(
     layers: dict[str, nn.Module],
     batches: list[Batch],
     gradients: bool = True,
+    full: bool = False,
 ) -> dict[str, LayerMoments]:
-    """a (and b when ``gradients``) of every layer in ``layers`` over ``batches``.
+    """a (and b when ``gradients``, XᵀX/N when ``full``) of every layer over ``batches``.
 
     The model is left as it was: parameters keep their values and
     ``requires_grad`` flags, and no gradient is stored on them. When the
@@ -115,7 +122,7 @@ def collect_moments(
     if not batches:
         raise ValueError("activation-aware planning needs calibration batches, got none")
     device = next(model.parameters()).device
-    accs = {name: _Accumulator(module, gradients) for name, module in layers.items()}
+    accs = {name: _Accumulator(module, gradients, full) for name, module in layers.items()}
     flags = [(p, p.requires_grad) for p in model.parameters()]
     embeddings = model.get_input_embeddings() if gradients else None
     takes_cache = "use_cache" in inspect.signature(model.forward).parameters

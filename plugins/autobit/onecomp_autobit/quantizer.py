@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("activation_aware", "ilp", "manual")
+PLANNING_HESSIANS = ("auto", "full", "diag")
+PLANNING_FULL_BYTES = 1 << 30
 
 
 def _is_number(value: Any) -> bool:
@@ -79,6 +81,9 @@ class AutoBitQuantizer(Quantizer):
     fused_groups: list = field(default_factory=lambda: copy.deepcopy(DEFAULT_FUSED_GROUPS))
     enable_fused_groups: bool = True
     ilp_time_limit: float = 30.0
+    #: input factor of the planning statistics: "diag" (a), "full" (XᵀX/N per layer),
+    #: "auto" (full when all layers' in² float64 matrices fit in PLANNING_FULL_BYTES)
+    planning_hessian: str = "auto"
     flag_hessian: bool = False  # the statistics are the chosen candidates' (see `statistics`)
 
     # -- planning state (not parameters) ------------------------------------------------
@@ -165,8 +170,18 @@ class AutoBitQuantizer(Quantizer):
             problems.append(f"ilp_time_limit={self.ilp_time_limit!r}: expected seconds > 0")
         if self.save_path is not None and not isinstance(self.save_path, str | Path):
             problems.append(f"save_path={self.save_path!r}: expected a path or null")
+        if self.planning_hessian not in PLANNING_HESSIANS:
+            problems.append(
+                f"planning_hessian={self.planning_hessian!r}: expected one of "
+                f"{', '.join(PLANNING_HESSIANS)}"
+            )
         problems.extend(groups_problems(self.fused_groups))
         return problems
+
+    def _full_planning(self, layers: dict[str, nn.Module]) -> bool:
+        if self.planning_hessian != "auto":
+            return self.planning_hessian == "full"
+        return sum(8 * m.in_features**2 for m in layers.values()) <= PLANNING_FULL_BYTES
 
     # -- setup: candidates, manual assignment, early DBF fallback ------------------------
     def setup(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -290,7 +305,13 @@ class AutoBitQuantizer(Quantizer):
         if self.assignment_strategy == "activation_aware":
             if batches:
                 used = limit_batches(batches, self.num_calib_samples, self.calib_seqlen)
-                moments = collect_moments(model, layers, used, gradients=self.use_curvature_b)
+                moments = collect_moments(
+                    model,
+                    layers,
+                    used,
+                    gradients=self.use_curvature_b,
+                    full=self._full_planning(layers),
+                )
             else:
                 logger.warning("AutoBit got no calibration batches: plain weight error is used")
         costs = score_candidates(layers, self.candidates, moments, self.use_curvature_b)

@@ -34,10 +34,14 @@ from .moments import LayerMoments
 logger = logging.getLogger(__name__)
 
 
-def planning_hessian(kind: str, a: torch.Tensor | None, in_features: int) -> torch.Tensor | None:
+def planning_hessian(
+    kind: str, a: torch.Tensor | None, in_features: int, xtx: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """The statistics handed to a candidate while planning (see module docstring)."""
     if kind == "none":
         return None
+    if kind == "full" and xtx is not None:
+        return 2.0 * xtx.float()
     diag = 2.0 * (a.float() if a is not None else torch.ones(in_features))
     return torch.diag(diag) if kind == "full" else diag
 
@@ -47,8 +51,20 @@ def predicted_error(
     quantized: torch.Tensor,
     a: torch.Tensor | None = None,
     b: torch.Tensor | None = None,
+    xtx: torch.Tensor | None = None,
 ) -> float:
-    """Σ_ij b_i·a_j·(W − Ŵ)_ij² (a or b left out when None)."""
+    """Σ_ij b_i·a_j·(W − Ŵ)_ij² (a or b left out when None).
+
+    With ``xtx`` (XᵀX/N) the input factor is the full matrix instead of its
+    diagonal a: Σ_i b_i·Δ_i·(XᵀX/N)·Δ_iᵀ (Kronecker-factored Fisher with a
+    full input factor and a diagonal output factor).
+    """
+    if xtx is not None:
+        d = weight.double() - quantized.double()
+        rows = ((d @ xtx.double().to(d.device)) * d).sum(1)
+        if b is not None:
+            rows = rows * b.double().to(d.device)
+        return float(rows.sum())
     d2 = (weight.double() - quantized.double()).pow(2)
     if a is not None:
         d2 = d2 * a.double().to(d2.device)[None, :]
@@ -77,7 +93,8 @@ def score_layer(
     weight = module.weight
     original = weight.data.clone()
     a = moments.a if moments is not None else None
-    hessian = planning_hessian(candidate.statistics, a, module.in_features)
+    xtx = moments.xtx if moments is not None else None
+    hessian = planning_hessian(candidate.statistics, a, module.in_features, xtx)
     if hessian is not None:
         hessian = hessian.to(weight.device)
     try:
@@ -94,7 +111,7 @@ def score_layer(
         )
     quantized = result.compute_dequantized_weight(original.device)
     b = moments.b if (moments is not None and use_b) else None
-    return predicted_error(original, quantized, a, b), float(bits)
+    return predicted_error(original, quantized, a, b, xtx), float(bits)
 
 
 def score_candidates(

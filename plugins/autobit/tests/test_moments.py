@@ -27,13 +27,14 @@ def test_input_moments_match_the_runner_statistics(model_and_batches):
         for n, m in model.named_modules()
         if n.startswith("model.layers.1.mlp.") and isinstance(m, torch.nn.Linear)
     }
-    moments = collect_moments(model, layers, batches, gradients=True)
-    collector = StatisticsCollector(layers, "diag", torch.float64)
+    moments = collect_moments(model, layers, batches, gradients=True, full=True)
+    collector = StatisticsCollector(layers, "full", torch.float64)
     with torch.no_grad(), collector.hooked():
         for ids, _ in batches:
             model(input_ids=ids)
     for name, h in collector.hessians().items():
-        torch.testing.assert_close(moments[name].a, h / 2)
+        torch.testing.assert_close(moments[name].xtx, h / 2)
+        torch.testing.assert_close(moments[name].a, h.diagonal() / 2)
         assert moments[name].tokens == 4 * 24
         b = moments[name].b
         assert b is not None and b.shape == (layers[name].out_features,)
@@ -82,7 +83,14 @@ def test_error_weighting_and_planning_statistics():
     assert predicted_error(w, q) == 2.0
     assert predicted_error(w, q, a=torch.tensor([1.0, 10.0])) == 11.0
     assert predicted_error(w, q, a=torch.tensor([1.0, 10.0]), b=torch.tensor([2.0, 0.0])) == 20.0
+    # a full input factor: Σ_i b_i Δ_i A Δ_iᵀ; with a diagonal A it is the diagonal formula
+    xtx = torch.tensor([[1.0, 0.5], [0.5, 10.0]])
+    d = w - q
+    expected = 2.0 * float(d[0] @ xtx @ d[0]) + 0.0 * float(d[1] @ xtx @ d[1])
+    assert predicted_error(w, q, b=torch.tensor([2.0, 0.0]), xtx=xtx) == expected
+    assert predicted_error(w, q, xtx=torch.diag(torch.tensor([1.0, 10.0]))) == 11.0
     a = torch.tensor([0.5, 2.0])
+    assert torch.equal(planning_hessian("full", a, 2, xtx), 2 * xtx)
     assert torch.equal(planning_hessian("full", a, 2), torch.diag(torch.tensor([1.0, 4.0])))
     assert torch.equal(planning_hessian("diag", None, 2), torch.tensor([2.0, 2.0]))
     assert planning_hessian("none", a, 2) is None
