@@ -21,7 +21,7 @@ def test_gptq_and_dbf_layers_in_one_checkpoint(make_runner, tmp_path):
         {"method": "gptq", "wbits": 4, "groupsize": 32},
     ]
     quantizer = create_quantizer(
-        "autobit", quantizers=specs, target_bit=3.3, target_bit_is_effective=True
+        "autobit", quantizers=specs, target_bit=3.3, target_bit_is_effective=True, num_layers=14
     )
     runner = make_runner(quantizer, samples=4, length=32)
     runner.run()

@@ -131,7 +131,9 @@ def test_heatmap_and_table_are_written(rtn_run):
 
 
 def test_infeasible_target_names_the_minimum(make_runner, rtn_specs):
-    quantizer = autobit(rtn_specs, target_bit=1.9, dbf_threshold=1.0, auto_dbf=False)
+    quantizer = autobit(
+        rtn_specs, target_bit=1.9, dbf_threshold=1.0, auto_dbf=False, assignment_strategy="ilp"
+    )
     with pytest.raises(InfeasibleTargetError) as info:
         make_runner(quantizer).run()
     text = str(info.value)
@@ -178,7 +180,7 @@ needs_dbf = pytest.mark.skipif("dbf" not in list_quantizers(), reason="onecomp-d
 def test_dbf_fallback_at_low_targets(make_runner, rtn_specs, tmp_path):
     from onecomp_core.serialization import load_quantized_model
 
-    quantizer = autobit(rtn_specs, target_bit=1.5, dbf_iters=3)
+    quantizer = autobit(rtn_specs, target_bit=1.5, dbf_iters=3, num_layers=7)
     runner = make_runner(quantizer, samples=4, length=32)
     runner.run()
     assert quantizer.dbf_fallback
