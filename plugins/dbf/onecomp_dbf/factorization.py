@@ -193,11 +193,15 @@ def _admm_update(
     rho: float,
     reg: float,
     adaptive: bool,
+    right: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
-    """Update Y in min ½‖T − F·Y‖² + ½·reg·‖Y‖², Y = Π(Y), with F = ``other`` (r × k).
+    """Update Y in min ½‖(T − F·Y)·L‖² + ½·reg·‖Y‖², Y = Π(Y), with F = ``other`` (r × k).
 
-    F is normalised to unit columns (d); the state lives in the factor's own
-    scale and is mapped to the normalised problem and back.
+    ``right`` = (eigenvalues, eigenvectors) of C = L·Lᵀ (c × c), the input
+    correlation of the full Hessian; None means C = I. With C the normal
+    equations are the Sylvester equation FᵀF·Y·C + (reg+ρ)·Y = FᵀT·C + ρ(Z−U),
+    solved in the two eigenbases. F is normalised to unit columns (d); the
+    state lives in the factor's own scale and is mapped there and back.
     """
     d = other.norm(dim=0).clamp_min(_EPS)
     f = other / d[None, :]
@@ -206,14 +210,23 @@ def _admm_update(
     ft_t = f.t() @ target
     z = state.z * d[:, None]
     u = state.u * d[:, None]
+    if right is not None:
+        e_left, v_left = torch.linalg.eigh(gram)
+        e_right, v_right = right
+        base = (v_left.t() @ ft_t @ v_right) * e_right[None, :]
+        denom = e_left.clamp_min(0)[:, None] * e_right[None, :]
     eye = torch.eye(k)
     current = None
     for _ in range(ADMM_STEPS):
         r = rho * state.rho_mult
-        if current != r:
-            inv = torch.linalg.inv(gram + (reg + r) * eye)
-            current = r
-        y = inv @ (ft_t + r * (z - u))
+        if right is not None:
+            rot = base + r * (v_left.t() @ (z - u) @ v_right)
+            y = v_left @ (rot / (denom + reg + r)) @ v_right.t()
+        else:
+            if current != r:
+                inv = torch.linalg.inv(gram + (reg + r) * eye)
+                current = r
+            y = inv @ (ft_t + r * (z - u))
         z_old = z
         z, state.v = svid_project(y + u, state.v)
         u = u + y - z
@@ -252,15 +265,30 @@ def factorize(
     settings: FitSettings,
     col_scale: torch.Tensor | None = None,
     row_scale: torch.Tensor | None = None,
+    correlation: torch.Tensor | None = None,
 ) -> Factors:
-    """Fit W ≈ diag(a)·S_A·diag(c)·S_B·diag(b) minimising ‖diag(r)(W − Ŵ)diag(s)‖².
+    """Fit W ≈ diag(a)·S_A·diag(c)·S_B·diag(b) minimising ‖diag(r)(W − Ŵ)diag(s)·L‖².
 
-    ``col_scale`` s (m,) and ``row_scale`` r (n,) default to ones. The result
-    depends only on the inputs and ``settings.seed`` (a private generator).
+    ``col_scale`` s (m,) and ``row_scale`` r (n,) default to ones;
+    ``correlation`` C = L·Lᵀ (m × m, see :func:`input_correlation`) defaults
+    to the identity (the diagonal objective). The result depends only on the
+    inputs and ``settings.seed`` (a private generator).
     """
     n, m = weight.shape
     with torch.no_grad(), small_problem_threads(n * m * k):
-        return _factorize(weight, k, settings, col_scale, row_scale)
+        return _factorize(weight, k, settings, col_scale, row_scale, correlation)
+
+
+def input_correlation(hessian: torch.Tensor, col_scale: torch.Tensor, damp: float) -> torch.Tensor:
+    """C = (1−λ)·D⁻¹(H/2)D⁻¹ + λ·I with D = diag(s): the Hessian in the weighted coordinates.
+
+    Its diagonal is one where s is not floored, so C = I recovers the
+    diagonal objective; ``damp`` λ pulls it towards I (noise in H).
+    """
+    s = col_scale.float().cpu()
+    corr = hessian.detach().float().cpu() / 2 / (s[:, None] * s[None, :])
+    corr = (corr + corr.t()) / 2
+    return (1 - damp) * corr + damp * torch.eye(corr.shape[0])
 
 
 def _factorize(
@@ -269,6 +297,7 @@ def _factorize(
     settings: FitSettings,
     col_scale: torch.Tensor | None,
     row_scale: torch.Tensor | None,
+    correlation: torch.Tensor | None = None,
 ) -> Factors:
     w = weight.detach().float().cpu()
     n, m = w.shape
@@ -293,11 +322,21 @@ def _factorize(
     q_z, vq = svid_project(q0, torch.ones(m) / math.sqrt(m))
     p_state = _FactorState(p_z, torch.zeros(k, n), vp)
     q_state = _FactorState(q_z, torch.zeros(k, m), vq)
-    target_t = balanced.t().contiguous()
+    right = chol_t = None
+    if correlation is not None:
+        corr = correlation.float().cpu() / (bv[:, None] * bv[None, :])
+        corr = corr / corr.diagonal().mean().clamp_min(_EPS)
+        e, v = torch.linalg.eigh(corr)
+        e = e.clamp_min(1e-6 * e.max())
+        right = (e, v)
+        chol_t = (v * e.sqrt()[None, :]).t()  # Lᵀ with L·Lᵀ = C
+    target_t = balanced.t().contiguous() if chol_t is None else chol_t @ balanced.t()
+    adaptive = settings.use_adaptive_rho
     for step in range(settings.iters):
         rho = rho_schedule(step, settings.iters)
-        _admm_update(balanced, p_state.z.t(), q_state, rho, settings.reg, settings.use_adaptive_rho)
-        _admm_update(target_t, q_state.z.t(), p_state, rho, settings.reg, settings.use_adaptive_rho)
+        _admm_update(balanced, p_state.z.t(), q_state, rho, settings.reg, adaptive, right)
+        other = q_state.z.t() if chol_t is None else chol_t @ q_state.z.t()
+        _admm_update(target_t, other, p_state, rho, settings.reg, adaptive)
 
     sign_a, x_p, y_p = _split_svid(p_state.z.t())
     sign_b, x_q, y_q = _split_svid(q_state.z)

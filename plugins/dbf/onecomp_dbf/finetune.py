@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .factorization import compose, gauge_for_fp16, small_problem_threads
+from .packing import pack_signs
 
 if TYPE_CHECKING:
     from onecomp_core.blockwise import BlockContext
@@ -31,13 +32,28 @@ TOKENS_PER_STEP = 2048
 
 
 class _TrainableDBF(nn.Module):
-    """A DBF layer whose vectors are a0·θa, c0·θc, b0·θb with trainable θ (fp32)."""
+    """A DBF layer whose vectors are a0·θa, c0·θc, b0·θb with trainable θ (fp32).
 
-    def __init__(self, result: DBFResult, bias: torch.Tensor | None, device: torch.device):
+    With ``train_signs`` the sign matrices get real latents (init ±1) trained
+    through a straight-through estimator: the forward uses sign(latent).
+    """
+
+    def __init__(
+        self,
+        result: DBFResult,
+        bias: torch.Tensor | None,
+        device: torch.device,
+        train_signs: bool = False,
+    ):
         super().__init__()
         s_a, s_b = result.signs()
-        self.register_buffer("sign_a_t", s_a.t().contiguous().to(device))
-        self.register_buffer("sign_b_t", s_b.t().contiguous().to(device))
+        s_a_t, s_b_t = s_a.t().contiguous().to(device), s_b.t().contiguous().to(device)
+        if train_signs:
+            self.sign_a_t = nn.Parameter(s_a_t)
+            self.sign_b_t = nn.Parameter(s_b_t)
+        else:
+            self.register_buffer("sign_a_t", s_a_t)
+            self.register_buffer("sign_b_t", s_b_t)
         self.register_buffer("a0", result.dbf_Da.float().to(device))
         self.register_buffer("c0", result.dbf_mid.float().to(device))
         self.register_buffer("b0", result.dbf_Db.float().to(device))
@@ -49,15 +65,33 @@ class _TrainableDBF(nn.Module):
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.a0 * self.theta_a, self.c0 * self.theta_c, self.b0 * self.theta_b
 
+    def signs_t(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S_Aᵀ, S_Bᵀ) as ±1; straight-through gradients when the latents train."""
+        return _ste_sign(self.sign_a_t), _ste_sign(self.sign_b_t)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, c, b = self.vectors()
-        h = ((x.float() * b) @ self.sign_b_t * c) @ self.sign_a_t * a
+        s_a_t, s_b_t = self.signs_t()
+        h = ((x.float() * b) @ s_b_t * c) @ s_a_t * a
         if self.bias is not None:
             h = h + self.bias.to(h.device)
         return h.to(x.dtype)
 
 
-def finetune_block(context: BlockContext, steps: int, lr: float, seed: int) -> dict[str, float]:
+def _ste_sign(latent: torch.Tensor) -> torch.Tensor:
+    if not latent.requires_grad:
+        return latent
+    hard = torch.where(latent >= 0, 1.0, -1.0)
+    return latent + (hard - latent).detach()
+
+
+def finetune_block(
+    context: BlockContext,
+    steps: int,
+    lr: float,
+    seed: int,
+    sign_lr: float = 0.0,
+) -> dict[str, float]:
     """Fine-tune the DBF layers of ``context.block`` in place; returns loss before/after.
 
     Results are updated in place (so every dict that holds them agrees) and
@@ -73,7 +107,9 @@ def finetune_block(context: BlockContext, steps: int, lr: float, seed: int) -> d
         return {}
     parents = _parents(context.block, {context.layers[n]: n for n in results})
     trainable = {
-        name: _TrainableDBF(r, getattr(context.layers[name], "bias", None), context.device)
+        name: _TrainableDBF(
+            r, getattr(context.layers[name], "bias", None), context.device, sign_lr > 0
+        )
         for name, r in results.items()
     }
     frozen = [p for p in context.block.parameters() if p.requires_grad]
@@ -84,7 +120,7 @@ def finetune_block(context: BlockContext, steps: int, lr: float, seed: int) -> d
     hidden = context.inputs[0].shape[-1]
     try:
         with small_problem_threads(context.inputs[0].numel() * hidden):
-            before, after = _train(context, trainable, steps, lr, seed)
+            before, after = _train(context, trainable, steps, lr, seed, sign_lr)
     finally:
         for name, (parent, attr) in parents.items():
             setattr(parent, attr, context.layers[name])
@@ -140,7 +176,12 @@ def _mean_loss(context: BlockContext, batches: list[int]) -> float:
 
 
 def _train(
-    context: BlockContext, layers: dict[str, _TrainableDBF], steps: int, lr: float, seed: int
+    context: BlockContext,
+    layers: dict[str, _TrainableDBF],
+    steps: int,
+    lr: float,
+    seed: int,
+    sign_lr: float,
 ) -> tuple[float, float]:
     count = len(context.inputs)
     tokens = max(1, context.inputs[0].shape[:-1].numel())
@@ -148,8 +189,12 @@ def _train(
     gen = torch.Generator().manual_seed(seed + context.index)
     monitor = list(range(min(count, per_step * 2)))
     before = _mean_loss(context, monitor)
-    params = [p for layer in layers.values() for p in layer.parameters()]
-    opt = torch.optim.Adam(params, lr=lr)
+    vectors = [p for m in layers.values() for p in (m.theta_a, m.theta_c, m.theta_b)]
+    groups = [{"params": vectors, "lr": lr}]
+    if sign_lr > 0:
+        latents = [p for m in layers.values() for p in (m.sign_a_t, m.sign_b_t)]
+        groups.append({"params": latents, "lr": sign_lr})
+    opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
     )
@@ -170,12 +215,14 @@ def _write_back(result: DBFResult, linear: nn.Module, layer: _TrainableDBF) -> N
     """New fp16 vectors into the result (in place) and the dequantized weight into the Linear."""
     with torch.no_grad():
         a, c, b = (v.detach().float().cpu() for v in layer.vectors())
+        s_a_t, s_b_t = (s.detach().cpu() for s in layer.signs_t())
         a, c, b = (v.to(torch.float16) for v in gauge_for_fp16(a, c, b))
         if not all(torch.isfinite(v).all() for v in (a, c, b)):
             logger.warning("fine-tuned vectors are not finite; the fitted ones are kept")
             return
         result.dbf_Da, result.dbf_mid, result.dbf_Db = a, c, b
+        s_a, s_b = s_a_t.t().contiguous(), s_b_t.t().contiguous()
+        result.dbf_A, result.dbf_B = pack_signs(s_a), pack_signs(s_b)
         result.finetuned = True
-        s_a, s_b = result.signs()
         weight = compose(a, s_a, c, s_b, b).to(torch.float16)
         linear.weight.data = weight.to(linear.weight.device, linear.weight.dtype)

@@ -20,6 +20,7 @@ from .factorization import (
     binary_bits,
     compose,
     factorize,
+    input_correlation,
     middle_dim,
     refit_vectors_hessian,
     total_bits,
@@ -127,6 +128,11 @@ class DBF(Quantizer):
     seed: int = 0
     finetune_steps: int = 100
     finetune_lr: float = 1e-2
+    #: Adam learning rate of the sign latents (straight-through); 0 keeps the signs fixed
+    finetune_sign_lr: float = 0.0
+    #: fit the signs on the full-Hessian objective (needs flag_hessian), not only its diagonal
+    hessian_admm: bool = False
+    hessian_damp: float = 0.01
     #: the full H refits the vectors on the exact output error (diag alone: flag_hessian=False)
     flag_hessian: bool = True
     flag_xtx: bool = True
@@ -166,7 +172,7 @@ class DBF(Quantizer):
             positive("balance_alpha", self.balance_alpha)
             if self.balance_mode not in BALANCE_MODES:
                 problems.append(f"balance_mode={self.balance_mode!r}: expected one of l1, l2")
-        for name in ("use_balancing", "use_adaptive_rho", "clamp_k"):
+        for name in ("use_balancing", "use_adaptive_rho", "clamp_k", "hessian_admm"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r}: expected true or false")
         if self.mlp_target_bits is not None:
@@ -192,6 +198,12 @@ class DBF(Quantizer):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             problems.append(f"finetune_steps={steps!r}: expected an integer >= 0 (0 = off)")
         positive("finetune_lr", self.finetune_lr)
+        sign_lr = self.finetune_sign_lr
+        if isinstance(sign_lr, bool) or not isinstance(sign_lr, (int, float)) or not sign_lr >= 0:
+            problems.append(f"finetune_sign_lr={sign_lr!r}: expected a number >= 0 (0 = off)")
+        damp = self.hessian_damp
+        if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 <= damp <= 1:
+            problems.append(f"hessian_damp={damp!r}: expected a number in [0, 1]")
         return problems
 
     def setup(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -256,7 +268,13 @@ class DBF(Quantizer):
         meta = self._result_meta(n, m, k, bits, weight.dtype)
         col, row = self._weights(name, m, input, hessian)
         try:
-            factors = factorize(weight, k, self.fit_settings(name), col_scale=col, row_scale=row)
+            corr = None
+            full = hessian is not None and hessian.dim() == 2 and self.weighting != "none"
+            if full and self.hessian_admm:
+                corr = input_correlation(hessian, col, self.hessian_damp)
+            factors = factorize(
+                weight, k, self.fit_settings(name), col_scale=col, row_scale=row, correlation=corr
+            )
             if hessian is not None and hessian.dim() == 2 and self.weighting != "none":
                 factors = refit_vectors_hessian(weight, hessian, factors)
             a, c, b = (v.to(torch.float16) for v in (factors.a, factors.c, factors.b))
@@ -340,6 +358,9 @@ class DBF(Quantizer):
             "seed": self.seed,
             "finetune_steps": self.finetune_steps,
             "finetune_lr": self.finetune_lr,
+            "finetune_sign_lr": self.finetune_sign_lr,
+            "hessian_admm": self.hessian_admm,
+            "hessian_damp": self.hessian_damp,
         }
 
     def create_inference_layer(
@@ -374,7 +395,9 @@ class DBF(Quantizer):
             return
         from .finetune import finetune_block
 
-        finetune_block(context, self.finetune_steps, self.finetune_lr, self.seed)
+        finetune_block(
+            context, self.finetune_steps, self.finetune_lr, self.seed, self.finetune_sign_lr
+        )
 
 
 def dense_layer(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Linear:

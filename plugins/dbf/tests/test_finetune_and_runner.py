@@ -76,6 +76,45 @@ def test_finetune_lowers_block_error_and_updates_results_in_place():
     assert block.up is layers["b.up"]
 
 
+def test_sign_training_flips_signs_and_repacks_them():
+    """With finetune_sign_lr > 0 the straight-through latents may flip signs; results agree."""
+    torch.manual_seed(1)
+    block = _Block()
+    inputs = [torch.randn(4, 32, 16) for _ in range(6)]
+    kwargs = [{"scale": 1.0} for _ in inputs]
+    with torch.no_grad():
+        fp_outputs = [block(x, **kw) for x, kw in zip(inputs, kwargs, strict=True)]
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=40, flag_hessian=False)
+    layers = {"b.up": block.up, "b.down": block.down}
+    q.setup(nn.ModuleDict({"b": block}))
+    for name, module in layers.items():
+        module.weight.data = q.quantize(module, name).compute_dequantized_weight().float()
+    old = {n: r.signs() for n, r in q.results.items()}
+    context = BlockContext(
+        index=0,
+        name="b",
+        block=block,
+        device=torch.device("cpu"),
+        inputs=inputs,
+        kwargs=kwargs,
+        layers=layers,
+        results=dict(q.results),
+        fp_inputs=inputs,
+        fp_outputs=fp_outputs,
+    )
+    losses = finetune_block(context, steps=40, lr=1e-2, seed=0, sign_lr=0.05)
+    assert losses["after"] < losses["before"]
+    flipped = 0
+    for name, module in layers.items():
+        result = q.results[name]
+        s_a, s_b = result.signs()
+        assert set(s_a.unique().tolist()) <= {-1.0, 1.0}
+        flipped += int((s_a != old[name][0]).sum() + (s_b != old[name][1]).sum())
+        assert torch.equal(module.weight.data, result.compute_dequantized_weight().float())
+    assert flipped > 0
+    assert block.up is layers["b.up"]
+
+
 def test_runner_save_load_logits_equal(tmp_path):
     quantizer = DBF(iters=8, finetune_steps=3)
     calibration = CalibrationConfig(

@@ -45,6 +45,9 @@ def test_validation_lists_every_problem():
             weighting="hessian",
             finetune_steps=-1,
             finetune_lr=0,
+            finetune_sign_lr=-1,
+            hessian_damp=2,
+            hessian_admm="yes",
         ).validate_params()
     text = str(err.value)
     for name in (
@@ -60,6 +63,9 @@ def test_validation_lists_every_problem():
         "weighting='hessian'",
         "finetune_steps=-1",
         "finetune_lr=0",
+        "finetune_sign_lr=-1",
+        "hessian_damp=2",
+        "hessian_admm='yes'",
     ):
         assert name in text, name
     DBF(use_balancing=False, balance_mode="bad").validate_params()  # ignored when off
