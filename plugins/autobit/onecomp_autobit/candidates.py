@@ -99,6 +99,25 @@ def declared_groupsize(quantizer: Quantizer) -> int | None:
     return None if value is None else int(value)
 
 
+def groupsize_divides(candidate: Quantizer, in_features: int) -> bool:
+    """False when the candidate groups its inputs by a size that does not divide ``in_features``."""
+    size = declared_groupsize(candidate)
+    return size is None or size <= 0 or in_features % size == 0
+
+
+def per_row_twin(candidate: Quantizer) -> Quantizer:
+    """A copy of ``candidate`` with one group per row (group size -1), everything else equal.
+
+    Used for layers whose input width the candidate's group size does not divide:
+    serving kernels for the GPTQ layout (Marlin, exllama, vLLM) need the group size
+    to divide in_features, so such a layer is quantized per row instead.
+    """
+    name = next(n for n in GROUP_SIZE_ATTRIBUTES if isinstance(getattr(candidate, n, None), int))
+    twin = dataclasses.replace(candidate, module_to_name={}, results={}, **{name: -1})
+    twin.validate_params()
+    return twin
+
+
 def labels(candidates: Sequence[Quantizer]) -> list[str]:
     """Short unique names such as ``gptq-3b-g32`` or ``dbf-1.5b``."""
     out = []

@@ -27,7 +27,16 @@ from onecomp_core.quantizer import Quantizer
 from onecomp_core.result import QuantizationResult
 
 from . import report
-from .candidates import build_candidates, default_specs, describe, labels, strongest_statistics
+from .candidates import (
+    build_candidates,
+    declared_groupsize,
+    default_specs,
+    describe,
+    groupsize_divides,
+    labels,
+    per_row_twin,
+    strongest_statistics,
+)
 from .fused import DEFAULT_FUSED_GROUPS, fused_layer_groups, groups_problems
 from .ilp import InfeasibleTargetError, minimum_feasible_target, solve_assignment
 from .manual import assign_manually, split_groups
@@ -101,11 +110,29 @@ class AutoBitQuantizer(Quantizer):
 
     # -- flags derived from the candidates -------------------------------------------------
     def _active(self) -> list[Quantizer]:
-        """The candidates that quantize something (all of them before planning)."""
+        """The quantizers that quantize something (all candidates before planning)."""
         if self.assignment:
-            used = sorted(set(self.assignment.values()))
-            return [self.candidates[i] for i in used]
+            used = {id(c): c for c in map(self._child_for, self.assignment)}
+            return list(used.values())
         return list(self.candidates)
+
+    def _variant(self, index: int, name: str) -> Quantizer:
+        """The quantizer candidate ``index`` really uses on layer ``name``.
+
+        The candidate itself, or its per-row twin (group size -1) when its group
+        size does not divide the layer's input width: GPTQ-layout serving kernels
+        need group sizes that divide in_features. Planning (bits and error) and
+        routing both go through here, so they always agree.
+        """
+        candidate = self.candidates[index]
+        if groupsize_divides(candidate, self._layers[name].in_features):
+            return candidate
+        twin = self._twins.get(index)
+        if twin is None:
+            twin = per_row_twin(candidate)
+            twin.module_to_name = dict(candidate.module_to_name)
+            self._twins[index] = twin
+        return twin
 
     @property
     def statistics(self) -> str:  # type: ignore[override]
@@ -191,6 +218,7 @@ class AutoBitQuantizer(Quantizer):
         self.effective_target = self.achieved_bits = self.solver_status = None
         self.dbf_fallback = False
         self.candidates = self._build_candidates(layers)
+        self._twins: dict[int, Quantizer] = {}
         for candidate in self.candidates:
             candidate.module_to_name = dict(self.module_to_name)
         if any(c.hessian_dtype == torch.float64 for c in self.candidates):
@@ -314,7 +342,9 @@ class AutoBitQuantizer(Quantizer):
                 )
             else:
                 logger.warning("AutoBit got no calibration batches: plain weight error is used")
-        costs = score_candidates(layers, self.candidates, moments, self.use_curvature_b)
+        per_layer = {n: [self._variant(i, n) for i in range(len(self.candidates))] for n in layers}
+        self._log_per_row_layers()
+        costs = score_candidates(layers, per_layer, moments, self.use_curvature_b)
         self.costs = costs
         if self.target_bit_is_effective:
             target = float(self.target_bit)
@@ -349,6 +379,22 @@ class AutoBitQuantizer(Quantizer):
             target,
         )
 
+    def _log_per_row_layers(self) -> None:
+        names = labels(self.candidates)
+        for index, candidate in enumerate(self.candidates):
+            ragged = [n for n in self._layers if self._variant(index, n) is not candidate]
+            if ragged:
+                widths = sorted({self._layers[n].in_features for n in ragged})
+                logger.info(
+                    "AutoBit: %s's group size %s does not divide in_features %s of %d layer(s) "
+                    "(e.g. %s): it quantizes those per row (groupsize -1)",
+                    names[index],
+                    declared_groupsize(candidate),
+                    widths,
+                    len(ragged),
+                    ragged[0],
+                )
+
     def _infeasible(self, target: float, minimum: float, costs) -> InfeasibleTargetError:
         error = InfeasibleTargetError(target, minimum)
         if not self.target_bit_is_effective:
@@ -359,18 +405,29 @@ class AutoBitQuantizer(Quantizer):
 
     def _record_plan(self, bits: dict[str, float] | None, errors: dict[str, float] | None) -> None:
         names = labels(self.candidates)
-        self.plan = [
-            {
-                "layer": n,
-                "candidate": names[self.assignment[n]],
-                "method": self.candidates[self.assignment[n]].method,
-                "bits": None if bits is None else bits[n],
-                "params": m.weight.numel(),
-                "predicted_error": None if errors is None else errors[n],
-            }
-            for n, m in self._layers.items()
-            if n in self.assignment
-        ]
+        self.plan = []
+        for n, m in self._layers.items():
+            if n not in self.assignment:
+                continue
+            candidate, used = self.candidates[self.assignment[n]], self._child_for(n)
+            note = ""
+            if used is not candidate:
+                note = (
+                    f"per row: group size {declared_groupsize(candidate)} "
+                    f"does not divide {m.in_features}"
+                )
+            self.plan.append(
+                {
+                    "layer": n,
+                    "candidate": names[self.assignment[n]],
+                    "method": candidate.method,
+                    "groupsize": declared_groupsize(used),
+                    "bits": None if bits is None else bits[n],
+                    "params": m.weight.numel(),
+                    "predicted_error": None if errors is None else errors[n],
+                    "note": note,
+                }
+            )
         if bits is not None:
             total = sum(r["params"] for r in self.plan)
             self.achieved_bits = sum(r["bits"] * r["params"] for r in self.plan) / total
@@ -383,7 +440,7 @@ class AutoBitQuantizer(Quantizer):
             raise RuntimeError(
                 f"AutoBit has no candidate for layer {name!r}: call setup() and prepare() first"
             )
-        return self.candidates[self.assignment[name]]
+        return self._variant(self.assignment[name], name)
 
     @staticmethod
     def _statistics_for(child: Quantizer, hessian: torch.Tensor | None) -> torch.Tensor | None:
@@ -425,14 +482,16 @@ class AutoBitQuantizer(Quantizer):
         return result
 
     def on_block_quantized(self, context: BlockContext) -> None:
-        for index in sorted(set(self.assignment.values())):
-            mine = {n: m for n, m in context.layers.items() if self.assignment.get(n) == index}
-            if not mine:
-                continue
+        children: dict[int, tuple[Quantizer, dict[str, nn.Module]]] = {}
+        for n, m in context.layers.items():
+            if n in self.assignment:
+                child = self._child_for(n)
+                children.setdefault(id(child), (child, {}))[1][n] = m
+        for child, mine in children.values():
             sub = dataclasses.replace(
                 context, layers=mine, results={n: context.results[n] for n in mine}
             )
-            self.candidates[index].on_block_quantized(sub)
+            child.on_block_quantized(sub)
             context.results.update(sub.results)
             self.results.update(sub.results)
 
@@ -442,7 +501,7 @@ class AutoBitQuantizer(Quantizer):
         name = self.module_to_name.get(linear_module)
         method = getattr(result, "_method", None)
         if name in self.assignment:
-            child = self.candidates[self.assignment[name]]
+            child = self._child_for(name)
         else:
             child = next((c for c in self.candidates if c.method == method), None)
             if child is None:
@@ -527,6 +586,7 @@ class AutoBitQuantizer(Quantizer):
             "assignment": {
                 r["layer"]: {
                     "candidate": r["candidate"],
+                    "groupsize": r["groupsize"],
                     "bits": r["bits"],
                     "predicted_error": r["predicted_error"],
                 }

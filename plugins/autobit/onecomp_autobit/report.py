@@ -42,7 +42,7 @@ def assignment_grid(
 
 
 def format_plan(rows: list[dict[str, Any]]) -> str:
-    columns = ["layer", "candidate", "bits", "params", "predicted_error"]
+    columns = ["layer", "candidate", "groupsize", "bits", "params", "predicted_error", "note"]
     return format_table(rows, columns)
 
 

@@ -21,7 +21,7 @@ reports its bits through ``result.effective_bits(out, in)``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -116,15 +116,21 @@ def score_layer(
 
 def score_candidates(
     layers: dict[str, nn.Module],
-    candidates: Sequence[Quantizer],
+    candidates: Sequence[Quantizer] | Mapping[str, Sequence[Quantizer]],
     moments: dict[str, LayerMoments] | None,
     use_b: bool = True,
 ) -> Costs:
-    """Score every candidate on every layer (layers in the given order)."""
+    """Score every candidate on every layer (layers in the given order).
+
+    ``candidates`` is one list for all layers, or per layer name the quantizers
+    that stand for the candidates there (e.g. a per-row twin where the group
+    size does not divide the layer's width).
+    """
     errors, bits, params = [], [], []
     for name, module in layers.items():
         row_e, row_b = [], []
-        for candidate in candidates:
+        here = candidates[name] if isinstance(candidates, Mapping) else candidates
+        for candidate in here:
             e, eb = score_layer(
                 name, module, candidate, moments.get(name) if moments else None, use_b
             )

@@ -21,6 +21,16 @@ def autobit(specs, **params) -> AutoBitQuantizer:
     return create_quantizer("autobit", quantizers=specs, **params)
 
 
+def uniform_bits(layers, bits: int, groupsize: int = 32) -> float:
+    """Effective bits of uniform ``bits`` with AutoBit's rule: per row where g does not divide."""
+    total = sum(m.weight.numel() for m in layers.values())
+    return sum(
+        m.weight.numel()
+        * (bits + (16 + bits) / (groupsize if m.in_features % groupsize == 0 else m.in_features))
+        for m in layers.values()
+    ) / total
+
+
 def test_invalid_parameters_are_reported_together():
     with pytest.raises(ValueError) as info:
         AutoBitQuantizer(
@@ -46,7 +56,8 @@ def rtn_run(make_runner, tmp_path_factory):
 def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
     runner, quantizer, _ = rtn_run
     # raw 3 bits with group size 32 candidates = uniform 3-bit's effective bits
-    assert quantizer.effective_target == pytest.approx(3 + 19 / 32)
+    # (per row on the 172-wide down_proj, where 32 does not divide)
+    assert quantizer.effective_target == pytest.approx(uniform_bits(runner.layers, 3))
     assert quantizer.solver_status == "optimal"
     params = {n: m.weight.numel() for n, m in runner.layers.items()}
     measured = sum(
@@ -64,12 +75,37 @@ def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
     for name, result in quantizer.results.items():
         assert result._method == "rtn"
         assert f"rtn-{result.bits}b-g32" == chosen[name]
+        assert result.groupsize == (-1 if "down_proj" in name else 32)
     config = quantizer.get_quant_config()
     json.dumps(config)
     assert config["assignment"][name]["candidate"] == chosen[name]
     assert [c["label"] for c in config["candidates"]] == [
         "rtn-2b-g32", "rtn-3b-g32", "rtn-4b-g32", "rtn-8b-g32"
     ]  # fmt: skip
+
+
+def test_a_group_size_that_does_not_divide_means_per_row_in_planning_and_routing(rtn_run):
+    runner, quantizer, _ = rtn_run
+    names = list(runner.layers)
+    for i, name in enumerate(names):
+        width = runner.layers[name].in_features
+        ragged = width % 32 != 0
+        assert ragged == ("down_proj" in name)  # stories260K: 172 inputs
+        size = width if ragged else 32
+        # planning: every candidate's bits on this layer are those of its per-row twin
+        assert quantizer.costs.bits[i] == pytest.approx([b + (16 + b) / size for b in (2, 3, 4, 8)])
+        # routing: the layer was quantized by a quantizer with group size -1 there
+        row = next(r for r in quantizer.plan if r["layer"] == name)
+        child = quantizer._child_for(name)
+        assert child.groupsize == row["groupsize"] == (-1 if ragged else 32)
+        assert name in child.results and quantizer.results[name] is child.results[name]
+        assert quantizer.results[name].scales.shape[1] == (1 if ragged else width // 32)
+        assert row["note"] == ("per row: group size 32 does not divide 172" if ragged else "")
+        assert row["bits"] == pytest.approx(
+            quantizer.results[name].effective_bits(*runner.layers[name].weight.shape)
+        )
+    assert all(c.groupsize == 32 for c in quantizer.candidates)  # the candidates are unchanged
+    assert {quantizer.get_quant_config()["assignment"][n]["groupsize"] for n in names} == {-1, 32}
 
 
 def test_plan_predicts_no_more_loss_than_uniform_at_the_same_budget(rtn_run):
@@ -137,7 +173,7 @@ def test_infeasible_target_names_the_minimum(make_runner, rtn_specs):
     with pytest.raises(InfeasibleTargetError) as info:
         make_runner(quantizer).run()
     text = str(info.value)
-    assert "minimum feasible target is 2.5625" in text
+    assert "minimum feasible target is 2.4513" in text  # 2-bit g32, per row on down_proj
     assert "target_bit >= 2.0000" in text  # the same in raw bits
 
 
