@@ -156,3 +156,59 @@ def test_config_without_quantization_config(tmp_path, capsys):
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     err = _error(["inspect", str(folder)], capsys)
     assert "no onecomp quantization_config" in err
+
+
+def test_qep_settings_reach_the_runner_and_the_saved_config(tmp_path, capsys):
+    from onecomp_core.testing import HessianRTNPlugin, registered_plugin
+
+    out = tmp_path / "q"
+    calibration = str(ASSETS / "text" / "wikitext2-valid.tokens.txt")
+    with registered_plugin(HessianRTNPlugin(), name="hessian_rtn"):
+        args = [
+            "quantize",
+            STORIES,
+            "--method",
+            "hessian_rtn",
+            "--calibration",
+            calibration,
+            "--num-samples",
+            "4",
+            "--max-length",
+            "64",
+            "--qep",
+            "--set-qep",
+            "perccorr=0.25",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+        assert main(args) == 0
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["qep"]["perccorr"] == 0.25
+    assert qc["qep"]["exclude_layer_keywords"] == ["mlp.down_proj"]
+    # the default per-block checkpoint is gone once the model is saved
+    assert not (tmp_path / "q.checkpoint").exists()
+
+
+def test_set_qep_needs_qep(tmp_path, capsys):
+    err = _error(
+        [
+            "quantize",
+            STORIES,
+            "--method",
+            "rtn",
+            "--set-qep",
+            "perccorr=0.3",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
+    assert "--set-qep needs --qep" in err
+
+
+def test_qep_is_refused_for_a_method_without_statistics(tmp_path, capsys):
+    err = _error(
+        ["quantize", STORIES, "--method", "rtn", "--qep", "--out", str(tmp_path / "o")], capsys
+    )
+    assert "run it without --qep" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,7 +46,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="QEP setting: percdamp, perccorr, exclude_layer_keywords (repeatable)",
     )
-    p.add_argument("--checkpoint-dir", help="save progress after each block; rerun to resume")
+    p.add_argument(
+        "--checkpoint-dir",
+        help="where progress is saved after each block (default: OUT.checkpoint); "
+        "rerunning the same command resumes there; removed after a successful save",
+    )
+    p.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="do not save progress per block (a crash loses the whole run)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
@@ -87,6 +97,16 @@ def _qep_config(args: argparse.Namespace):
     return config
 
 
+def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
+    if args.no_checkpoint:
+        return None
+    return (
+        Path(args.checkpoint_dir)
+        if args.checkpoint_dir
+        else out.with_name(out.name + ".checkpoint")
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from ..calibration import CalibrationConfig
     from ..plugins import create_quantizer, get_quantizer
@@ -109,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
         model_config(args.model, args.dtype, args.device),
         quantizer,
         calibration,
-        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_dir=_checkpoint_dir(args, out),
         show_progress=not args.quiet,
+        qep=args.qep,
+        qep_config=_qep_config(args),
     )
     start = time.perf_counter()
     runner.run()
@@ -118,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         runner.print_quantization_results()
     runner.save_quantized_model(out, overwrite=args.overwrite)
+    if runner.checkpoint_dir is not None and args.checkpoint_dir is None:
+        shutil.rmtree(runner.checkpoint_dir, ignore_errors=True)
     if args.summary_json:
         summary = runner.summary() | {"wall_time_s": round(elapsed, 3)}
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
