@@ -60,10 +60,19 @@ class BlockCheckpoint:
         index: int,
         results: dict[str, QuantizationResult],
         streams: dict[str, list[torch.Tensor]],
+        rest: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Store block ``index``'s results and the next block's input streams."""
+        """Store block ``index``'s results, its other tensors and the next block's inputs.
+
+        ``rest`` holds the block's tensors outside the quantized weights (norms,
+        biases), which per-block hooks such as fine-tuning may have changed.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         save_results(results, self.folder / f"block_{index:04d}")
+        if rest:
+            tmp = self.folder / f".rest_{index:04d}.tmp"
+            save_file({k: v.detach().cpu().contiguous() for k, v in rest.items()}, str(tmp))
+            os.replace(tmp, self.folder / f"rest_{index:04d}.safetensors")
         tensors = {
             f"{stream}.{i}": t.detach().cpu().contiguous()
             for stream, batches in streams.items()
@@ -92,6 +101,10 @@ class BlockCheckpoint:
         for index in range(finished):
             results.update(load_results(self.folder / f"block_{index:04d}"))
         return results
+
+    def load_rest(self, index: int) -> dict[str, torch.Tensor]:
+        path = self.folder / f"rest_{index:04d}.safetensors"
+        return load_file(str(path)) if path.is_file() else {}
 
     def load_streams(self, finished: int, device: torch.device) -> dict[str, list[torch.Tensor]]:
         tensors = load_file(str(self.folder / f"inputs_{finished:04d}.safetensors"))

@@ -207,10 +207,20 @@ class Runner:
                 if b is not None and id(b) not in inside:
                     module._buffers[key] = b.to(device)
 
+    @staticmethod
+    def _block_rest(block: nn.Module, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """The block's tensors other than the quantized weights (norms, biases)."""
+        quantized = {id(m.weight) for m in layers.values()}
+        return {k: p for k, p in block.named_parameters() if id(p) not in quantized}
+
     def _restore(self, blocks, checkpoint: BlockCheckpoint, start: int, device) -> None:
         results = checkpoint.load_results(start)
         self.quantizer.results.update(results)
         self._write_back(results)
+        for index in range(start):
+            rest = checkpoint.load_rest(index)
+            if rest:
+                blocks[index].load_state_dict(rest, strict=False)
         logger.info("resumed after block %d of %d", start, len(blocks))
 
     def _write_back(self, results: dict[str, QuantizationResult]) -> None:
@@ -277,7 +287,7 @@ class Runner:
             saved = {"quantized": streams.quantized} if streams else {}
             if streams and streams.full_precision is not None:
                 saved["full_precision"] = streams.full_precision
-            checkpoint.save_block(index, context.results, saved)
+            checkpoint.save_block(index, context.results, saved, self._block_rest(block, layers))
         if self.block_callback is not None:
             self.block_callback(context)
         return streams

@@ -134,16 +134,26 @@ def _stop_after(index: int):
     return callback
 
 
-def test_resume_after_a_crash_is_bit_identical(tmp_path, one_thread):
+class NormTweakingRTN(HessianRTN):
+    """Changes each block's norm weights after quantizing it, as block fine-tuning does."""
+
+    def on_block_quantized(self, context):
+        for name, param in context.block.named_parameters():
+            if "layernorm" in name:
+                param.data.mul_(1.0 + 0.01 * (context.index + 1))
+
+
+@pytest.mark.parametrize("quantizer_cls", [HessianRTN, NormTweakingRTN])
+def test_resume_after_a_crash_is_bit_identical(tmp_path, one_thread, quantizer_cls):
     with registered_plugin(HessianRTNPlugin(), name="hessian_rtn"):
-        whole = Runner(_model_config(), HessianRTN(wbits=3), _calibration(), show_progress=False)
+        whole = Runner(_model_config(), quantizer_cls(wbits=3), _calibration(), show_progress=False)
         whole.run()
         whole.save_quantized_model(tmp_path / "whole")
 
         ckpt = tmp_path / "ckpt"
         crashed = Runner(
             _model_config(),
-            HessianRTN(wbits=3),
+            quantizer_cls(wbits=3),
             _calibration(),
             checkpoint_dir=ckpt,
             block_callback=_stop_after(2),
@@ -159,7 +169,7 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, one_thread):
         ]
         resumed = Runner(
             _model_config(),
-            HessianRTN(wbits=3),
+            quantizer_cls(wbits=3),
             _calibration(),
             checkpoint_dir=ckpt,
             show_progress=False,
