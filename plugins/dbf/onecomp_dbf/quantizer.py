@@ -129,10 +129,10 @@ class DBF(Quantizer):
     finetune_steps: int = 100
     finetune_lr: float = 1e-2
     #: Adam learning rate of the sign latents (straight-through); 0 keeps the signs fixed
-    finetune_sign_lr: float = 0.0
+    finetune_sign_lr: float = 0.02
     #: fit the signs on the full-Hessian objective (needs flag_hessian), not only its diagonal
-    hessian_admm: bool = False
-    hessian_damp: float = 0.01
+    hessian_admm: bool = True
+    hessian_damp: float = 0.1
     #: the full H refits the vectors on the exact output error (diag alone: flag_hessian=False)
     flag_hessian: bool = True
     flag_xtx: bool = True
