@@ -24,11 +24,11 @@ def autobit(specs, **params) -> AutoBitQuantizer:
 def uniform_bits(layers, bits: int, groupsize: int = 32) -> float:
     """Effective bits of uniform ``bits`` with AutoBit's rule: per row where g does not divide."""
     total = sum(m.weight.numel() for m in layers.values())
-    return sum(
-        m.weight.numel()
-        * (bits + (16 + bits) / (groupsize if m.in_features % groupsize == 0 else m.in_features))
-        for m in layers.values()
-    ) / total
+    sizes = {
+        n: groupsize if m.in_features % groupsize == 0 else m.in_features for n, m in layers.items()
+    }
+    paid = sum(m.weight.numel() * (bits + (16 + bits) / sizes[n]) for n, m in layers.items())
+    return paid / total
 
 
 def test_invalid_parameters_are_reported_together():
