@@ -108,9 +108,11 @@ def groupsize_divides(candidate: Quantizer, in_features: int) -> bool:
 def per_row_twin(candidate: Quantizer) -> Quantizer:
     """A copy of ``candidate`` with one group per row (group size -1), everything else equal.
 
-    Used for layers whose input width the candidate's group size does not divide:
-    serving kernels for the GPTQ layout (Marlin, exllama, vLLM) need the group size
-    to divide in_features, so such a layer is quantized per row instead.
+    Offered for layers whose input width the candidate's group size does not
+    divide: serving kernels for the GPTQ layout (Marlin, exllama, vLLM) need the
+    group size to divide in_features, so per row is the grouping they accept
+    (the only one with ``dividing_groups_only``; otherwise the ILP also gets the
+    ragged last group).
     """
     name = next(n for n in GROUP_SIZE_ATTRIBUTES if isinstance(getattr(candidate, n, None), int))
     twin = dataclasses.replace(candidate, module_to_name={}, results={}, **{name: -1})

@@ -93,6 +93,10 @@ class AutoBitQuantizer(Quantizer):
     #: input factor of the planning statistics: "diag" (a), "full" (XᵀX/N per layer),
     #: "auto" (full when all layers' in² float64 matrices fit in PLANNING_FULL_BYTES)
     planning_hessian: str = "auto"
+    #: where a candidate's group size does not divide a layer's in_features: False = the
+    #: ILP chooses between the candidate as given (ragged last group) and its per-row twin;
+    #: True = only the per-row twin (what GPTQ-layout serving kernels accept)
+    dividing_groups_only: bool = False
     flag_hessian: bool = False  # the statistics are the chosen candidates' (see `statistics`)
 
     # -- planning state (not parameters) ------------------------------------------------
@@ -105,8 +109,15 @@ class AutoBitQuantizer(Quantizer):
     solver_status: str | None = field(default=None, init=False, compare=False)
     dbf_fallback: bool = field(default=False, init=False, compare=False)
     default_groupsize: int | None = field(default=None, init=False, compare=False)
-    #: err[l][c], bits[l][c] of the last planning (None until ``prepare``)
+    #: err[l][k], bits[l][k] of the last planning (None until ``prepare``); column k is
+    #: ``columns[k]`` = (candidate index, per-row twin where the group size does not divide)
     costs: Costs | None = field(default=None, init=False, repr=False, compare=False)
+    columns: list[tuple[int, bool]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+    #: layers quantized by a candidate's per-row twin (chosen by the ILP over the ragged
+    #: last group, or forced by ``dividing_groups_only``)
+    per_row_layers: set[str] = field(default_factory=set, init=False, repr=False, compare=False)
 
     # -- flags derived from the candidates -------------------------------------------------
     def _active(self) -> list[Quantizer]:
@@ -116,16 +127,22 @@ class AutoBitQuantizer(Quantizer):
             return list(used.values())
         return list(self.candidates)
 
-    def _variant(self, index: int, name: str) -> Quantizer:
+    def _variant(self, index: int, name: str, per_row: bool | None = None) -> Quantizer:
         """The quantizer candidate ``index`` really uses on layer ``name``.
 
-        The candidate itself, or its per-row twin (group size -1) when its group
-        size does not divide the layer's input width: GPTQ-layout serving kernels
-        need group sizes that divide in_features. Planning (bits and error) and
-        routing both go through here, so they always agree.
+        The candidate itself where its group size divides the layer's input
+        width. Where it does not: its per-row twin (group size -1) when
+        ``per_row`` (default: ``dividing_groups_only`` or the ILP chose the twin
+        for this layer), else the candidate as given (ragged last group).
+        Planning (bits and error) and routing both go through here, so they
+        always agree.
         """
         candidate = self.candidates[index]
         if groupsize_divides(candidate, self._layers[name].in_features):
+            return candidate
+        if per_row is None:
+            per_row = self.dividing_groups_only or name in self.per_row_layers
+        if not per_row:
             return candidate
         twin = self._twins.get(index)
         if twin is None:
@@ -185,6 +202,7 @@ class AutoBitQuantizer(Quantizer):
             "use_curvature_b",
             "auto_dbf",
             "enable_fused_groups",
+            "dividing_groups_only",
         ):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name}={getattr(self, name)!r}: expected true or false")
@@ -217,6 +235,7 @@ class AutoBitQuantizer(Quantizer):
         self.results, self.assignment, self.plan = {}, {}, []
         self.effective_target = self.achieved_bits = self.solver_status = None
         self.dbf_fallback = False
+        self.costs, self.columns, self.per_row_layers = None, [], set()
         self.candidates = self._build_candidates(layers)
         self._twins: dict[int, Quantizer] = {}
         for candidate in self.candidates:
@@ -342,7 +361,8 @@ class AutoBitQuantizer(Quantizer):
                 )
             else:
                 logger.warning("AutoBit got no calibration batches: plain weight error is used")
-        per_layer = {n: [self._variant(i, n) for i in range(len(self.candidates))] for n in layers}
+        self.columns = self._planning_columns()
+        per_layer = {n: [self._variant(i, n, twin) for i, twin in self.columns] for n in layers}
         self._log_per_row_layers()
         costs = score_candidates(layers, per_layer, moments, self.use_curvature_b)
         self.costs = costs
@@ -350,7 +370,7 @@ class AutoBitQuantizer(Quantizer):
             target = float(self.target_bit)
         else:
             target = effective_target(
-                float(self.target_bit), self.candidates, costs.bits, costs.params
+                float(self.target_bit), self.candidates, self._given_bits(costs), costs.params
             )
         self.effective_target = target
         names = list(layers)
@@ -367,7 +387,13 @@ class AutoBitQuantizer(Quantizer):
             costs.errors, costs.bits, costs.params, target, groups, time_limit=self.ilp_time_limit
         )
         self.solver_status = solution.status
-        self.assignment = {n: solution.choice[i] for i, n in enumerate(names)}
+        self.assignment = {n: self.columns[solution.choice[i]][0] for i, n in enumerate(names)}
+        self.per_row_layers = {
+            n
+            for i, n in enumerate(names)
+            if self.columns[solution.choice[i]][1]
+            and not groupsize_divides(self.candidates[self.assignment[n]], layers[n].in_features)
+        }  # with dividing_groups_only: every layer whose group size does not divide
         bits = {n: costs.bits[i][solution.choice[i]] for i, n in enumerate(names)}
         errors = {n: costs.errors[i][solution.choice[i]] for i, n in enumerate(names)}
         self._record_plan(bits, errors)
@@ -379,26 +405,60 @@ class AutoBitQuantizer(Quantizer):
             target,
         )
 
+    def _ragged_layers(self, index: int) -> list[str]:
+        """Layers whose in_features candidate ``index``'s group size does not divide."""
+        candidate = self.candidates[index]
+        return [
+            n for n, m in self._layers.items() if not groupsize_divides(candidate, m.in_features)
+        ]
+
+    def _planning_columns(self) -> list[tuple[int, bool]]:
+        """The ILP's options: (candidate index, per-row twin where the group size does not divide).
+
+        With ``dividing_groups_only`` one column per candidate (twin where needed);
+        otherwise each candidate as given, plus one "same candidate, per row"
+        column for each candidate that has ragged layers. On layers the
+        candidate divides, that extra column is the candidate itself (scored
+        once), so a fused group tied to it means the same thing on every member.
+        """
+        count = len(self.candidates)
+        if self.dividing_groups_only:
+            return [(i, True) for i in range(count)]
+        extra = [(i, True) for i in range(count) if self._ragged_layers(i)]
+        return [(i, False) for i in range(count)] + extra
+
+    def column_for(self, name: str) -> int:
+        """The column of ``costs`` (see ``columns``) that layer ``name``'s choice stands for."""
+        per_row = self.dividing_groups_only or name in self.per_row_layers
+        return self.columns.index((self.assignment[name], per_row))
+
+    def _given_bits(self, costs: Costs) -> list[list[float]]:
+        """bits[l][c] of the candidate columns only (one per candidate), for target conversion."""
+        return [row[: len(self.candidates)] for row in costs.bits]
+
     def _log_per_row_layers(self) -> None:
         names = labels(self.candidates)
         for index, candidate in enumerate(self.candidates):
-            ragged = [n for n in self._layers if self._variant(index, n) is not candidate]
+            ragged = self._ragged_layers(index)
             if ragged:
                 widths = sorted({self._layers[n].in_features for n in ragged})
                 logger.info(
                     "AutoBit: %s's group size %s does not divide in_features %s of %d layer(s) "
-                    "(e.g. %s): it quantizes those per row (groupsize -1)",
+                    "(e.g. %s): %s",
                     names[index],
                     declared_groupsize(candidate),
                     widths,
                     len(ragged),
                     ragged[0],
+                    "they are quantized per row (groupsize -1, dividing_groups_only)"
+                    if self.dividing_groups_only
+                    else "the ILP chooses per layer between the ragged last group and per row",
                 )
 
     def _infeasible(self, target: float, minimum: float, costs) -> InfeasibleTargetError:
         error = InfeasibleTargetError(target, minimum)
         if not self.target_bit_is_effective:
-            raw = raw_for_effective(minimum, self.candidates, costs.bits, costs.params)
+            raw = raw_for_effective(minimum, self.candidates, self._given_bits(costs), costs.params)
             error.args = (f"{error.args[0]}; in raw bits: target_bit >= {raw:.4f}",)
             error.min_raw_target = raw
         return error
@@ -414,6 +474,11 @@ class AutoBitQuantizer(Quantizer):
             if used is not candidate:
                 note = (
                     f"per row: group size {declared_groupsize(candidate)} "
+                    f"does not divide {m.in_features}"
+                )
+            elif not groupsize_divides(candidate, m.in_features):
+                note = (
+                    f"ragged last group: group size {declared_groupsize(candidate)} "
                     f"does not divide {m.in_features}"
                 )
             self.plan.append(
@@ -578,6 +643,7 @@ class AutoBitQuantizer(Quantizer):
             "solver_status": self.solver_status,
             "dbf_fallback": self.dbf_fallback,
             "default_groupsize": self.default_groupsize,
+            "dividing_groups_only": self.dividing_groups_only,
             "fused_groups": self.fused_groups if self.enable_fused_groups else [],
             "candidates": [
                 {"label": label, **describe(c)}

@@ -124,16 +124,20 @@ def score_candidates(
 
     ``candidates`` is one list for all layers, or per layer name the quantizers
     that stand for the candidates there (e.g. a per-row twin where the group
-    size does not divide the layer's width).
+    size does not divide the layer's width). A quantizer listed twice for one
+    layer is scored once.
     """
     errors, bits, params = [], [], []
     for name, module in layers.items():
         row_e, row_b = [], []
         here = candidates[name] if isinstance(candidates, Mapping) else candidates
+        scored: dict[int, tuple[float, float]] = {}
         for candidate in here:
-            e, eb = score_layer(
-                name, module, candidate, moments.get(name) if moments else None, use_b
-            )
+            if id(candidate) not in scored:
+                scored[id(candidate)] = score_layer(
+                    name, module, candidate, moments.get(name) if moments else None, use_b
+                )
+            e, eb = scored[id(candidate)]
             row_e.append(e)
             row_b.append(eb)
         errors.append(row_e)

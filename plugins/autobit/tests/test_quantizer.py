@@ -21,11 +21,13 @@ def autobit(specs, **params) -> AutoBitQuantizer:
     return create_quantizer("autobit", quantizers=specs, **params)
 
 
-def uniform_bits(layers, bits: int, groupsize: int = 32) -> float:
-    """Effective bits of uniform ``bits`` with AutoBit's rule: per row where g does not divide."""
+def uniform_bits(layers, bits: int, groupsize: int = 32, per_row: bool = False) -> float:
+    """Effective bits of uniform ``bits`` g``groupsize``: ragged last groups, or per row
+    where g does not divide (``per_row``)."""
     total = sum(m.weight.numel() for m in layers.values())
     sizes = {
-        n: groupsize if m.in_features % groupsize == 0 else m.in_features for n, m in layers.items()
+        n: groupsize if m.in_features % groupsize == 0 or not per_row else m.in_features
+        for n, m in layers.items()
     }
     paid = sum(m.weight.numel() * (bits + (16 + bits) / sizes[n]) for n, m in layers.items())
     return paid / total
@@ -55,8 +57,8 @@ def rtn_run(make_runner, tmp_path_factory):
 
 def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
     runner, quantizer, _ = rtn_run
-    # raw 3 bits with group size 32 candidates = uniform 3-bit's effective bits
-    # (per row on the 172-wide down_proj, where 32 does not divide)
+    # raw 3 bits with group size 32 candidates = uniform 3-bit g32's effective bits
+    # (the candidates as given: a ragged last group on the 172-wide down_proj)
     assert quantizer.effective_target == pytest.approx(uniform_bits(runner.layers, 3))
     assert quantizer.solver_status == "optimal"
     params = {n: m.weight.numel() for n, m in runner.layers.items()}
@@ -75,7 +77,7 @@ def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
     for name, result in quantizer.results.items():
         assert result._method == "rtn"
         assert f"rtn-{result.bits}b-g32" == chosen[name]
-        assert result.groupsize == (-1 if "down_proj" in name else 32)
+        assert result.groupsize == (-1 if name in quantizer.per_row_layers else 32)
     config = quantizer.get_quant_config()
     json.dumps(config)
     assert config["assignment"][name]["candidate"] == chosen[name]
@@ -84,28 +86,84 @@ def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
     ]  # fmt: skip
 
 
-def test_a_group_size_that_does_not_divide_means_per_row_in_planning_and_routing(rtn_run):
+def test_a_group_size_that_does_not_divide_offers_ragged_and_per_row(rtn_run):
     runner, quantizer, _ = rtn_run
     names = list(runner.layers)
+    # the four candidates as given, then the same four per row where 32 does not divide
+    assert quantizer.columns == [(c, False) for c in range(4)] + [(c, True) for c in range(4)]
     for i, name in enumerate(names):
         width = runner.layers[name].in_features
         ragged = width % 32 != 0
         assert ragged == ("down_proj" in name)  # stories260K: 172 inputs
-        size = width if ragged else 32
-        # planning: every candidate's bits on this layer are those of its per-row twin
-        assert quantizer.costs.bits[i] == pytest.approx([b + (16 + b) / size for b in (2, 3, 4, 8)])
-        # routing: the layer was quantized by a quantizer with group size -1 there
+        given = [b + (16 + b) / 32 for b in (2, 3, 4, 8)]
+        twin = [b + (16 + b) / (width if ragged else 32) for b in (2, 3, 4, 8)]
+        assert quantizer.costs.bits[i] == pytest.approx(given + twin)
+        errors = quantizer.costs.errors[i]
+        if ragged:  # one fp16 scale per row loses more than one per 32 inputs
+            assert all(errors[c + 4] > errors[c] for c in range(4))
+        else:  # the "per row" column is the candidate itself here, scored once
+            assert errors[4:] == errors[:4]
+        # routing: the layer was quantized with the grouping the ILP chose
         row = next(r for r in quantizer.plan if r["layer"] == name)
         child = quantizer._child_for(name)
-        assert child.groupsize == row["groupsize"] == (-1 if ragged else 32)
+        per_row = name in quantizer.per_row_layers
+        assert not per_row or ragged
+        assert child.groupsize == row["groupsize"] == (-1 if per_row else 32)
         assert name in child.results and quantizer.results[name] is child.results[name]
-        assert quantizer.results[name].scales.shape[1] == (1 if ragged else width // 32)
-        assert row["note"] == ("per row: group size 32 does not divide 172" if ragged else "")
+        groups = 1 if per_row else -(-width // 32)
+        assert quantizer.results[name].scales.shape[1] == groups
+        note = "" if not ragged else "per row" if per_row else "ragged last group"
+        assert row["note"].startswith(note)
         assert row["bits"] == pytest.approx(
             quantizer.results[name].effective_bits(*runner.layers[name].weight.shape)
         )
     assert all(c.groupsize == 32 for c in quantizer.candidates)  # the candidates are unchanged
-    assert {quantizer.get_quant_config()["assignment"][n]["groupsize"] for n in names} == {-1, 32}
+
+
+#: stories260K per block: 34304 weights with 64 inputs (g32 divides), down_proj 64 × 172
+RAGGED_2B = 2 + 18 / 32
+PER_ROW_2B = (34304 * RAGGED_2B + 11008 * (2 + 18 / 172)) / 45312
+
+
+def test_the_ilp_picks_the_grouping_per_layer_and_saving_follows(make_runner, tmp_path):
+    """One candidate (RTN 2-bit g32): the budget alone decides ragged vs per row on down_proj."""
+    from onecomp_core.serialization import load_quantized_model
+
+    def run(target: float, **params):
+        quantizer = autobit(
+            rtn_candidates(bits=(2,)), target_bit=target, target_bit_is_effective=True,
+            assignment_strategy="ilp", **params,
+        )  # fmt: skip
+        runner = make_runner(quantizer, samples=2, length=32)
+        runner.run()
+        downs = {n for n in runner.layers if "down_proj" in n}
+        assert quantizer.per_row_layers <= downs
+        for name, result in quantizer.results.items():
+            assert result.groupsize == (-1 if name in quantizer.per_row_layers else 32)
+        return runner, quantizer, downs
+
+    # only the per-row down_projs fit this budget
+    _, quantizer, downs = run(PER_ROW_2B)
+    assert quantizer.per_row_layers == downs
+    assert quantizer.achieved_bits == pytest.approx(PER_ROW_2B)
+    # half-way: some down_projs keep their ragged last group (less error), the rest go per row
+    runner, quantizer, downs = run((PER_ROW_2B + RAGGED_2B) / 2)
+    assert 0 < len(quantizer.per_row_layers) < len(downs)
+    assert quantizer.achieved_bits <= quantizer.effective_target
+    out = runner.save_quantized_model(tmp_path / "both")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    for name, row in qc["layers"].items():  # each saved row states its real group size
+        assert row["groupsize"] == (-1 if name in quantizer.per_row_layers else 32)
+    assert {qc["layers"][n]["groupsize"] for n in downs} == {-1, 32}
+    loaded, _ = load_quantized_model(out, device_map="cpu")
+    ids = torch.tensor([[1, 100, 200, 300, 400, 17, 9]])
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, runner.create_quantized_model()(ids).logits)
+    # dividing_groups_only: per row is the only option, even where ragged would fit
+    _, quantizer, downs = run(RAGGED_2B, dividing_groups_only=True)
+    assert quantizer.columns == [(0, True)]
+    assert quantizer.per_row_layers == downs
+    assert quantizer.achieved_bits == pytest.approx(PER_ROW_2B)
 
 
 def test_plan_predicts_no_more_loss_than_uniform_at_the_same_budget(rtn_run):
@@ -114,7 +172,7 @@ def test_plan_predicts_no_more_loss_than_uniform_at_the_same_budget(rtn_run):
     plan = sum(r["predicted_error"] for r in quantizer.plan)
     uniform3 = sum(row[1] for row in costs.errors)  # candidate 1 = 3 bit, exactly on budget
     assert plan < uniform3
-    assert plan == pytest.approx(sum(row[quantizer.assignment[n]] for n, row in zip(
+    assert plan == pytest.approx(sum(row[quantizer.column_for(n)] for n, row in zip(
         [r["layer"] for r in quantizer.plan], costs.errors, strict=True
     )))  # fmt: skip
 
@@ -168,13 +226,15 @@ def test_heatmap_and_table_are_written(rtn_run):
 
 def test_infeasible_target_names_the_minimum(make_runner, rtn_specs):
     quantizer = autobit(
-        rtn_specs, target_bit=1.9, dbf_threshold=1.0, auto_dbf=False, assignment_strategy="ilp"
+        rtn_specs, target_bit=1.85, dbf_threshold=1.0, auto_dbf=False, assignment_strategy="ilp"
     )
     with pytest.raises(InfeasibleTargetError) as info:
         make_runner(quantizer).run()
     text = str(info.value)
     assert "minimum feasible target is 2.4513" in text  # 2-bit g32, per row on down_proj
-    assert "target_bit >= 2.0000" in text  # the same in raw bits
+    # the same in raw bits, converted with the candidates as given (ragged g32 on down_proj):
+    # t + (16 + t)/32 = 2.4513
+    assert "target_bit >= 1.892" in text
 
 
 def test_manual_strategy_first_match_wins(make_runner):
