@@ -9,8 +9,8 @@ Configurations (the same GPTQ options, defaults + group size 32, for every GPTQ 
 
 * ``uniform-3b`` / ``uniform-2b``: ``onecomp quantize --method gptq --set wbits=B
   --set groupsize=32`` (GPTQ's own shorter last group on the 172-wide down_proj);
-* ``autobit-3b`` / ``autobit-2b``: candidates GPTQ 2/3/4/8 bit g32 (per row where 32
-  does not divide the layer's width, AutoBit's rule), budget = the uniform run's
+* ``autobit-3b`` / ``autobit-2b``: candidates GPTQ 2/3/4/8 bit g32 (where 32 does not
+  divide the layer's width, the ILP may also pick each candidate's per-row twin), budget = the uniform run's
   parameter-weighted effective bits from its saved per-layer table,
   ``target_bit_is_effective=True``;
 * ``fallback-1.5``: ``target_bit=1.5``, i.e. the DBF fallback, saved and loaded back.
