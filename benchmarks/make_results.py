@@ -19,8 +19,8 @@ COMMANDS = {
     "core_rtn": "python benchmarks/core_rtn.py --out benchmarks/results/core_rtn.jsonl",
     "gptq_speed": "python benchmarks/gptq_layer_speed.py --threads 2 --out benchmarks/results/gptq_speed.jsonl",
     "gptq_quality": "python benchmarks/gptq_quality.py --out benchmarks/results/gptq_quality.jsonl",
-    "dbf_speed": "python benchmarks/dbf_layer_speed.py --out benchmarks/results/dbf_speed.jsonl",
-    "dbf_quality": "python benchmarks/dbf_quality.py --out benchmarks/results/dbf_quality.jsonl",
+    "dbf_layer_speed": "python benchmarks/dbf_layer_speed.py --out benchmarks/results/dbf_layer_speed.jsonl",
+    "dbf_quality": "python benchmarks/dbf_quality.py --set target_bits=1.5 [--set finetune_steps=0] [--qep] (appends to benchmarks/results/dbf_quality.jsonl)",
     "autobit_quality": "python benchmarks/autobit_quality.py --out benchmarks/results/autobit_quality.jsonl",
     "qep_quality": "python benchmarks/qep_quality.py --out benchmarks/results/qep_quality.jsonl",
 }
