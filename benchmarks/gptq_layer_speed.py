@@ -1,104 +1,132 @@
 """GPTQ on the synthetic 4096×4096 layer of benchmarks.md: time (also in ref units) and error.
 
-Prints one JSON line per configuration; ``--out`` appends them to a file.
-Example: ``python benchmarks/gptq_layer_speed.py --threads 2 --out benchmarks/results/gptq_speed.jsonl``
+Prints one JSON line per configuration; ``--out`` appends them.
+``textbook`` is a straightforward GPTQ written here (fp32 scales, every
+column updates the rest of its block at once, group grids fitted at the
+group's first column): the same-layer baseline for the bars, because the
+error depends strongly on the random draw of the layer (``--seed``).
+
+    python benchmarks/gptq_layer_speed.py --threads 2 --out benchmarks/results/gptq_speed.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
+import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from onecomp_gptq import GPTQ
-from onecomp_gptq.gptq import GridSpec, dequantize, gptq_quantize, rtn_quantize
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, ref_unit, rel_output_error, synthetic_layer  # noqa: E402
 
+from onecomp_gptq import GPTQ  # noqa: E402
+from onecomp_gptq.gptq import dequantize, gptq_quantize, rtn_quantize  # noqa: E402
 
-def ref_unit(repeats: int = 20) -> float:
-    """Median seconds of one 1024×1024 float32 matrix product (the machine's yardstick)."""
-    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def synthetic_layer(n: int, tokens: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """W with per-row and per-column log-normal magnitudes, X with outlier columns."""
-    g = torch.Generator().manual_seed(seed)
-    w = 0.02 * torch.randn(n, n, generator=g)
-    w *= torch.exp(0.3 * torch.randn(n, 1, generator=g))
-    w *= torch.exp(0.5 * torch.randn(1, n, generator=g))
-    x = torch.randn(tokens, n, generator=g) * torch.exp(torch.randn(1, n, generator=g))
-    return w, x
-
-
-def rel_output_error(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> float:
-    return float(((x @ (w - w_hat).t()).pow(2).sum() / (x @ w.t()).pow(2).sum()).item())
-
-
-#: "plain-asym" and "actorder+mse-proxy" are for comparison; the GPTQ quantizer's
-#: actorder=true mse=true (default clip_candidates) is "actorder+mse"
-CONFIGS = {
-    "plain": dict(actorder=False, clip_grid=0, sym=True),
-    "plain-asym": dict(actorder=False, clip_grid=0, sym=False),
-    "actorder+mse-proxy": dict(actorder=True, clip_grid=100, sym=True),
-    "actorder+mse": dict(actorder=True, clip_grid=100, sym=True, candidates=GPTQ.clip_candidates),
+#: name → GPTQ quantizer settings; "plain" and "actorder+mse" are the bars of issue 4
+CONFIGS: dict[str, dict] = {
+    "plain": {},
+    "plain asym": {"sym": False},
+    "actorder+mse": {"actorder": True, "mse": True},
+    "actorder+mse proxy only": {"actorder": True, "mse": True, "clip_candidates": 0},
+    "textbook": {},
 }
+
+
+def textbook_gptq(
+    w: torch.Tensor,
+    h: torch.Tensor,
+    bits: int,
+    gs: int,
+    sym: bool = True,
+    percdamp: float = 0.01,
+    block: int = 128,
+) -> torch.Tensor:
+    """Plain GPTQ as in the paper, min-max grids in fp32: the dequantized weight."""
+    w, h = w.clone(), h.clone()
+    n, maxq = w.shape[1], 2**bits - 1
+    h.diagonal().add_(percdamp * h.diagonal().mean())
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.zeros_like(w)
+    for b0 in range(0, n, block):
+        b1 = min(b0 + block, n)
+        w1, err = w[:, b0:b1].clone(), torch.zeros(w.shape[0], b1 - b0)
+        for i in range(b1 - b0):
+            if (b0 + i) % gs == 0:
+                part = torch.cat([w1[:, i:], w[:, b1:]], 1)[:, :gs]
+                lo, hi = part.min(1).values.clamp(max=0), part.max(1).values.clamp(min=0)
+                if sym:
+                    hi = torch.maximum(hi, -lo)
+                    lo = -hi
+                scale = (hi - lo).clamp(min=1e-12) / maxq
+                zero = torch.full_like(scale, (maxq + 1) // 2) if sym else torch.round(-lo / scale)
+            codes = torch.clamp(torch.round(w1[:, i] / scale) + zero, 0, maxq)
+            q[:, b0 + i] = scale * (codes - zero)
+            err[:, i] = (w1[:, i] - q[:, b0 + i]) / u[b0 + i, b0 + i]
+            w1[:, i:] -= err[:, i : i + 1] * u[b0 + i, b0 + i : b1]
+        w[:, b1:] -= err @ u[b0:b1, b1:]
+    return q
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--groupsize", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--configs", nargs="*", default=list(CONFIGS))
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    w, x = synthetic_layer(args.size, args.tokens)
+    w, x = synthetic_layer(args.size, args.tokens, seed=args.seed)
     h = 2 * x.t() @ x / x.shape[0]
-    lines = []
     for name in args.configs:
-        cfg = CONFIGS[name]
-        spec = GridSpec(bits=args.bits, sym=cfg["sym"], clip_grid=cfg["clip_grid"])
-        shrinks = GPTQ(mse=True, clip_candidates=cfg.get("candidates", 0)).row_shrinks()
+        settings = CONFIGS[name]
+        quantizer = GPTQ(wbits=args.bits, groupsize=args.groupsize, **settings)
+        spec = quantizer.grid_spec(args.bits)
         unit = ref_unit()
-        t = time.perf_counter()
-        out = gptq_quantize(
-            w, h, spec, groupsize=args.groupsize, actorder=cfg["actorder"], row_shrinks=shrinks
-        )
-        seconds = time.perf_counter() - t
+        start = time.perf_counter()
+        if name == "textbook":
+            w_hat = textbook_gptq(w, h, args.bits, args.groupsize)
+        else:
+            out = gptq_quantize(
+                w,
+                h,
+                spec,
+                groupsize=args.groupsize,
+                actorder=quantizer.actorder,
+                percdamp=quantizer.percdamp,
+                blocksize=quantizer.blocksize,
+                row_shrinks=quantizer.row_shrinks(),
+            )
+            w_hat = dequantize(out)
+        seconds = time.perf_counter() - start
         unit = (unit + ref_unit()) / 2
-        rtn = rtn_quantize(w, torch.diagonal(h), spec, args.groupsize)
-        line = {
-            "bench": "gptq_layer_speed",
-            "config": name,
-            "sym": cfg["sym"],
-            "clip_candidates": cfg.get("candidates", 0),
-            "size": args.size,
-            "bits": args.bits,
-            "groupsize": args.groupsize,
-            "threads": args.threads,
-            "seconds": round(seconds, 3),
-            "ref_unit_s": round(unit, 5),
-            "ref_units": round(seconds / unit, 1),
-            "rel_output_error": round(rel_output_error(w, dequantize(out), x), 6),
-            "rtn_rel_output_error": round(rel_output_error(w, dequantize(rtn), x), 6),
-        }
-        print(json.dumps(line), flush=True)
-        lines.append(line)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.writelines(json.dumps(line) + "\n" for line in lines)
+        rtn = dequantize(rtn_quantize(w, torch.diagonal(h), spec, args.groupsize))
+        emit(
+            {
+                "benchmark": "gptq_speed",
+                "config": name,
+                "settings": settings,
+                "clip_candidates": quantizer.clip_candidates if quantizer.mse else 0,
+                "size": args.size,
+                "seed": args.seed,
+                "bits": args.bits,
+                "groupsize": args.groupsize,
+                "threads": args.threads,
+                "load_avg_1m": round(os.getloadavg()[0], 1),
+                "seconds": round(seconds, 3),
+                "ref_unit_s": round(unit, 5),
+                "ref_units": round(seconds / unit, 1),
+                "rel_output_error": round(rel_output_error(w, w_hat, x), 6),
+                "rtn_rel_output_error": round(rel_output_error(w, rtn, x), 6),
+            },
+            args.out,
+        )
 
 
 if __name__ == "__main__":
