@@ -24,8 +24,18 @@ WT_TEXT = ASSETS / "text" / "wikitext2-test.raw"
 RESULTS = ROOT / "benchmarks" / "results"
 
 #: calibration of the quality protocol: the first 128 windows of 256 tokens, seed 0
-PROTOCOL_CALIBRATION = ["--calibration", str(CALIBRATION), "--num-samples", "128",
-                        "--max-length", "256", "--seed", "0", "--strategy", "concat_chunk"]
+PROTOCOL_CALIBRATION = [
+    "--calibration",
+    str(CALIBRATION),
+    "--num-samples",
+    "128",
+    "--max-length",
+    "256",
+    "--seed",
+    "0",
+    "--strategy",
+    "concat_chunk",
+]
 
 
 def ref_unit(repeats: int = 20) -> float:
@@ -54,19 +64,25 @@ def rel_output_error(w: torch.Tensor, w_hat: torch.Tensor, x: torch.Tensor) -> f
     return float(((x @ (w - w_hat.float()).t()).pow(2).sum() / (x @ w.t()).pow(2).sum()).item())
 
 
-_PEAK = ("import json, resource, sys\n"
-         "from onecomp_core.cli import main\n"
-         "rc = main(sys.argv[1:])\n"
-         "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
-         "print(json.dumps({'peak_rss_mb': round(peak, 1)}), file=sys.stderr)\n"
-         "sys.exit(rc)\n")
+_PEAK = (
+    "import json, resource, sys\n"
+    "from onecomp_core.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+    "print(json.dumps({'peak_rss_mb': round(peak, 1)}), file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
 
 
 def onecomp(*args: str) -> tuple[str, float, float]:
     """Run the real CLI in a fresh process: (stdout, wall seconds, peak resident MB)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _PEAK, *args], capture_output=True, text=True,
-                          env={**__import__("os").environ, "ONECOMP_QUIET": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", _PEAK, *args],
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "ONECOMP_QUIET": "1"},
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"onecomp {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
@@ -77,17 +93,33 @@ def onecomp(*args: str) -> tuple[str, float, float]:
 def perplexities(model: str | Path) -> dict[str, float]:
     """ts (all of the TinyStories excerpt) and wt (first 20,480 WikiText-2 test tokens)."""
     out_ts, _, _ = onecomp("eval", str(model), "--ppl", str(TS_TEXT), "--json")
-    out_wt, _, _ = onecomp("eval", str(model), "--ppl", str(WT_TEXT), "--max-tokens", "20480",
-                           "--json")
-    return {"ts": json.loads(out_ts.splitlines()[-1])["ppl"],
-            "wt": json.loads(out_wt.splitlines()[-1])["ppl"]}
+    out_wt, _, _ = onecomp(
+        "eval", str(model), "--ppl", str(WT_TEXT), "--max-tokens", "20480", "--json"
+    )
+    return {
+        "ts": json.loads(out_ts.splitlines()[-1])["ppl"],
+        "wt": json.loads(out_wt.splitlines()[-1])["ppl"],
+    }
 
 
-def quantize(out: Path, method: str, settings: list[str], calibrate: bool = True,
-             extra: list[str] | None = None) -> dict:
+def quantize(
+    out: Path,
+    method: str,
+    settings: list[str],
+    calibrate: bool = True,
+    extra: list[str] | None = None,
+) -> dict:
     """Quantize stories260K through the CLI and measure time, memory and size on disk."""
-    args = ["quantize", str(STORIES), "--method", method, "--out", str(out), "--overwrite",
-            "--quiet"]
+    args = [
+        "quantize",
+        str(STORIES),
+        "--method",
+        method,
+        "--out",
+        str(out),
+        "--overwrite",
+        "--quiet",
+    ]
     for s in settings:
         args += ["--set", s]
     if calibrate:
@@ -96,9 +128,13 @@ def quantize(out: Path, method: str, settings: list[str], calibrate: bool = True
     _, seconds, peak = onecomp(*args)
     inspect, _, _ = onecomp("inspect", str(out), "--json")
     report = json.loads(inspect)
-    return {"seconds": round(seconds, 2), "peak_rss_mb": peak,
-            "bytes": report["total_bytes"], "fp16_bytes": report["fp16_reference_bytes"],
-            "average_bits": report["average_bits"]}
+    return {
+        "seconds": round(seconds, 2),
+        "peak_rss_mb": peak,
+        "bytes": report["total_bytes"],
+        "fp16_bytes": report["fp16_reference_bytes"],
+        "average_bits": report["average_bits"],
+    }
 
 
 def emit(record: dict, out: str | Path | None) -> None:
