@@ -12,7 +12,6 @@ continuous 3-bit stream).
 from __future__ import annotations
 
 import torch
-from onecomp_core import packing
 from onecomp_core.grid import num_groups
 from onecomp_core.packed_linear import PackedIntLinear
 
@@ -75,14 +74,7 @@ class GPTQLinear(PackedIntLinear):
         layer = cls(
             in_features, out_features, bits, scales.shape[1], bias is not None, checkpoint_format
         )
-        layer.qweight.copy_(packing.pack_dim0(codes.t(), bits))
-        stored = (zeros.to(torch.int64) - layer.zero_offset) & ((1 << bits) - 1)
-        layer.qzeros.copy_(packing.pack_dim1(stored.t(), bits))
-        layer.scales.copy_(scales.t().to(torch.float16))
-        layer.g_idx.copy_(g_idx.to(torch.int32))
-        if bias is not None:
-            layer.bias = bias.detach().to(torch.float16).clone()
-        return layer
+        return layer.fill(codes, scales, zeros, g_idx, bias)
 
     @classmethod
     def empty(
