@@ -144,11 +144,13 @@ def gptq_quantize(
     run = _run_gptq(stacked, upper, perm, diag, spec, gs, blocksize, static_groups, shrink)
     if run is None:
         return rtn_quantize(weight, diag, spec, groupsize, reason="non-finite values in GPTQ")
-    codes, scales, zeros = run
+    codes, scales, zeros, damped_loss = run
     if row_shrinks:
         g = _g_idx(perm, gs, static_groups).long()
         delta = stacked - scales[:, g] * (codes - zeros[:, g])
-        err = ((delta @ h) * delta).sum(dim=1).view(len(factors), out_f)
+        # δHδᵀ = δ(H + λI)δᵀ − λ‖δ‖²: the damped part GPTQ already summed (no n³ product)
+        lam = damp * float(torch.diagonal(h).mean())
+        err = (damped_loss - lam * delta.square().sum(dim=1)).view(len(factors), out_f)
         pick = err.argmin(dim=0) * out_f + torch.arange(out_f, device=w.device)
         codes, scales, zeros = codes[pick], scales[pick], zeros[pick]
     return GPTQOutput(
@@ -178,8 +180,13 @@ def _run_gptq(
     blocksize: int,
     static_groups: bool,
     shrink: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The column loop: (codes (out, in) original order, scales, zeros (out, groups)), all float."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The column loop: codes (out, in) in original order, scales, zeros (out, groups), loss (out,).
+
+    With Hd = H + λI and Hd⁻¹ = UᵀU, the final error is δ = e·U (e the scaled
+    column errors), so δ·Hd·δᵀ = ‖e‖²: each row's damped output error is the
+    sum of its squared scaled errors, free to accumulate.
+    """
     out_f, n = w.shape
     n_groups = -(-n // gs)
     static = _fit_groups(w, diag, gs, spec, shrink) if static_groups else None
@@ -194,6 +201,7 @@ def _run_gptq(
         scales = torch.empty(n_groups, out_f, device=w.device)
         zeros = torch.empty_like(scales)
     maxq = max_code(spec.bits)
+    loss = torch.zeros(out_f, device=w.device)
 
     for b0 in range(0, n, blocksize):
         b1 = min(b0 + blocksize, n)
@@ -218,12 +226,13 @@ def _run_gptq(
                     e = torch.div(row - s * (q - z), u1[i, i], out=err1[i])
                     if i + 1 < b1 - b0:
                         w1[i + 1 :].addcmul_(u1[i, i + 1 :, None], e, value=-1.0)
+        loss.add_(err1.square().sum(dim=0))
         if b1 < n:
             wt[b1:].addmm_(upper[b0:b1, b1:].t(), err1, alpha=-1.0)
 
-    if not bool(torch.isfinite(codes).all()):
+    if not bool(torch.isfinite(loss).all()):  # a NaN or inf anywhere in a row reaches its loss
         return None
-    return codes[torch.argsort(perm)].t(), scales.t(), zeros.t()
+    return codes[torch.argsort(perm)].t(), scales.t(), zeros.t(), loss
 
 
 @contextmanager

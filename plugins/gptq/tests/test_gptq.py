@@ -159,18 +159,21 @@ def test_symmetric_grid_on_all_positive_row_keeps_the_range() -> None:
     assert zero.item() == 8 and scale.item() == pytest.approx(2 * 1.0 / 15, rel=1e-3)
 
 
-def test_row_search_keeps_per_row_best_output_error() -> None:
+@pytest.mark.parametrize("actorder", [False, True])
+def test_row_search_keeps_per_row_best_output_error(actorder: bool) -> None:
+    """Rows are picked by the error GPTQ accumulates (‖e‖² − λ‖δ‖²); checked against δHδᵀ here."""
     w, _, h = _problem(out_f=16, n=48, seed=7)
     spec = GridSpec(bits=3, sym=False)
     factors = [1.0, 0.9, 0.8, 0.7]
+    kw = {"groupsize": 16, "actorder": actorder}
 
     def row_errors(out):
         delta = w - dequantize(out)
         return ((delta @ h) * delta).sum(dim=1)
 
     singles = torch.stack(
-        [row_errors(gptq_quantize(w, h, spec, groupsize=16, row_shrinks=[f])) for f in factors]
+        [row_errors(gptq_quantize(w, h, spec, row_shrinks=[f], **kw)) for f in factors]
     )
-    searched = row_errors(gptq_quantize(w, h, spec, groupsize=16, row_shrinks=factors))
+    searched = row_errors(gptq_quantize(w, h, spec, row_shrinks=factors, **kw))
     assert torch.allclose(searched, singles.min(dim=0).values, rtol=1e-4)
     assert searched.sum() < singles[0].sum()  # the search beats the plain min-max range
