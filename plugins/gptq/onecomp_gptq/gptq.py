@@ -101,6 +101,11 @@ def inverse_cholesky(
     return None, None
 
 
+#: float elements of the stacked row candidates in one GPTQ pass (512 MB in fp32):
+#: larger layers are done in slices of rows, which GPTQ treats independently
+_STACK_ELEMENTS = 1 << 27
+
+
 def _group_size(groupsize: int, n: int) -> int:
     return n if groupsize in (-1, 0) or groupsize > n else groupsize
 
@@ -138,21 +143,17 @@ def gptq_quantize(
     if upper is None:
         return rtn_quantize(weight, diag, spec, groupsize, reason="H not positive definite")
 
-    factors = torch.tensor(list(row_shrinks) or [0.0], device=w.device)
-    shrink = factors.repeat_interleave(out_f) if row_shrinks else None
-    stacked = w.repeat(len(factors), 1)
-    run = _run_gptq(stacked, upper, perm, diag, spec, gs, blocksize, static_groups, shrink)
-    if run is None:
-        return rtn_quantize(weight, diag, spec, groupsize, reason="non-finite values in GPTQ")
-    codes, scales, zeros, damped_loss = run
-    if row_shrinks:
-        g = _g_idx(perm, gs, static_groups).long()
-        delta = stacked - scales[:, g] * (codes - zeros[:, g])
-        # δHδᵀ = δ(H + λI)δᵀ − λ‖δ‖²: the damped part GPTQ already summed (no n³ product)
-        lam = damp * float(torch.diagonal(h).mean())
-        err = (damped_loss - lam * delta.square().sum(dim=1)).view(len(factors), out_f)
-        pick = err.argmin(dim=0) * out_f + torch.arange(out_f, device=w.device)
-        codes, scales, zeros = codes[pick], scales[pick], zeros[pick]
+    lam = damp * float(diag.mean())
+    factors = list(row_shrinks) or None
+    step = max(1, _STACK_ELEMENTS // (n * len(factors or [0])))
+    parts = []
+    for r0 in range(0, out_f, step):
+        args = (perm, diag, lam, spec, gs, blocksize, static_groups, factors)
+        part = _best_candidate(w[r0 : r0 + step], upper, *args)
+        if part is None:
+            return rtn_quantize(weight, diag, spec, groupsize, reason="non-finite values in GPTQ")
+        parts.append(part)
+    codes, scales, zeros = (torch.cat(t) for t in zip(*parts, strict=True))
     return GPTQOutput(
         codes=codes.to(torch.uint8).cpu(),
         scales=scales.to(torch.float16).cpu(),
@@ -160,6 +161,39 @@ def gptq_quantize(
         g_idx=_g_idx(perm, gs, static_groups).to(torch.int32).cpu(),
         damping=damp,
     )
+
+
+def _best_candidate(
+    w: torch.Tensor,
+    upper: torch.Tensor,
+    perm: torch.Tensor,
+    diag: torch.Tensor,
+    lam: float,
+    spec: GridSpec,
+    gs: int,
+    blocksize: int,
+    static_groups: bool,
+    factors: list[float] | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """GPTQ on these rows, once per range factor (stacked copies); each row keeps its best copy."""
+    rows = w.shape[0]
+    count = len(factors) if factors else 1
+    shrink = None
+    if factors:
+        shrink = torch.tensor(factors, device=w.device).repeat_interleave(rows)
+    stacked = w.repeat(count, 1)
+    run = _run_gptq(stacked, upper, perm, diag, spec, gs, blocksize, static_groups, shrink)
+    if run is None:
+        return None
+    codes, scales, zeros, damped_loss = run
+    if count == 1:
+        return codes, scales, zeros
+    g = _g_idx(perm, gs, static_groups).long()
+    delta = stacked - scales[:, g] * (codes - zeros[:, g])
+    # δHδᵀ = δ(H + λI)δᵀ − λ‖δ‖²: the damped part GPTQ already summed (no n³ product)
+    err = (damped_loss - lam * delta.square().sum(dim=1)).view(count, rows)
+    pick = err.argmin(dim=0) * rows + torch.arange(rows, device=w.device)
+    return codes[pick], scales[pick], zeros[pick]
 
 
 def _g_idx(perm: torch.Tensor, gs: int, static_groups: bool) -> torch.Tensor:

@@ -177,3 +177,18 @@ def test_row_search_keeps_per_row_best_output_error(actorder: bool) -> None:
     searched = row_errors(gptq_quantize(w, h, spec, row_shrinks=factors, **kw))
     assert torch.allclose(searched, singles.min(dim=0).values, rtol=1e-4)
     assert searched.sum() < singles[0].sum()  # the search beats the plain min-max range
+
+
+def test_row_slices_bound_memory_without_changing_the_result(monkeypatch) -> None:
+    """Large layers run the stacked candidates in slices of rows; rows are independent."""
+    import onecomp_gptq.gptq as gptq_module
+
+    w, _, h = _problem(out_f=20, n=48, seed=3)
+    spec = GridSpec(bits=3, sym=False, clip_grid=20)
+    kw = {"groupsize": 16, "actorder": True, "row_shrinks": [0.0, 1.0, 0.8]}
+    whole = gptq_quantize(w, h, spec, **kw)
+    monkeypatch.setattr(gptq_module, "_STACK_ELEMENTS", 3 * 48 * 7)  # 7 rows per slice
+    sliced = gptq_quantize(w, h, spec, **kw)
+    assert torch.equal(sliced.codes, whole.codes)
+    assert torch.equal(sliced.scales, whole.scales)
+    assert torch.equal(sliced.zeros, whole.zeros)
