@@ -185,13 +185,11 @@ def _best_candidate(
     run = _run_gptq(stacked, upper, perm, diag, spec, gs, blocksize, static_groups, shrink)
     if run is None:
         return None
-    codes, scales, zeros, damped_loss = run
+    codes, scales, zeros, damped_loss, delta_sq = run
     if count == 1:
         return codes, scales, zeros
-    g = _g_idx(perm, gs, static_groups).long()
-    delta = stacked - scales[:, g] * (codes - zeros[:, g])
-    # δHδᵀ = δ(H + λI)δᵀ − λ‖δ‖²: the damped part GPTQ already summed (no n³ product)
-    err = (damped_loss - lam * delta.square().sum(dim=1)).view(count, rows)
+    # δHδᵀ = δ(H + λI)δᵀ − λ‖δ‖²: both terms summed by the column loop (no n³ product)
+    err = (damped_loss - lam * delta_sq).view(count, rows)
     pick = err.argmin(dim=0) * rows + torch.arange(rows, device=w.device)
     return codes[pick], scales[pick], zeros[pick]
 
@@ -214,12 +212,13 @@ def _run_gptq(
     blocksize: int,
     static_groups: bool,
     shrink: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The column loop: codes (out, in) in original order, scales, zeros (out, groups), loss (out,).
+) -> tuple[torch.Tensor, ...] | None:
+    """The column loop: codes (out, in) in original order, scales, zeros (out, groups), loss, ‖δ‖².
 
     With Hd = H + λI and Hd⁻¹ = UᵀU, the final error is δ = e·U (e the scaled
     column errors), so δ·Hd·δᵀ = ‖e‖²: each row's damped output error is the
-    sum of its squared scaled errors, free to accumulate.
+    sum of its squared scaled errors, free to accumulate; ‖δ‖² per row (out,)
+    comes from the dequantized columns kept per block.
     """
     out_f, n = w.shape
     n_groups = -(-n // gs)
@@ -236,11 +235,13 @@ def _run_gptq(
         zeros = torch.empty_like(scales)
     maxq = max_code(spec.bits)
     loss = torch.zeros(out_f, device=w.device)
+    delta_sq = torch.zeros(out_f, device=w.device)
 
     for b0 in range(0, n, blocksize):
         b1 = min(b0 + blocksize, n)
         w1 = wt[b0:b1].clone()
         err1 = torch.empty_like(w1)
+        deq1 = torch.empty_like(w1)
         u1 = upper[b0:b1, b0:b1]
         # runs of columns that start a group (dynamic groups) or the block
         starts = [b0] + [j for j in range(b0 + 1, b1) if static is None and j % gs == 0]
@@ -257,16 +258,18 @@ def _run_gptq(
                     row = w1[i]
                     q = torch.round(row / s).add_(z).clamp_(0, maxq)
                     codes[j] = q
-                    e = torch.div(row - s * (q - z), u1[i, i], out=err1[i])
+                    deq = torch.mul(q - z, s, out=deq1[i])
+                    e = torch.div(row - deq, u1[i, i], out=err1[i])
                     if i + 1 < b1 - b0:
                         w1[i + 1 :].addcmul_(u1[i, i + 1 :, None], e, value=-1.0)
         loss.add_(err1.square().sum(dim=0))
+        delta_sq.add_((w[:, perm[b0:b1]].t() - deq1).square_().sum(dim=0))
         if b1 < n:
             wt[b1:].addmm_(upper[b0:b1, b1:].t(), err1, alpha=-1.0)
 
     if not bool(torch.isfinite(loss).all()):  # a NaN or inf anywhere in a row reaches its loss
         return None
-    return codes[torch.argsort(perm)].t(), scales.t(), zeros.t(), loss
+    return codes[torch.argsort(perm)].t(), scales.t(), zeros.t(), loss, delta_sq
 
 
 @contextmanager
