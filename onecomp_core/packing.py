@@ -33,13 +33,17 @@ def pack_dim0(codes: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def unpack_dim0(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """Inverse of :func:`pack_dim0`: (words, m) int32 → (n, m) uint8 codes."""
-    words, m = packed.shape
+    """Inverse of :func:`pack_dim0`: (words, m) int32 → (n, m) uint8 codes.
+
+    One gather and one shift per code (word index and bit offset precomputed);
+    a code straddling two words takes its high bits from the next word.
+    """
+    pos = torch.arange(n, device=packed.device) * bits
+    word, offset = pos // 32, (pos % 32).unsqueeze(1)
     p = packed.to(torch.int64) & 0xFFFFFFFF
-    stream = ((p.unsqueeze(1) >> _SHIFTS.to(p.device).view(1, 32, 1)) & 1).reshape(words * 32, m)
-    stream = stream[: n * bits].view(n, bits, m)
-    weights = (1 << torch.arange(bits, device=p.device)).view(1, bits, 1)
-    return (stream * weights).sum(dim=1).to(torch.uint8)
+    p = torch.cat([p, p.new_zeros(1, p.shape[1])])  # a zero word past the end
+    codes = (p[word] >> offset) | (p[word + 1] << (32 - offset))
+    return (codes & ((1 << bits) - 1)).to(torch.uint8)
 
 
 def pack_dim1(codes: torch.Tensor, bits: int) -> torch.Tensor:
