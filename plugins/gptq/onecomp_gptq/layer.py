@@ -30,7 +30,7 @@ class GPTQLinear(PackedIntLinear):
         groups: int,
         bias: bool = False,
         checkpoint_format: str = "gptq",
-        cache_weight: bool = True,
+        cache_weight: bool = False,
     ) -> None:
         if checkpoint_format not in ZERO_OFFSETS:
             raise ValueError(

@@ -108,3 +108,18 @@ def test_forward_matches_dense_and_state_dict_loads_into_empty_layer() -> None:
 def test_bad_checkpoint_format_is_rejected() -> None:
     with pytest.raises(ValueError, match="checkpoint_format='gptq_v3'"):
         GPTQLinear(8, 8, 4, 1, checkpoint_format="gptq_v3")
+
+
+def test_dense_weight_is_cached_only_on_request_and_forgotten_on_load() -> None:
+    codes, scales, zeros, g_idx = _random_layer_inputs(4, 8, 32, 1)
+    layer = GPTQLinear.pack(codes, scales, zeros, g_idx, 4)
+    x = torch.randn(2, 32)
+    layer(x)
+    assert layer._cached is None  # memory first: a 4-bit model must not grow fp16 copies
+    layer.cache_weight = True
+    first = layer(x)
+    assert layer._cached is not None
+    other = GPTQLinear.pack(codes, scales * 2, zeros, g_idx, 4)
+    layer.load_state_dict(other.state_dict())
+    assert layer._cached is None
+    assert torch.allclose(layer(x), 2 * first, atol=1e-3)
