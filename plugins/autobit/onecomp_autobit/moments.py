@@ -5,10 +5,23 @@ Runner's calibration batches. Hooks add x_j² and g_i² into running sums, so
 no activation is kept beyond what autograd itself holds for one batch:
 
 * a_j = mean over tokens of x_j² (the diagonal of XᵀX/N);
-* b_i = mean over tokens of g_i², g = ∂(summed next-token NLL)/∂(layer output).
+* b_i = mean over tokens of g_i², g = ∂(token NLL)/∂(layer output).
 
 Together they give the diagonal Kronecker-factored Fisher estimate of the
-loss increase of a weight change Δ: Σ_ij b_i·a_j·Δ_ij².
+loss increase of a weight change Δ: Σ_ij b_i·a_j·Δ_ij². With ``full`` the
+whole factors XᵀX/N and GᵀG/N are kept too (K-FAC: tr(B·Δ·A·Δᵀ)).
+
+Which labels the NLL uses (``fisher``):
+
+* "true" (default): labels drawn from the model's own next-token
+  distribution, ``samples`` draws per token. E[g·gᵀ] is then the true Fisher,
+  the curvature of KL(p_original ‖ p_quantized), i.e. of how much the output
+  distribution moves, whatever text is evaluated later. It does not depend
+  on how well the model predicts the calibration text.
+* "empirical": the calibration text's next tokens. On text the model
+  predicts badly (e.g. a TinyStories model on WikiText) the large gradients
+  of tokens it cannot predict anyway dominate (Kunstner et al., 2019,
+  "Limitations of the empirical Fisher approximation").
 """
 
 from __future__ import annotations
@@ -29,12 +42,13 @@ Batch = tuple[torch.Tensor, torch.Tensor | None]
 
 @dataclass
 class LayerMoments:
-    """a (in,), b (out,) and optionally XᵀX/N (in × in) of one layer, float64 on the CPU."""
+    """a (in,), b (out,), optionally XᵀX/N (in × in) and GᵀG/N (out × out); float64, CPU."""
 
     a: torch.Tensor
     b: torch.Tensor | None
     tokens: int
     xtx: torch.Tensor | None = None
+    gtg: torch.Tensor | None = None
 
 
 class _Accumulator:
@@ -42,7 +56,9 @@ class _Accumulator:
         self.sum_x = torch.zeros(module.in_features, dtype=torch.float64)
         n = module.in_features
         self.sum_xx = torch.zeros(n, n, dtype=torch.float64) if full else None
-        self.sum_g = torch.zeros(module.out_features, dtype=torch.float64) if gradients else None
+        m = module.out_features
+        self.sum_g = torch.zeros(m, dtype=torch.float64) if gradients else None
+        self.sum_gg = torch.zeros(m, m, dtype=torch.float64) if gradients and full else None
         self.tokens = 0
         self.grad_tokens = 0
         self.mask: torch.Tensor | None = None
@@ -65,16 +81,20 @@ class _Accumulator:
     def _grad_hook(self, grad: torch.Tensor) -> None:
         g = self._rows(grad)
         self.sum_g += g.pow(2).sum(0).cpu()
+        if self.sum_gg is not None:
+            self.sum_gg += (g.t() @ g).cpu()
         self.grad_tokens += g.shape[0]
 
     def moments(self) -> LayerMoments:
         if self.tokens == 0:
             raise RuntimeError("no calibration token reached this layer")
-        b = None
+        b = gtg = None
         if self.sum_g is not None and self.grad_tokens:
             b = self.sum_g / self.grad_tokens
+            if self.sum_gg is not None:
+                gtg = self.sum_gg / self.grad_tokens
         xtx = None if self.sum_xx is None else self.sum_xx / self.tokens
-        return LayerMoments(self.sum_x / self.tokens, b, self.tokens, xtx)
+        return LayerMoments(self.sum_x / self.tokens, b, self.tokens, xtx, gtg)
 
 
 def limit_batches(batches: list[Batch], max_samples: int | None, seqlen: int | None) -> list[Batch]:
@@ -91,6 +111,22 @@ def limit_batches(batches: list[Batch], max_samples: int | None, seqlen: int | N
             ids, mask = ids[:, :seqlen], None if mask is None else mask[:, :seqlen]
         out.append((ids, mask))
     return out
+
+
+FISHERS = ("true", "empirical")
+
+
+def _sampled_losses(
+    logits: torch.Tensor, mask: torch.Tensor | None, samples: int, generator: torch.Generator
+):
+    """Summed NLL of labels drawn from the model itself, one loss per draw (true Fisher)."""
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    probs = flat.detach().softmax(-1)
+    keep = None if mask is None else mask.reshape(-1).to(flat.dtype)
+    for _ in range(samples):
+        labels = torch.multinomial(probs.cpu(), 1, generator=generator).reshape(-1)
+        nll = F.cross_entropy(flat, labels.to(flat.device), reduction="none")
+        yield (nll if keep is None else nll * keep).sum()
 
 
 def _token_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None):
@@ -112,8 +148,14 @@ def collect_moments(
     batches: list[Batch],
     gradients: bool = True,
     full: bool = False,
+    fisher: str = "true",
+    samples: int = 1,
+    seed: int = 0,
 ) -> dict[str, LayerMoments]:
-    """a (and b when ``gradients``, XᵀX/N when ``full``) of every layer over ``batches``.
+    """a (and b when ``gradients``, XᵀX/N and GᵀG/N when ``full``) of every layer.
+
+    ``fisher`` and ``samples``: which labels the backward passes use (module
+    docstring); the draws come from a generator seeded with ``seed``.
 
     The model is left as it was: parameters keep their values and
     ``requires_grad`` flags, and no gradient is stored on them. When the
@@ -121,6 +163,9 @@ def collect_moments(
     """
     if not batches:
         raise ValueError("activation-aware planning needs calibration batches, got none")
+    if fisher not in FISHERS:
+        raise ValueError(f"fisher={fisher!r}: expected one of {', '.join(FISHERS)}")
+    generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     accs = {name: _Accumulator(module, gradients, full) for name, module in layers.items()}
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -155,10 +200,14 @@ def collect_moments(
                         logger.warning("the model returns no logits: using input moments only")
                         gradients = False
                         continue
-                    if gradients:
+                    if gradients and fisher == "empirical":
                         _token_loss(
                             logits, call["input_ids"], call.get("attention_mask")
                         ).backward()
+                    elif gradients:
+                        losses = list(_sampled_losses(logits, mask, samples, generator))
+                        for k, loss in enumerate(losses):
+                            loss.backward(retain_graph=k < len(losses) - 1)
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)

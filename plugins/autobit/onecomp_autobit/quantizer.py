@@ -40,7 +40,7 @@ from .candidates import (
 from .fused import DEFAULT_FUSED_GROUPS, fused_layer_groups, groups_problems
 from .ilp import InfeasibleTargetError, minimum_feasible_target, solve_assignment
 from .manual import assign_manually, split_groups
-from .moments import collect_moments, limit_batches
+from .moments import FISHERS, collect_moments, limit_batches
 from .sensitivity import Costs, score_candidates
 from .target import dbf_binary_target, dbf_vector_overhead, effective_target, raw_for_effective
 
@@ -83,6 +83,11 @@ class AutoBitQuantizer(Quantizer):
     num_calib_samples: int | None = None
     calib_seqlen: int | None = None
     use_curvature_b: bool = True
+    #: labels of the backward pass for b: "true" = drawn from the model itself (curvature
+    #: of the KL to the original model), "empirical" = the calibration text's next tokens
+    fisher: str = "true"
+    #: label draws per token with fisher="true" (one backward pass each)
+    fisher_samples: int = 1
     save_path: str | None = None
     auto_dbf: bool = True
     dbf_threshold: float = 2.0
@@ -90,8 +95,9 @@ class AutoBitQuantizer(Quantizer):
     fused_groups: list = field(default_factory=lambda: copy.deepcopy(DEFAULT_FUSED_GROUPS))
     enable_fused_groups: bool = True
     ilp_time_limit: float = 30.0
-    #: input factor of the planning statistics: "diag" (a), "full" (XᵀX/N per layer),
-    #: "auto" (full when all layers' in² float64 matrices fit in PLANNING_FULL_BYTES)
+    #: Kronecker factors of the planning statistics: "diag" (a, b), "full" (XᵀX/N and
+    #: GᵀG/N per layer), "auto" (full when all layers' in² (+ out² with b) float64
+    #: matrices fit in PLANNING_FULL_BYTES)
     planning_hessian: str = "auto"
     #: where a candidate's group size does not divide a layer's in_features: False = the
     #: ILP chooses between the candidate as given (ragged last group) and its per-row twin;
@@ -209,6 +215,14 @@ class AutoBitQuantizer(Quantizer):
         _optional_positive_int("num_calib_samples", self.num_calib_samples, problems)
         _optional_positive_int("calib_seqlen", self.calib_seqlen, problems)
         _optional_positive_int("dbf_iters", self.dbf_iters, problems)
+        if self.fisher not in FISHERS:
+            problems.append(f"fisher={self.fisher!r}: expected one of {', '.join(FISHERS)}")
+        if (
+            isinstance(self.fisher_samples, bool)
+            or not isinstance(self.fisher_samples, int)
+            or self.fisher_samples < 1
+        ):
+            problems.append(f"fisher_samples={self.fisher_samples!r}: expected an integer >= 1")
         if not _is_number(self.dbf_threshold) or self.dbf_threshold <= 0:
             problems.append(f"dbf_threshold={self.dbf_threshold!r}: expected a number > 0")
         if not _is_number(self.ilp_time_limit) or self.ilp_time_limit <= 0:
@@ -226,7 +240,9 @@ class AutoBitQuantizer(Quantizer):
     def _full_planning(self, layers: dict[str, nn.Module]) -> bool:
         if self.planning_hessian != "auto":
             return self.planning_hessian == "full"
-        return sum(8 * m.in_features**2 for m in layers.values()) <= PLANNING_FULL_BYTES
+        outputs = self.use_curvature_b
+        need = sum(8 * (m.in_features**2 + outputs * m.out_features**2) for m in layers.values())
+        return need <= PLANNING_FULL_BYTES
 
     # -- setup: candidates, manual assignment, early DBF fallback ------------------------
     def setup(self, model: nn.Module) -> dict[str, nn.Module]:
@@ -358,6 +374,8 @@ class AutoBitQuantizer(Quantizer):
                     used,
                     gradients=self.use_curvature_b,
                     full=self._full_planning(layers),
+                    fisher=self.fisher,
+                    samples=self.fisher_samples,
                 )
             else:
                 logger.warning("AutoBit got no calibration batches: plain weight error is used")

@@ -5,17 +5,20 @@ group size, symmetry, clipping search or factorization are what is scored,
 not a min-max proxy. Candidates that want statistics get what the planning
 pass has, shaped to their ``statistics``:
 
-* "full": H = diag(2a) (the diagonal of H = (2/N)·XᵀX; the full matrix of
-  every layer at once would cost in² floats per layer). With a diagonal H,
-  GPTQ's error feedback vanishes and it rounds on its own grid, so the score
-  is its grid's error, weighted;
+* "full": H = 2·XᵀX/N when the planning pass kept the full input factor
+  (``planning_hessian`` full/auto), so GPTQ is scored with its real error
+  feedback; else H = diag(2a), where GPTQ's error feedback vanishes and the
+  score is its grid's error, weighted;
 * "diag": the vector 2a;
 * "none": nothing.
 
 Without calibration moments (strategy "ilp") a = 1, i.e. H = 2I and the
 score is the plain weight error ‖W − Q_c(W)‖². The predicted loss increase
-is Σ_ij b_i·a_j·(W − Q_c(W))_ij² (b = 1 when not collected). Each candidate
-reports its bits through ``result.effective_bits(out, in)``.
+of Δ = W − Q_c(W) is the Kronecker-factored (K-FAC) Fisher quadratic form
+with the factors the planning pass kept: tr(B·Δ·A·Δᵀ) with A = XᵀX/N and
+B = GᵀG/N (output gradients), or their diagonals a and b in its place
+(Σ_ij b_i·a_j·Δ_ij² when both are diagonal; b = 1 when not collected).
+Each candidate reports its bits through ``result.effective_bits(out, in)``.
 """
 
 from __future__ import annotations
@@ -52,16 +55,20 @@ def predicted_error(
     a: torch.Tensor | None = None,
     b: torch.Tensor | None = None,
     xtx: torch.Tensor | None = None,
+    gtg: torch.Tensor | None = None,
 ) -> float:
     """Σ_ij b_i·a_j·(W − Ŵ)_ij² (a or b left out when None).
 
     With ``xtx`` (XᵀX/N) the input factor is the full matrix instead of its
-    diagonal a: Σ_i b_i·Δ_i·(XᵀX/N)·Δ_iᵀ (Kronecker-factored Fisher with a
-    full input factor and a diagonal output factor).
+    diagonal a: Σ_i b_i·Δ_i·(XᵀX/N)·Δ_iᵀ; with ``gtg`` (GᵀG/N) too, the
+    output factor is full as well: tr(GᵀG/N·Δ·XᵀX/N·Δᵀ) (K-FAC), b unused.
     """
     if xtx is not None:
         d = weight.double() - quantized.double()
-        rows = ((d @ xtx.double().to(d.device)) * d).sum(1)
+        right = d @ xtx.double().to(d.device)
+        if gtg is not None:
+            return float(((gtg.double().to(d.device) @ right) * d).sum())
+        rows = (right * d).sum(1)
         if b is not None:
             rows = rows * b.double().to(d.device)
         return float(rows.sum())
@@ -111,7 +118,8 @@ def score_layer(
         )
     quantized = result.compute_dequantized_weight(original.device)
     b = moments.b if (moments is not None and use_b) else None
-    return predicted_error(original, quantized, a, b, xtx), float(bits)
+    gtg = moments.gtg if (moments is not None and use_b) else None
+    return predicted_error(original, quantized, a, b, xtx, gtg), float(bits)
 
 
 def score_candidates(

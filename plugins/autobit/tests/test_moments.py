@@ -45,7 +45,7 @@ def test_gradient_moments_equal_autograd(model_and_batches):
     model, batches = model_and_batches
     name = "model.layers.0.self_attn.o_proj"
     layer = model.get_submodule(name)
-    moments = collect_moments(model, {name: layer}, batches[:1], gradients=True)
+    moments = collect_moments(model, {name: layer}, batches[:1], gradients=True, fisher="empirical")
     ids = batches[0][0]
     captured = {}
     handle = layer.register_forward_hook(lambda m, a, out: captured.setdefault("y", out))
@@ -59,6 +59,36 @@ def test_gradient_moments_equal_autograd(model_and_batches):
         handle.remove()
     expected = grad.double().reshape(-1, grad.shape[-1]).pow(2).mean(0)
     torch.testing.assert_close(moments[name].b, expected)
+
+
+def test_true_fisher_moments_use_labels_drawn_from_the_model(model_and_batches):
+    """fisher="true": b and GᵀG/N are the gradients of the NLL of labels the model itself
+    draws (seeded), over every position; they differ from the empirical (text) ones."""
+    model, batches = model_and_batches
+    name = "model.layers.1.self_attn.o_proj"
+    layer = model.get_submodule(name)
+    moments = collect_moments(model, {name: layer}, batches[:1], full=True, samples=2, seed=3)
+    ids = batches[0][0]
+    captured = {}
+    handle = layer.register_forward_hook(lambda m, a, out: captured.setdefault("y", out))
+    try:
+        logits = model(input_ids=ids).logits.float().reshape(-1, 512)
+    finally:
+        handle.remove()
+    generator = torch.Generator().manual_seed(3)
+    grads = []
+    for _ in range(2):
+        labels = torch.multinomial(logits.detach().softmax(-1), 1, generator=generator)
+        loss = torch.nn.functional.cross_entropy(logits, labels.reshape(-1), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, captured["y"], retain_graph=True)
+        grads.append(grad.double().reshape(-1, grad.shape[-1]))
+    g = torch.cat(grads)
+    torch.testing.assert_close(moments[name].b, g.pow(2).mean(0))
+    torch.testing.assert_close(moments[name].gtg, g.t() @ g / g.shape[0])
+    empirical = collect_moments(model, {name: layer}, batches[:1], fisher="empirical")
+    assert not torch.allclose(empirical[name].b, moments[name].b, rtol=0.1)
+    with pytest.raises(ValueError, match="fisher='fake'"):
+        collect_moments(model, {name: layer}, batches[:1], fisher="fake")
 
 
 def test_the_model_is_left_as_it_was(model_and_batches):
@@ -89,6 +119,17 @@ def test_error_weighting_and_planning_statistics():
     expected = 2.0 * float(d[0] @ xtx @ d[0]) + 0.0 * float(d[1] @ xtx @ d[1])
     assert predicted_error(w, q, b=torch.tensor([2.0, 0.0]), xtx=xtx) == expected
     assert predicted_error(w, q, xtx=torch.diag(torch.tensor([1.0, 10.0]))) == 11.0
+    # full output factor too (K-FAC): tr(B·Δ·A·Δᵀ); b is then not used
+    gtg = torch.tensor([[2.0, 0.7], [0.7, 1.0]])
+    kfac = float(torch.trace(gtg.double() @ d.double() @ xtx.double() @ d.double().t()))
+    assert predicted_error(w, q, b=torch.tensor([9.0, 9.0]), xtx=xtx, gtg=gtg) == pytest.approx(
+        kfac
+    )
+    diagonal = predicted_error(w, q, b=torch.tensor([2.0, 1.0]), xtx=xtx)
+    assert predicted_error(
+        w, q, xtx=xtx, gtg=torch.diag(torch.tensor([2.0, 1.0]))
+    ) == pytest.approx(diagonal)
+    assert kfac != pytest.approx(diagonal)  # the off-diagonal of B counts
     a = torch.tensor([0.5, 2.0])
     assert torch.equal(planning_hessian("full", a, 2, xtx), 2 * xtx)
     assert torch.equal(planning_hessian("full", a, 2), torch.diag(torch.tensor([1.0, 4.0])))

@@ -36,10 +36,22 @@ def uniform_bits(layers, bits: int, groupsize: int = 32, per_row: bool = False) 
 def test_invalid_parameters_are_reported_together():
     with pytest.raises(ValueError) as info:
         AutoBitQuantizer(
-            assignment_strategy="greedy", target_bit=-1, dbf_iters=0, fused_groups="qkv"
+            assignment_strategy="greedy",
+            target_bit=-1,
+            dbf_iters=0,
+            fused_groups="qkv",
+            fisher="exact",
+            fisher_samples=0,
         ).validate_params()
     text = str(info.value)
-    for needle in ("assignment_strategy='greedy'", "target_bit=-1", "dbf_iters=0", "fused_groups"):
+    for needle in (
+        "assignment_strategy='greedy'",
+        "target_bit=-1",
+        "dbf_iters=0",
+        "fused_groups",
+        "fisher='exact'",
+        "fisher_samples=0",
+    ):
         assert needle in text
     with pytest.raises(ValueError, match="needs a bit budget"):
         AutoBitQuantizer(assignment_strategy="ilp").validate_params()
@@ -175,6 +187,31 @@ def test_plan_predicts_no_more_loss_than_uniform_at_the_same_budget(rtn_run):
     assert plan == pytest.approx(sum(row[quantizer.column_for(n)] for n, row in zip(
         [r["layer"] for r in quantizer.plan], costs.errors, strict=True
     )))  # fmt: skip
+
+
+def test_full_kfac_score_ranks_differently_and_the_plan_follows_it(make_runner):
+    """Block 0's k_proj of stories260K: the diagonal score (a, b) and the full K-FAC score
+    (XᵀX/N, GᵀG/N) rank RTN 3-bit g32 symmetric vs asymmetric differently; with a budget
+    that allows either, each plan takes its own score's choice there."""
+    specs = [
+        {"method": "rtn", "wbits": 3, "groupsize": 32, "sym": True},
+        {"method": "rtn", "wbits": 3, "groupsize": 32, "sym": False},
+    ]
+    name = "model.layers.0.self_attn.k_proj"
+    best, chosen = {}, {}
+    for kind in ("full", "diag"):
+        quantizer = autobit(
+            specs, target_bit=16.0, target_bit_is_effective=True, enable_fused_groups=False,
+            planning_hessian=kind,
+        )  # fmt: skip
+        runner = make_runner(quantizer)
+        runner.run()
+        errors = quantizer.costs.errors[list(runner.layers).index(name)]
+        best[kind] = min(range(len(specs)), key=errors.__getitem__)
+        chosen[kind] = quantizer.assignment[name]
+        assert quantizer.results[name].sym == specs[chosen[kind]]["sym"]
+    assert best["full"] != best["diag"]
+    assert chosen == best
 
 
 def test_statistics_follow_the_chosen_candidates(make_runner):
