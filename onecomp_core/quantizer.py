@@ -160,6 +160,20 @@ class Quantizer(ABC):
         """
         return None
 
+    # -- whole-model hook after the last layer ---------------------------------------
+    def on_model_quantized(
+        self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> None:
+        """Called once after every selected layer is quantized, before ``Runner.run`` returns.
+
+        ``model`` is the fake-quantized model (dequantized weights written in,
+        back on the CPU) and ``batches`` the calibration batches as in
+        :meth:`prepare`. Whole-model fine-tuning (e.g. distillation against
+        what :meth:`prepare` recorded from the full-precision model) goes here;
+        a hook that changes weights must also update ``results``.
+        """
+        return None
+
     # -- per-block hook ------------------------------------------------------------
     #: ask the Runner to also keep the full-precision stream of each block
     wants_fp_stream: ClassVar[bool] = False

@@ -120,6 +120,7 @@ class Runner:
             )
             bar.update(1)
         self._quantize_outside_blocks(prefix, device)
+        self.quantizer.on_model_quantized(self.model, self._batches() if self._needs_data else [])
         self._layer_bar.close()
         bar.close()
         self.quantized = True
