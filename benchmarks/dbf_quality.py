@@ -4,7 +4,8 @@ Each run is `onecomp quantize ... --method dbf --set ...` (128 × 256
 wikitext2-valid tokens, seed 0, lm_head kept) then `onecomp eval` of the
 saved packed model: TinyStories ("ts") and WikiText-2 ("wt", first 20,480
 tokens) perplexity, effective bits per layer (binary part and with the fp16
-vectors), wall time, peak RSS, bytes on disk, and the load average (the
+vectors), wall time of the quantize step (``seconds``) and of the two
+evaluations (``eval_seconds``), peak RSS, bytes on disk, and the load average (the
 machine is shared, so times are noisy).
 
     python benchmarks/dbf_quality.py --set target_bits=1.5                     # defaults
@@ -19,6 +20,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +64,9 @@ def main() -> None:
             "qep": args.qep,
         }
         record |= quantize(folder, "dbf", args.set, extra=["--qep"] if args.qep else None)
+        start = time.perf_counter()
         record |= {k: round(v, 3) for k, v in perplexities(folder).items()}
+        record["eval_seconds"] = round(time.perf_counter() - start, 2)  # both perplexities
         record |= layer_bits(folder)
         record["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
         record["command"] = "python benchmarks/dbf_quality.py " + " ".join(

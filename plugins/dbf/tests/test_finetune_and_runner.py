@@ -116,7 +116,7 @@ def test_sign_training_flips_signs_and_repacks_them():
 
 
 def test_runner_save_load_logits_equal(tmp_path):
-    quantizer = DBF(iters=8, finetune_steps=3)
+    quantizer = DBF(iters=8, finetune_steps=3, distill_steps=3)
     calibration = CalibrationConfig(
         dataset=str(CALIB), max_length=32, num_calibration_samples=4, batch_size=2
     )

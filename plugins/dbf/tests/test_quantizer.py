@@ -27,6 +27,11 @@ def test_registered_under_dbf_with_seed_defaults():
     assert q.statistics == "full"  # the full H refits the vectors
     assert DBF(flag_hessian=False).statistics == "diag"  # the fit itself needs only diag(H)
     assert q.wants_fp_stream and not DBF(finetune_steps=0).wants_fp_stream
+    # model-level distillation is part of fine-tuning: off in the layer-wise mode unless asked
+    assert q.distill_steps is None and q.resolved_distill_steps() == 400
+    assert DBF(finetune_steps=0).resolved_distill_steps() == 0
+    assert DBF(finetune_steps=0, distill_steps=7).resolved_distill_steps() == 7
+    assert DBF(distill_steps=0).resolved_distill_steps() == 0
     assert DBF(weighting="none").statistics == "none"
 
 
@@ -48,6 +53,9 @@ def test_validation_lists_every_problem():
             finetune_sign_lr=-1,
             hessian_damp=2,
             hessian_admm="yes",
+            distill_steps=-1,
+            distill_lr=0,
+            distill_sign_lr=-1,
         ).validate_params()
     text = str(err.value)
     for name in (
@@ -66,6 +74,9 @@ def test_validation_lists_every_problem():
         "finetune_sign_lr=-1",
         "hessian_damp=2",
         "hessian_admm='yes'",
+        "distill_steps=-1",
+        "distill_lr=0",
+        "distill_sign_lr=-1",
     ):
         assert name in text, name
     DBF(use_balancing=False, balance_mode="bad").validate_params()  # ignored when off
