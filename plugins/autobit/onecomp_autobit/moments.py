@@ -11,14 +11,14 @@ Together they give the diagonal Kronecker-factored Fisher estimate of the
 loss increase of a weight change Δ: Σ_ij b_i·a_j·Δ_ij². With ``full`` the
 whole factors XᵀX/N and GᵀG/N are kept too (K-FAC: tr(B·Δ·A·Δᵀ)).
 
-Which labels the NLL uses (``fisher``):
+Which labels the NLL uses (``fisher_labels``):
 
-* "true" (default): labels drawn from the model's own next-token
+* "model" (default): labels drawn from the model's own next-token
   distribution, ``samples`` draws per token. E[g·gᵀ] is then the true Fisher,
   the curvature of KL(p_original ‖ p_quantized), i.e. of how much the output
   distribution moves, whatever text is evaluated later. It does not depend
   on how well the model predicts the calibration text.
-* "empirical": the calibration text's next tokens. On text the model
+* "data": the calibration text's next tokens. On text the model
   predicts badly (e.g. a TinyStories model on WikiText) the large gradients
   of tokens it cannot predict anyway dominate (Kunstner et al., 2019,
   "Limitations of the empirical Fisher approximation").
@@ -113,7 +113,7 @@ def limit_batches(batches: list[Batch], max_samples: int | None, seqlen: int | N
     return out
 
 
-FISHERS = ("true", "empirical")
+FISHER_LABELS = ("model", "data")
 
 
 def _sampled_losses(
@@ -148,13 +148,13 @@ def collect_moments(
     batches: list[Batch],
     gradients: bool = True,
     full: bool = False,
-    fisher: str = "true",
+    fisher_labels: str = "model",
     samples: int = 1,
     seed: int = 0,
 ) -> dict[str, LayerMoments]:
     """a (and b when ``gradients``, XᵀX/N and GᵀG/N when ``full``) of every layer.
 
-    ``fisher`` and ``samples``: which labels the backward passes use (module
+    ``fisher_labels`` and ``samples``: which labels the backward passes use (module
     docstring); the draws come from a generator seeded with ``seed``.
 
     The model is left as it was: parameters keep their values and
@@ -163,8 +163,10 @@ def collect_moments(
     """
     if not batches:
         raise ValueError("activation-aware planning needs calibration batches, got none")
-    if fisher not in FISHERS:
-        raise ValueError(f"fisher={fisher!r}: expected one of {', '.join(FISHERS)}")
+    if fisher_labels not in FISHER_LABELS:
+        raise ValueError(
+            f"fisher_labels={fisher_labels!r}: expected one of {', '.join(FISHER_LABELS)}"
+        )
     generator = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     accs = {name: _Accumulator(module, gradients, full) for name, module in layers.items()}
@@ -200,7 +202,7 @@ def collect_moments(
                         logger.warning("the model returns no logits: using input moments only")
                         gradients = False
                         continue
-                    if gradients and fisher == "empirical":
+                    if gradients and fisher_labels == "data":
                         _token_loss(
                             logits, call["input_ids"], call.get("attention_mask")
                         ).backward()

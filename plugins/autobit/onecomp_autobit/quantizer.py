@@ -40,7 +40,7 @@ from .candidates import (
 from .fused import DEFAULT_FUSED_GROUPS, fused_layer_groups, groups_problems
 from .ilp import InfeasibleTargetError, minimum_feasible_target, solve_assignment
 from .manual import assign_manually, split_groups
-from .moments import FISHERS, collect_moments, limit_batches
+from .moments import FISHER_LABELS, collect_moments, limit_batches
 from .sensitivity import Costs, score_candidates
 from .target import dbf_binary_target, dbf_vector_overhead, effective_target, raw_for_effective
 
@@ -83,10 +83,11 @@ class AutoBitQuantizer(Quantizer):
     num_calib_samples: int | None = None
     calib_seqlen: int | None = None
     use_curvature_b: bool = True
-    #: labels of the backward pass for b: "true" = drawn from the model itself (curvature
-    #: of the KL to the original model), "empirical" = the calibration text's next tokens
-    fisher: str = "true"
-    #: label draws per token with fisher="true" (one backward pass each)
+    #: labels of the backward pass for b: "model" = drawn from the model itself (true
+    #: Fisher: curvature of the KL to the original model), "data" = the calibration
+    #: text's next tokens (empirical Fisher)
+    fisher_labels: str = "model"
+    #: label draws per token with fisher_labels="model" (one backward pass each)
     fisher_samples: int = 1
     save_path: str | None = None
     auto_dbf: bool = True
@@ -215,8 +216,10 @@ class AutoBitQuantizer(Quantizer):
         _optional_positive_int("num_calib_samples", self.num_calib_samples, problems)
         _optional_positive_int("calib_seqlen", self.calib_seqlen, problems)
         _optional_positive_int("dbf_iters", self.dbf_iters, problems)
-        if self.fisher not in FISHERS:
-            problems.append(f"fisher={self.fisher!r}: expected one of {', '.join(FISHERS)}")
+        if self.fisher_labels not in FISHER_LABELS:
+            problems.append(
+                f"fisher_labels={self.fisher_labels!r}: expected one of {', '.join(FISHER_LABELS)}"
+            )
         if (
             isinstance(self.fisher_samples, bool)
             or not isinstance(self.fisher_samples, int)
@@ -374,7 +377,7 @@ class AutoBitQuantizer(Quantizer):
                     used,
                     gradients=self.use_curvature_b,
                     full=self._full_planning(layers),
-                    fisher=self.fisher,
+                    fisher_labels=self.fisher_labels,
                     samples=self.fisher_samples,
                 )
             else:

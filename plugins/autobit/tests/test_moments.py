@@ -45,7 +45,9 @@ def test_gradient_moments_equal_autograd(model_and_batches):
     model, batches = model_and_batches
     name = "model.layers.0.self_attn.o_proj"
     layer = model.get_submodule(name)
-    moments = collect_moments(model, {name: layer}, batches[:1], gradients=True, fisher="empirical")
+    moments = collect_moments(
+        model, {name: layer}, batches[:1], gradients=True, fisher_labels="data"
+    )
     ids = batches[0][0]
     captured = {}
     handle = layer.register_forward_hook(lambda m, a, out: captured.setdefault("y", out))
@@ -62,8 +64,8 @@ def test_gradient_moments_equal_autograd(model_and_batches):
 
 
 def test_true_fisher_moments_use_labels_drawn_from_the_model(model_and_batches):
-    """fisher="true": b and GᵀG/N are the gradients of the NLL of labels the model itself
-    draws (seeded), over every position; they differ from the empirical (text) ones."""
+    """fisher_labels="model": b and GᵀG/N are the gradients of the NLL of labels the model itself
+    draws (seeded), over every position; they differ from the text's labels ("data")."""
     model, batches = model_and_batches
     name = "model.layers.1.self_attn.o_proj"
     layer = model.get_submodule(name)
@@ -85,10 +87,10 @@ def test_true_fisher_moments_use_labels_drawn_from_the_model(model_and_batches):
     g = torch.cat(grads)
     torch.testing.assert_close(moments[name].b, g.pow(2).mean(0))
     torch.testing.assert_close(moments[name].gtg, g.t() @ g / g.shape[0])
-    empirical = collect_moments(model, {name: layer}, batches[:1], fisher="empirical")
+    empirical = collect_moments(model, {name: layer}, batches[:1], fisher_labels="data")
     assert not torch.allclose(empirical[name].b, moments[name].b, rtol=0.1)
-    with pytest.raises(ValueError, match="fisher='fake'"):
-        collect_moments(model, {name: layer}, batches[:1], fisher="fake")
+    with pytest.raises(ValueError, match="fisher_labels='fake'"):
+        collect_moments(model, {name: layer}, batches[:1], fisher_labels="fake")
 
 
 def test_the_model_is_left_as_it_was(model_and_batches):

@@ -40,7 +40,7 @@ def test_invalid_parameters_are_reported_together():
             target_bit=-1,
             dbf_iters=0,
             fused_groups="qkv",
-            fisher="exact",
+            fisher_labels="exact",
             fisher_samples=0,
         ).validate_params()
     text = str(info.value)
@@ -49,7 +49,7 @@ def test_invalid_parameters_are_reported_together():
         "target_bit=-1",
         "dbf_iters=0",
         "fused_groups",
-        "fisher='exact'",
+        "fisher_labels='exact'",
         "fisher_samples=0",
     ):
         assert needle in text
