@@ -17,6 +17,10 @@ Configurations (the same GPTQ options, defaults + group size 32, for every GPTQ 
 
     python benchmarks/autobit_quality.py --out benchmarks/results/autobit_quality.jsonl
     python benchmarks/autobit_quality.py --only autobit-3b --set use_curvature_b=false --label a-only
+    python benchmarks/autobit_quality.py --only autobit-3b --set target_bit=4.0 --label budget-4.0
+
+``--set target_bit=...`` replaces the uniform run's budget (the record then has no
+``ts_change_vs_uniform``).
 
 An AutoBit configuration takes its budget from its uniform run in this invocation, else
 from the latest record of that run in ``--out`` (it runs the uniform one when neither has it).
@@ -96,6 +100,8 @@ def run(name: str, extra: dict, label: str, done: dict[str, dict], out: str | No
         }
         record["uniform_ts"] = uniform["ts"]
     settings |= extra
+    if baseline is not None and "target_bit" in extra:
+        del record["uniform_ts"]  # another budget: the uniform run is no reference
     record["settings"] = settings
     with tempfile.TemporaryDirectory(prefix="autobit_bench_") as tmp:
         folder = Path(tmp) / "model"
