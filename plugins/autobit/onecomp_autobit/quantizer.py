@@ -665,6 +665,10 @@ class AutoBitQuantizer(Quantizer):
             "dbf_fallback": self.dbf_fallback,
             "default_groupsize": self.default_groupsize,
             "dividing_groups_only": self.dividing_groups_only,
+            "use_curvature_b": self.use_curvature_b,
+            "planning_hessian": self.planning_hessian,
+            "fisher_labels": self.fisher_labels,
+            "fisher_samples": self.fisher_samples,
             "fused_groups": self.fused_groups if self.enable_fused_groups else [],
             "candidates": [
                 {"label": label, **describe(c)}

@@ -332,7 +332,10 @@ def test_dbf_fallback_at_low_targets(make_runner, rtn_specs, tmp_path):
 def test_saved_config_rebuilds_the_candidates(rtn_run):
     _, quantizer, _ = rtn_run
     config = json.loads(json.dumps(quantizer.get_quant_config()))
+    config["fisher_labels"], config["fisher_samples"] = "data", 2  # as a saved run would say
     again = AutoBitQuantizer.from_quant_config(config)
     assert again.target_bit == 3.0 and again.assignment_strategy == "activation_aware"
+    assert (again.fisher_labels, again.fisher_samples) == ("data", 2)
+    assert again.planning_hessian == quantizer.planning_hessian == config["planning_hessian"]
     rebuilt = [(q.method, q.wbits, q.groupsize) for q in again.quantizers]
     assert rebuilt == [("rtn", b, 32) for b in (2, 3, 4, 8)]
