@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .factorization import small_problem_threads
-from .finetune import TrainableDBF, find_parents, write_back
+from .finetune import TrainableDBF, adam_with_cosine, find_parents, write_back
 
 logger = logging.getLogger(__name__)
 
@@ -163,19 +163,7 @@ def _train(
     was_training = model.training
     model.eval()  # no dropout: the teacher ran in eval mode too
     before = mean_loss()
-    vectors = [p for m in layers.values() for p in (m.theta_a, m.theta_c, m.theta_b)]
-    groups = [{"params": vectors, "lr": lr}]
-    if sign_lr > 0:
-        groups.append(
-            {
-                "params": [p for m in layers.values() for p in (m.sign_a_t, m.sign_b_t)],
-                "lr": sign_lr,
-            }
-        )
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    opt, sched = adam_with_cosine(layers, steps, lr, sign_lr)
     order: list[int] = []
     with torch.enable_grad():
         for _ in range(steps):

@@ -183,6 +183,22 @@ def _mean_loss(context: BlockContext, batches: list[int]) -> float:
         return sum(_loss(context, i).item() for i in batches) / len(batches)
 
 
+def adam_with_cosine(
+    layers: dict[str, TrainableDBF], steps: int, lr: float, sign_lr: float
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over the three vectors (and the sign latents when ``sign_lr`` > 0), cosine decay to 0."""
+    vectors = [p for m in layers.values() for p in (m.theta_a, m.theta_c, m.theta_b)]
+    groups = [{"params": vectors, "lr": lr}]
+    if sign_lr > 0:
+        latents = [p for m in layers.values() for p in (m.sign_a_t, m.sign_b_t)]
+        groups.append({"params": latents, "lr": sign_lr})
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    return opt, sched
+
+
 def _train(
     context: BlockContext,
     layers: dict[str, TrainableDBF],
@@ -197,15 +213,7 @@ def _train(
     gen = torch.Generator().manual_seed(seed + context.index)
     monitor = list(range(min(count, per_step * 2)))
     before = _mean_loss(context, monitor)
-    vectors = [p for m in layers.values() for p in (m.theta_a, m.theta_c, m.theta_b)]
-    groups = [{"params": vectors, "lr": lr}]
-    if sign_lr > 0:
-        latents = [p for m in layers.values() for p in (m.sign_a_t, m.sign_b_t)]
-        groups.append({"params": latents, "lr": sign_lr})
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    opt, sched = adam_with_cosine(layers, steps, lr, sign_lr)
     order: list[int] = []
     with torch.enable_grad():
         for _ in range(steps):
