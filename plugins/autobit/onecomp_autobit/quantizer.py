@@ -364,6 +364,22 @@ class AutoBitQuantizer(Quantizer):
     def prepare(
         self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]
     ) -> None:
+        """Plan, then let every chosen candidate prepare too (e.g. DBF records its teacher)."""
+        self._plan(model, batches)
+        for child in self._active():
+            child.prepare(model, batches)
+
+    def on_model_quantized(
+        self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> None:
+        """Each chosen candidate's whole-model step (e.g. DBF distillation) over its own layers."""
+        for child in self._active():
+            child.on_model_quantized(model, batches)
+            self.results.update({n: r for n, r in child.results.items() if n in self.results})
+
+    def _plan(
+        self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> None:
         if self.assignment:  # manual, or the DBF fallback decided in setup
             return
         layers = self._layers

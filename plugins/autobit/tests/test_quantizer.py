@@ -339,3 +339,30 @@ def test_saved_config_rebuilds_the_candidates(rtn_run):
     assert again.planning_hessian == quantizer.planning_hessian == config["planning_hessian"]
     rebuilt = [(q.method, q.wbits, q.groupsize) for q in again.quantizers]
     assert rebuilt == [("rtn", b, 32) for b in (2, 3, 4, 8)]
+
+
+def test_whole_model_hooks_reach_the_chosen_candidates(make_runner):
+    """A composite must forward prepare/on_model_quantized: DBF distils there, so may any plugin."""
+    from dataclasses import dataclass
+
+    from onecomp_core.rtn.quantizer import RTN
+
+    @dataclass
+    class Recording(RTN):
+        def prepare(self, model, batches):
+            self.calls = [("prepare", len(batches), len(self.results))]
+
+        def on_model_quantized(self, model, batches):
+            self.calls.append(("done", len(batches), len(self.results)))
+
+    chosen = Recording(wbits=4, groupsize=32)
+    others = [{"method": "rtn", "wbits": 8, "groupsize": 32}]
+    quantizer = autobit([chosen, *others], target_bit=4.0, num_layers=7)
+    runner = make_runner(quantizer, samples=4, length=32)
+    runner.run()
+    child = next(c for c in quantizer.candidates if isinstance(c, Recording))
+    mine = [n for n in quantizer.assignment if quantizer._child_for(n) is child]
+    assert mine  # the 4-bit candidate got layers
+    batches = len(runner._batches())
+    assert batches > 0
+    assert child.calls == [("prepare", batches, 0), ("done", batches, len(mine))]
