@@ -53,7 +53,21 @@ def test_finetune_lowers_block_error_and_updates_results_in_place():
             )
 
     before = block_error()
-    context = BlockContext(
+    context = _context(block, inputs, kwargs, layers, q, fp_outputs)
+    losses = finetune_block(context, steps=60, lr=1e-2, seed=0)
+    assert losses["after"] < losses["before"]
+    assert block_error() < 0.9 * before
+    for name, module in layers.items():
+        result = q.results[name]  # the quantizer's own dict saw the in-place update
+        assert result.finetuned and not torch.equal(result.dbf_Da, old[name])
+        assert torch.equal(module.weight.data, result.compute_dequantized_weight().float())
+        assert module.weight.requires_grad and type(module) is nn.Linear
+    assert block.up is layers["b.up"]
+
+
+def _context(block, inputs, kwargs, layers, q, fp_outputs) -> BlockContext:
+    """Block 0 as the Runner hands it over: the quantized stream equals the fp inputs here."""
+    return BlockContext(
         index=0,
         name="b",
         block=block,
@@ -65,15 +79,6 @@ def test_finetune_lowers_block_error_and_updates_results_in_place():
         fp_inputs=inputs,
         fp_outputs=fp_outputs,
     )
-    losses = finetune_block(context, steps=60, lr=1e-2, seed=0)
-    assert losses["after"] < losses["before"]
-    assert block_error() < 0.9 * before
-    for name, module in layers.items():
-        result = q.results[name]  # the quantizer's own dict saw the in-place update
-        assert result.finetuned and not torch.equal(result.dbf_Da, old[name])
-        assert torch.equal(module.weight.data, result.compute_dequantized_weight().float())
-        assert module.weight.requires_grad and type(module) is nn.Linear
-    assert block.up is layers["b.up"]
 
 
 def test_sign_training_flips_signs_and_repacks_them():
@@ -90,18 +95,7 @@ def test_sign_training_flips_signs_and_repacks_them():
     for name, module in layers.items():
         module.weight.data = q.quantize(module, name).compute_dequantized_weight().float()
     old = {n: r.signs() for n, r in q.results.items()}
-    context = BlockContext(
-        index=0,
-        name="b",
-        block=block,
-        device=torch.device("cpu"),
-        inputs=inputs,
-        kwargs=kwargs,
-        layers=layers,
-        results=dict(q.results),
-        fp_inputs=inputs,
-        fp_outputs=fp_outputs,
-    )
+    context = _context(block, inputs, kwargs, layers, q, fp_outputs)
     losses = finetune_block(context, steps=40, lr=1e-2, seed=0, sign_lr=0.05)
     assert losses["after"] < losses["before"]
     flipped = 0

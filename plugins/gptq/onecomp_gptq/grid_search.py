@@ -14,7 +14,7 @@ import torch
 from onecomp_core.grid import max_code, round_scale
 
 #: elements of one batched candidate evaluation: small enough that the chain of
-#: elementwise ops stays in cache (measured 2× faster than 2²⁴ on a 4096×128 group)
+#: elementwise ops stays in cache (4096×128 groups: 1.3–1.4× faster than 2²⁴ chunks)
 _CHUNK_ELEMENTS = 1 << 20
 
 
