@@ -41,7 +41,7 @@ def generation_seconds(model, tokenizer, tokens: int = 64) -> float:
 def inference_ratio(folder: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from onecomp_core.serialization import load_quantized_model
+    from onecomp_core import load_quantized_model
 
     original = AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(STORIES)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, emit, ref_unit, rel_output_error, synthetic_layer  # noqa: E402
 
 from onecomp_core import create_quantizer  # noqa: E402
+from onecomp_core.contract import LayerJob  # noqa: E402
 
 
 def main() -> None:
@@ -45,12 +46,12 @@ def main() -> None:
     quantizer = create_quantizer("dbf", **params)
     w, x = synthetic_layer(args.size, seed=args.seed)
     hessian = 2 * x.t() @ x / x.shape[0]
-    statistic = hessian if quantizer.statistics == "full" else hessian.diagonal().clone()
+    statistic = hessian if quantizer.needs().inputs == "full" else hessian.diagonal().clone()
     layer = nn.Linear(args.size, args.size, bias=False)
     layer.weight.data.copy_(w)
     ref_before = ref_unit()
     start = time.perf_counter()
-    result = quantizer.quantize(layer, "synthetic", hessian=statistic)
+    result = quantizer.quantize(LayerJob("synthetic", layer, hessian=statistic))
     seconds = time.perf_counter() - start
     ref = (ref_before + ref_unit()) / 2
     record = {

@@ -1,7 +1,8 @@
 """onecomp-core: post-training quantization of language models, with methods as plugins.
 
-The public names are imported lazily, so ``onecomp plugins`` and plugin
-discovery do not pay for loading transformers.
+Plugin authors import :mod:`onecomp_core.contract` (and :mod:`onecomp_core.kernels`).
+Users import the names below; they are loaded lazily, so ``onecomp plugins`` and
+plugin discovery do not pay for loading transformers.
 """
 
 from __future__ import annotations
@@ -9,37 +10,41 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .hookspecs import hookimpl, hookspec
-from .plugins import create_quantizer, get_quantizer, list_quantizers
-from .quantizer import Quantizer
-from .result import QuantizationResult
-
 _LAZY = {
-    "ResultLoader": "result_loader",
+    # the contract
+    "Method": "contract",
+    "LayerResult": "contract",
+    "hookimpl": "contract",
+    # the registry (seed names first)
+    "create_quantizer": ("registry", "create_method"),
+    "get_quantizer": ("registry", "get_method"),
+    "list_quantizers": ("registry", "list_methods"),
+    "create_method": "registry",
+    "get_method": "registry",
+    # the seed API
+    "Quantizer": "seed_api",
+    "QuantizationResult": "seed_api",
+    "Runner": "seed_api",
+    "ResultLoader": "seed_api",
+    "save_results": "seed_api",
+    "load_results": "seed_api",
+    "apply_results_to_model": "seed_api",
+    "QEPConfig": "engine.qep",
     "RTN": "rtn",
     "RTNResult": "rtn",
-    "ModelConfig": "model_config",
-    "CalibrationConfig": "calibration",
-    "Runner": "runner",
-    "BlockContext": "blockwise",
-    "load_quantized_model": "serialization",
+    "ModelConfig": "data.model",
+    "CalibrationConfig": "data.calibration",
+    "load_quantized_model": "storage.hf_folder",
     "calculate_perplexity": "evaluation",
     "calculate_accuracy": "evaluation",
 }
 
-__all__ = [
-    "Quantizer",
-    "QuantizationResult",
-    "hookimpl",
-    "hookspec",
-    "create_quantizer",
-    "get_quantizer",
-    "list_quantizers",
-    *_LAZY,
-]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        where = _LAZY[name]
+        module, attr = where if isinstance(where, tuple) else (where, name)
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(f"module 'onecomp_core' has no attribute {name!r}")

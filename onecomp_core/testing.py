@@ -2,7 +2,9 @@
 
 ``registered_plugin`` puts a plugin object into the registry for the
 duration of a ``with`` block; ``tiny_model`` builds small random models of the
-architectures onecomp supports, from configs in code (no download).
+architectures onecomp supports, from configs in code (no download);
+``HessianRTN`` (with ``HessianRTNPlugin``) is a toy method that needs the full
+input statistics and sequential sub-groups, for tests of the engine.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ from typing import ClassVar
 
 import torch
 
-from . import plugins
-from .grid import grid_params, quantize_codes
-from .hookspecs import hookimpl
-from .rtn.quantizer import RTN, RTNResult
+from . import registry
+from .contract import LayerJob, Needs, Register, hookimpl
+from .kernels import grid_params, quantize_codes
+from .rtn import RTN, RTNResult
 
 
 @contextmanager
 def registered_plugin(plugin: object, name: str | None = None) -> Iterator[str]:
-    plugin_name = plugins.register(plugin, name=name)
+    """``plugin`` (an object with an ``onecomp_register`` hookimpl) registered inside the block."""
+    plugin_name = registry.register(plugin, name=name)
     try:
         yield plugin_name
     finally:
-        plugins.unregister(plugin_name)
+        registry.unregister(plugin_name)
 
 
 _TINY = dict(
@@ -77,17 +80,19 @@ class HessianRTN(RTN):
     """RTN that picks, per row, the clipping factor with the lowest output error ΔHΔᵀ.
 
     Its result depends on the calibration inputs, which is what tests of the
-    Runner's statistics and resume need; the core tests must not depend on plugins.
+    engine's statistics and resume need; the core tests must not depend on plugins.
+    It asks for the full H and for sequential sub-groups, like GPTQ.
     """
 
     method: ClassVar[str] = "hessian_rtn"
-    flag_calibration: bool = True
-    flag_hessian: bool = True
-    true_sequential: bool = True
 
-    def quantize_layer(self, module, input=None, hessian=None) -> RTNResult:
-        assert hessian is not None and hessian.shape == (module.in_features,) * 2
-        w = module.weight.data.float()
+    def needs(self) -> Needs:
+        return Needs(inputs="full", sequential=True)
+
+    def quantize_layer(self, job: LayerJob) -> RTNResult:
+        hessian = job.hessian
+        assert hessian is not None and hessian.shape == (job.module.in_features,) * 2
+        w = job.weight.float()
         best_err, best = None, None
         for clip in (1.0, 0.9, 0.8):
             scale, zero = grid_params(w * clip, self.wbits, self.sym)
@@ -118,5 +123,5 @@ class HessianRTNPlugin:
     """Registers :class:`HessianRTN` (use with :func:`registered_plugin`)."""
 
     @hookimpl
-    def onecomp_quantizers(self) -> list[type]:
-        return [HessianRTN]
+    def onecomp_register(self, register: Register) -> None:
+        register.add_method(HessianRTN)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from onecomp_core import plugins
+from onecomp_core import registry
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def fresh_registry() -> Iterator[None]:
     """Plugin registry state forgotten before and after the test."""
-    plugins.reset()
+    registry.reset()
     yield
-    plugins.reset()
+    registry.reset()
 
 
 @pytest.fixture
@@ -52,25 +52,25 @@ def fake_plugin(tmp_path: Path) -> Callable[..., Path]:
 PLUGIN_SOURCES = {
     "raises_at_import": "raise RuntimeError('broken on purpose')\n",
     "hook_raises": """
-from onecomp_core import hookimpl
+from onecomp_core.contract import hookimpl
 
 @hookimpl
-def onecomp_quantizers():
+def onecomp_register(register):
     raise RuntimeError("hook exploded")
 """,
     "misspelled_hook": """
-from onecomp_core import hookimpl
+from onecomp_core.contract import hookimpl
 
 @hookimpl
-def onecomp_quantizer():
-    return []
+def onecomp_registr(register):
+    pass
 """,
-    "not_a_quantizer": """
-from onecomp_core import hookimpl
+    "not_a_method": """
+from onecomp_core.contract import hookimpl
 
 @hookimpl
-def onecomp_quantizers():
-    return [dict]
+def onecomp_register(register):
+    register.add_method(dict)
 """,
 }
 
@@ -78,37 +78,49 @@ _PROVIDES = """
 from dataclasses import dataclass
 from typing import ClassVar
 
-from onecomp_core import Quantizer, hookimpl
+from onecomp_core.contract import Method, hookimpl
 
 
 @dataclass
-class Clone(Quantizer):
+class Clone(Method):
     method: ClassVar[str] = "{method}"
-
-    def quantize_layer(self, module, input=None, hessian=None):
-        raise NotImplementedError
-
-    def get_quant_config(self):
-        return {{}}
-
-    def create_inference_layer(self, result, linear_module, **kwargs):
-        raise NotImplementedError
 
 
 @hookimpl
-def onecomp_quantizers():
-    return [Clone]
+def onecomp_register(register):
+    register.add_method(Clone)
+"""
+
+_FORMAT = """
+import json
+from pathlib import Path
+
+from onecomp_core.contract import hookimpl
+
+
+def save(artifact, out):
+    out = Path(out)
+    out.mkdir(parents=True)
+    (out / "rows.json").write_text(json.dumps(artifact.rows))
+
+
+@hookimpl
+def onecomp_register(register):
+    register.add_format("{format}", save)
 """
 
 
 @pytest.fixture
 def plugin_source() -> Callable[[str], str]:
-    """Source of a plugin module: a kind of PLUGIN_SOURCES, or "provides:<method>" for a
-    working plugin whose do-nothing Quantizer is registered as ``<method>``."""
+    """Source of a plugin module: a kind of PLUGIN_SOURCES, "provides:<method>" for a working
+    plugin whose do-nothing Method is registered as ``<method>``, or "format:<name>" for one
+    whose format ``<name>`` writes the artifact's per-layer rows to ``OUT/rows.json``."""
 
     def source(kind: str) -> str:
         if kind.startswith("provides:"):
             return _PROVIDES.format(method=kind.split(":", 1)[1])
+        if kind.startswith("format:"):
+            return _FORMAT.format(format=kind.split(":", 1)[1])
         return PLUGIN_SOURCES[kind]
 
     return source
@@ -122,7 +134,7 @@ def on_sys_path(
 
     def add(folder: Path) -> None:
         monkeypatch.syspath_prepend(str(folder))
-        plugins.reset()
+        registry.reset()
 
     yield add
     for name, module in list(sys.modules.items()):

@@ -11,10 +11,17 @@ import datasets
 import pytest
 import torch
 
-from onecomp_core import calibration
-from onecomp_core.calibration import CalibrationConfig, batches, build_calibration, token_hash
-from onecomp_core.model_config import ModelConfig
-from onecomp_core.testing import tiny_model
+from onecomp_core import registry
+from onecomp_core.contract import hookimpl
+from onecomp_core.data import calibration, sources
+from onecomp_core.data.calibration import (
+    CalibrationConfig,
+    batches,
+    build_calibration,
+    token_hash,
+)
+from onecomp_core.data.model import ModelConfig
+from onecomp_core.testing import registered_plugin, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -183,10 +190,10 @@ def test_all_bad_fields_in_one_error(tmp_path: Path) -> None:
         config.validate()
 
 
-@pytest.mark.parametrize("dataset", [123, [], ["ok", 5], "table.csv"])
+@pytest.mark.parametrize("dataset", [123, [], ["ok", 5], "table.xlsx"])
 def test_bad_dataset_values(tmp_path: Path, dataset: Any) -> None:
-    if dataset == "table.csv":
-        dataset = tmp_path / "table.csv"
+    if dataset == "table.xlsx":
+        dataset = tmp_path / "table.xlsx"
         dataset.write_text("a,b\n")
     with pytest.raises(ValueError, match="dataset"):
         CalibrationConfig(dataset=dataset)
@@ -195,7 +202,7 @@ def test_bad_dataset_values(tmp_path: Path, dataset: Any) -> None:
 def test_hub_name_offline_names_the_local_option(
     monkeypatch: pytest.MonkeyPatch, tokenizer: Any
 ) -> None:
-    monkeypatch.setattr(calibration, "hub_reachable", lambda: False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda: False)
     with pytest.raises(ValueError) as err:
         build_calibration(CalibrationConfig(dataset="wikitext2"), tokenizer)
     assert "\n" not in str(err.value)
@@ -219,7 +226,7 @@ def test_self_generated_calibration_is_seeded(
         return build_calibration(config, tokenizer, stories).input_ids
 
     rng = torch.get_rng_state()
-    with caplog.at_level(logging.WARNING, logger="onecomp_core.calibration"):
+    with caplog.at_level(logging.WARNING, logger="onecomp_core.data.sources"):
         first = build(0)
     assert "sampling 20 sequences of 24 tokens" in caplog.text
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
@@ -248,3 +255,81 @@ def test_batches_cover_the_data_in_order() -> None:
     assert torch.equal(torch.cat([c[0] for c in chunks]), ids)
     masked = calibration.CalibrationData(ids, torch.ones_like(ids), "", "test")
     assert [m.shape for _, m in batches(masked, 6)] == [(6, 4), (4, 4)]
+
+
+# -- sources: found through the registry ------------------------------------------------------
+def test_each_builtin_source_claims_its_kind_of_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"text": "hi"}\n')
+    found = {
+        "none": None,
+        "path": path,
+        "file name": str(path),
+        "strings": DOCS,
+        "dataset": datasets.Dataset.from_dict({"text": DOCS}),
+        "hub name": "wikitext2",
+    }
+    assert {kind: registry.source_for(d)[0] for kind, d in found.items()} == {
+        "none": "self-generated",
+        "path": "local-file",
+        "file name": "local-file",
+        "strings": "string-list",
+        "dataset": "hf-dataset",
+        "hub name": "hub",
+    }
+
+
+@pytest.mark.parametrize(
+    "dataset,problem",
+    [
+        (123, "no calibration source reads dataset=123 (installed sources: "),
+        ([], "dataset list must be a non-empty list of strings"),
+        (Path("/no/such/docs.txt"), "dataset file not found: /no/such/docs.txt"),
+        (Path("data.xlsx"), "dataset file 'data.xlsx' must end in .txt, .jsonl, .json, .parquet"),
+    ],
+)
+def test_a_dataset_no_source_reads_is_one_clear_problem(dataset: Any, problem: str) -> None:
+    with pytest.raises(ValueError) as err:
+        CalibrationConfig(dataset=dataset, max_length=0)
+    assert problem in str(err.value) and "max_length=0" in str(err.value)
+
+
+class Shouting:
+    """A third-party source of documents, and one of ready windows, claiming what builtins would."""
+
+    @hookimpl
+    def onecomp_register(self, register) -> None:
+        register.add_calibration_source(
+            "shouting", lambda d: isinstance(d, list) and d[:1] == ["LOUD"], self.documents
+        )
+        register.add_calibration_source(
+            "windows", lambda d: isinstance(d, str) and d.startswith("ids:"), self.windows
+        )
+
+    @staticmethod
+    def documents(dataset, config, tokenizer, model):
+        return [doc.upper() for doc in DOCS]
+
+    @staticmethod
+    def windows(dataset, config, tokenizer, model):
+        dtype = torch.float32 if dataset == "ids:float" else torch.int32
+        return torch.arange(12, dtype=dtype).view(3, 4)
+
+
+def test_a_plugin_source_is_asked_first_and_its_documents_are_cut(tokenizer: Any) -> None:
+    with registered_plugin(Shouting(), name="shouting-test"):
+        config = CalibrationConfig(dataset=["LOUD", 5], max_length=8, num_calibration_samples=2)
+        data = build_calibration(config, tokenizer)
+    loud = "\n\n".join(doc.upper() for doc in DOCS)
+    assert torch.equal(data.input_ids, windows(encode(tokenizer, loud), 2, 8))
+    assert data.source == "shouting source, 2 documents"
+
+
+def test_a_source_may_return_ready_windows(tokenizer: Any) -> None:
+    with registered_plugin(Shouting(), name="shouting-test"):
+        data = build_calibration(CalibrationConfig(dataset="ids:12"), tokenizer)
+        assert data.input_ids.dtype == torch.long
+        assert torch.equal(data.input_ids, torch.arange(12).view(3, 4))
+        assert data.sha256 == token_hash(torch.arange(12).view(3, 4))
+        with pytest.raises(ValueError, match="source 'windows' returned a torch.float32 tensor"):
+            build_calibration(CalibrationConfig(dataset="ids:float"), tokenizer)

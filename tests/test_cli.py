@@ -6,8 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from onecomp_core.cli import main
+from onecomp_core.contract import LayerJob, Method, hookimpl
+from onecomp_core.data.calibration import STRATEGIES
+from onecomp_core.data.model import ModelConfig
+from onecomp_core.rtn import RTN
+from onecomp_core.storage import apply_results, build_artifact, save_quantized_model
+from onecomp_core.testing import registered_plugin
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 STORIES = str(ASSETS / "stories260K")
@@ -207,8 +215,130 @@ def test_set_qep_needs_qep(tmp_path, capsys):
     assert "--set-qep needs --qep" in err
 
 
+def test_bits_sets_the_method_bit_width(tmp_path):
+    args = ["quantize", STORIES, "--method", "rtn", "--bits", "3", "--out", str(tmp_path / "q")]
+    assert main([*args, "--quiet"]) == 0
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert qc["bits"] == 3
+    assert {row["bits"] for row in qc["layers"].values()} == {3}
+
+
+class NoBits(Method):
+    """A method that declares no bit width."""
+
+    method = "no_bits"
+
+
+class NoBitsPlugin:
+    @hookimpl
+    def onecomp_register(self, register) -> None:
+        register.add_method(NoBits)
+
+
+def test_bits_for_a_method_without_a_bit_width(tmp_path, capsys):
+    with registered_plugin(NoBitsPlugin(), name="no-bits"):
+        err = _error(
+            [
+                "quantize",
+                STORIES,
+                "--method",
+                "no_bits",
+                "--bits",
+                "2",
+                "--out",
+                str(tmp_path / "o"),
+            ],
+            capsys,
+        )
+    assert "--bits: method 'no_bits' has no bit-width parameter; use --set" in err
+
+
+def test_bits_out_of_range(tmp_path, capsys):
+    err = _error(
+        ["quantize", STORIES, "--method", "rtn", "--bits", "9", "--out", str(tmp_path / "o")],
+        capsys,
+    )
+    assert "wbits=9: expected an integer from 2 to 8" in err
+
+
+def test_strategy_choices_are_the_calibration_strategies(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["quantize", STORIES, "--method", "rtn", "--strategy", "drop_tail", "--out", "o"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert "invalid choice" in err and "drop_tail" in err
+    assert all(strategy in err for strategy in STRATEGIES)
+
+
 def test_qep_is_refused_for_a_method_without_statistics(tmp_path, capsys):
     err = _error(
         ["quantize", STORIES, "--method", "rtn", "--qep", "--out", str(tmp_path / "o")], capsys
     )
     assert "run it without --qep" in err
+
+
+# -- export ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> Path:
+    """stories260K with RTN 4-bit, saved through the storage API (no engine needed)."""
+    config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
+    model, method = config.load_model(), RTN(wbits=4)
+    results = {
+        name: method.quantize(LayerJob(name, module))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name != "lm_head"
+    }
+    apply_results(model, results)
+    artifact = build_artifact(
+        model, method, results, config.load_tokenizer(), {"calibration_hash": None, "qep": None}
+    )
+    return save_quantized_model(artifact, tmp_path_factory.mktemp("export") / "rtn4")
+
+
+def test_export_to_the_hf_format_writes_the_same_model(saved, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "copy"
+    assert main(["export", str(saved), "--format", "hf", str(out)]) == 0
+    assert f"exported {saved} as hf to {out}" in capsys.readouterr().err
+    first, second = (load_file(str(p / "model.safetensors")) for p in (saved, out))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert (out / "config.json").read_text() == (saved / "config.json").read_text()
+
+
+def test_export_through_a_plugin_format(saved, tmp_path):
+    import importlib.metadata as md
+
+    import numpy as np
+
+    if not md.entry_points(group="onecomp", name="ternary"):
+        pytest.skip("the example plugin (format npz) is not installed")
+    assert main(["export", str(saved), "--format", "npz", str(tmp_path / "npz")]) == 0
+    archive = np.load(tmp_path / "npz" / "model.npz")
+    rows = json.loads(str(archive["__rows__"]))
+    config = json.loads((saved / "config.json").read_text())
+    assert rows == config["quantization_config"]["layers"]
+    assert "model.layers.0.mlp.down_proj.qweight" in archive.files
+
+
+def test_export_to_an_unknown_format_names_the_installed_ones(saved, tmp_path, capsys):
+    err = _error(["export", str(saved), "--format", "gguf9", str(tmp_path / "o")], capsys)
+    assert "unknown format 'gguf9'" in err and "hf" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_an_existing_output_unless_overwrite(saved, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    err = _error(["export", str(saved), "--format", "hf", str(out)], capsys)
+    assert "already exists" in err and "--overwrite" in err
+    assert main(["export", str(saved), "--format", "hf", str(out), "--overwrite"]) == 0
+    assert (out / "model.safetensors").is_file()
+
+
+def test_export_of_a_folder_not_saved_by_onecomp(tmp_path, capsys):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    err = _error(["export", str(folder), "--format", "hf", str(tmp_path / "o")], capsys)
+    assert "no onecomp quantization_config" in err

@@ -51,30 +51,51 @@ def broken_site(fake_plugin, plugin_source) -> Path:
     )
 
 
-def test_plugins_json_lists_rtn_as_ok():
+def test_plugins_json_lists_the_builtin_plugin_with_what_it_provides():
     rows = listing(onecomp("plugins", "--json"))
-    assert rows["rtn"] == {
-        "name": "rtn",
+    assert rows["builtin"] == {
+        "name": "builtin",
         "distribution": "onecomp-core",
         "version": md.version("onecomp-core"),
         "status": "ok",
         "error": None,
         "methods": ["rtn"],
+        "sources": ["local-file", "string-list", "hf-dataset", "hub", "self-generated"],
+        "formats": ["hf"],
     }
     if md.entry_points(group="onecomp", name="ternary"):  # the example plugin, when installed
         assert rows["ternary"]["status"] == "ok"
         assert rows["ternary"]["distribution"] == "onecomp-example-plugin"
+        assert rows["ternary"]["sources"] == ["csv"] and rows["ternary"]["formats"] == ["npz"]
+
+
+def test_the_table_has_a_column_per_kind():
+    proc = onecomp("plugins", ONECOMP_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert proc.returncode == 0, proc.stderr
+    header, builtin = proc.stdout.splitlines()[:2]
+    assert header.split() == [
+        "plugin",
+        "distribution",
+        "version",
+        "status",
+        "methods",
+        "sources",
+        "formats",
+    ]
+    assert builtin.startswith("builtin") and "rtn" in builtin
+    assert "local-file, string-list, hf-dataset, hub, self-generated" in builtin
+    assert builtin.endswith("hf")
 
 
 def test_broken_plugins_are_shown_failed_and_the_command_still_succeeds(broken_site):
     rows = listing(onecomp("plugins", "--json", path=broken_site))
-    assert rows["rtn"]["status"] == "ok"
+    assert rows["builtin"]["status"] == "ok"
     assert rows["broken"]["status"] == "failed"
     assert rows["broken"]["distribution"] == "onecomp_broken_fixture"
     assert rows["broken"]["error"] == "RuntimeError: broken on purpose"
     assert rows["hooky"]["status"] == "failed" and "hook exploded" in rows["hooky"]["error"]
     assert rows["typo"]["status"] == "failed"
-    assert "unknown hook 'onecomp_quantizer'" in rows["typo"]["error"]
+    assert "unknown hook 'onecomp_registr'" in rows["typo"]["error"]
 
 
 def test_the_table_shows_the_error_of_a_failed_plugin(broken_site):
@@ -119,3 +140,27 @@ def test_version_is_the_installed_distribution_version():
 def test_the_console_script_is_the_same_command():
     proc = subprocess.run(["onecomp", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == f"onecomp {md.version('onecomp-core')}"
+
+
+def test_export_reaches_a_format_through_its_entry_point(fake_plugin, plugin_source, tmp_path):
+    from torch import nn
+
+    from onecomp_core.contract import LayerJob
+    from onecomp_core.rtn import RTN
+    from onecomp_core.storage import build_artifact, save_quantized_model
+    from onecomp_core.testing import tiny_model
+
+    model, method = tiny_model("llama"), RTN(wbits=4)
+    name = "model.layers.0.mlp.down_proj"
+    results = {name: method.quantize(LayerJob(name, model.get_submodule(name)))}
+    assert isinstance(model.get_submodule(name), nn.Linear)
+    saved = save_quantized_model(
+        build_artifact(model, method, results, None, {}), tmp_path / "saved"
+    )
+    site = fake_plugin("onecomp-rows-fixture", "rows", "rows_plugin", plugin_source("format:rows"))
+    proc = onecomp("export", str(saved), "--format", "rows", str(tmp_path / "out"), path=site)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((tmp_path / "out" / "rows.json").read_text())
+    assert list(rows) == [name] and rows[name]["method"] == "rtn"
+    formats = listing(onecomp("plugins", "--json", path=site))["rows"]["formats"]
+    assert formats == ["rows"]

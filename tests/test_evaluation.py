@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
+from onecomp_core.data.model import ModelConfig
 from onecomp_core.evaluation import calculate_accuracy, calculate_lm_eval, calculate_perplexity
-from onecomp_core.model_config import ModelConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from onecomp_core import model_config
-from onecomp_core.model_config import ModelConfig
+from onecomp_core.data import model as model_config
+from onecomp_core.data.model import ModelConfig
 from onecomp_core.testing import tiny_model
 
 

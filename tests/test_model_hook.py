@@ -1,4 +1,4 @@
-"""The Runner's whole-model hook: on_model_quantized runs once, last, with the calibration batches."""
+"""The Runner's whole-model hook: on_model_done runs once, last, with the calibration batches."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from pathlib import Path
 
 import torch
 
-from onecomp_core.calibration import CalibrationConfig
-from onecomp_core.model_config import ModelConfig
+from onecomp_core.data.calibration import CalibrationConfig
+from onecomp_core.data.model import ModelConfig
 from onecomp_core.rtn import RTN
-from onecomp_core.runner import Runner
+from onecomp_core.seed_api import Runner
 from onecomp_core.testing import HessianRTN
 
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "assets" / "stories260K"
@@ -19,18 +19,20 @@ CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"
 class ModelHookRTN(HessianRTN):
     """Records the hook calls and what every layer looked like when the hook ran."""
 
-    def on_block_quantized(self, context):
-        self.__dict__.setdefault("events", []).append(("block", context.index))
+    def on_block_done(self, view):
+        self.__dict__.setdefault("events", []).append(("block", view.index))
+        return {}
 
-    def on_model_quantized(self, model, batches):
-        self.__dict__.setdefault("events", []).append(("model", len(batches)))
-        self.results_at_hook = len(self.results)
+    def on_model_done(self, view):
+        self.__dict__.setdefault("events", []).append(("model", len(view.batches)))
+        self.results_at_hook = len(view.results)
         self.weights_at_hook = {
-            name: model.get_submodule(name).weight.detach().clone() for name in self.results
+            name: view.model.get_submodule(name).weight.detach().clone() for name in view.results
         }
+        return {}
 
 
-def test_on_model_quantized_runs_once_after_every_layer_with_the_batches():
+def test_on_model_done_runs_once_after_every_layer_with_the_batches():
     calibration = CalibrationConfig(
         dataset=str(CALIB), max_length=32, num_calibration_samples=6, batch_size=4
     )
@@ -50,8 +52,9 @@ def test_on_model_quantized_runs_once_after_every_layer_with_the_batches():
 
 
 class BatchlessRTN(RTN):
-    def on_model_quantized(self, model, batches):
-        self.batches_at_hook = batches
+    def on_model_done(self, view):
+        self.batches_at_hook = view.batches
+        return {}
 
 
 def test_a_method_without_calibration_gets_no_batches():

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onecomp_core import packing
-from onecomp_core.packed_linear import PackedIntLinear
+from onecomp_core.kernels import (
+    PackedIntLinear,
+    pack_dim0,
+    pack_dim1,
+    packed_length,
+    unpack_dim0,
+    unpack_dim1,
+)
 
 
 def decode_by_hand(packed: torch.Tensor, bits: int, n: int) -> list[list[int]]:
@@ -35,56 +41,56 @@ def random_codes(n: int, m: int, bits: int, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_pack_dim0_round_trips_on_odd_shapes(bits):
     codes = random_codes(37, 5, bits, seed=bits)
-    packed = packing.pack_dim0(codes, bits)
+    packed = pack_dim0(codes, bits)
     assert packed.dtype == torch.int32
-    assert packed.shape == (packing.packed_length(37, bits), 5)
-    assert torch.equal(packing.unpack_dim0(packed, bits, 37).long(), codes)
+    assert packed.shape == (packed_length(37, bits), 5)
+    assert torch.equal(unpack_dim0(packed, bits, 37).long(), codes)
 
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_the_layout_matches_an_independent_decoder(bits):
     codes = random_codes(29, 3, bits, seed=10 + bits)
-    assert decode_by_hand(packing.pack_dim0(codes, bits), bits, 29) == codes.tolist()
+    assert decode_by_hand(pack_dim0(codes, bits), bits, 29) == codes.tolist()
 
 
 @pytest.mark.parametrize("bits", [2, 3, 5, 8])
 def test_pack_dim1_round_trips(bits):
     codes = random_codes(4, 19, bits, seed=bits)
-    packed = packing.pack_dim1(codes, bits)
-    assert packed.shape == (4, packing.packed_length(19, bits))
-    assert torch.equal(packing.unpack_dim1(packed, bits, 19).long(), codes)
+    packed = pack_dim1(codes, bits)
+    assert packed.shape == (4, packed_length(19, bits))
+    assert torch.equal(unpack_dim1(packed, bits, 19).long(), codes)
     assert decode_by_hand(packed.t(), bits, 19) == codes.t().tolist()
 
 
 def test_a_known_word():
     codes = torch.arange(1, 9).view(8, 1)  # 4-bit codes 1..8, lowest first
-    packed = packing.pack_dim0(codes, 4)
+    packed = pack_dim0(codes, 4)
     assert packed.item() == 0x87654321 - 2**32  # high bit set: negative as int32
 
 
 def test_three_bit_codes_cross_word_boundaries():
     codes = torch.full((11, 1), 0b101)  # 33 bits: the 11th code sits at bits 30, 31, 32
-    packed = packing.pack_dim0(codes, 3)
+    packed = pack_dim0(codes, 3)
     assert packed.shape == (2, 1)
     assert (int(packed[0, 0]) & 0xFFFFFFFF) >> 30 == 0b01  # its low two bits end word 0
     assert int(packed[1, 0]) == 1  # its high bit opens word 1
-    assert packing.unpack_dim0(packed, 3, 11).flatten().tolist() == [5] * 11
+    assert unpack_dim0(packed, 3, 11).flatten().tolist() == [5] * 11
 
 
 def test_padding_bits_are_zero():
-    packed = packing.pack_dim0(torch.full((3, 1), 7), 3)  # 9 bits used of 32
+    packed = pack_dim0(torch.full((3, 1), 7), 3)  # 9 bits used of 32
     assert int(packed[0, 0]) == (1 << 9) - 1
 
 
 def test_out_of_range_values_are_masked_and_never_touch_neighbours():
     codes = torch.tensor([[3], [-1], [16 + 5], [0]])  # -1 and 21 do not fit 4 bits
-    unpacked = packing.unpack_dim0(packing.pack_dim0(codes, 4), 4, 4).flatten().tolist()
+    unpacked = unpack_dim0(pack_dim0(codes, 4), 4, 4).flatten().tolist()
     assert unpacked == [3, 15, 5, 0]
 
 
 def test_unsupported_widths_are_refused():
     with pytest.raises(ValueError, match="1 to 8 bits"):
-        packing.pack_dim0(torch.zeros(4, 1), 9)
+        pack_dim0(torch.zeros(4, 1), 9)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

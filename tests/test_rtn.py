@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from onecomp_core.packed_linear import PackedIntLinear
+from onecomp_core import registry
+from onecomp_core.contract import ConfigError, LayerJob, Needs
+from onecomp_core.kernels import PackedIntLinear
 from onecomp_core.rtn import RTN, RTNResult
 
 
@@ -74,7 +76,7 @@ def test_the_dequantized_weight_is_scale_times_code_minus_zero(weight, sym):
     codes, scales, zeros = reference_rtn(weight, 3, 32, sym)
     group = torch.arange(172) // 32
     expected = scales[:, group] * (codes - zeros[:, group])
-    deq = result.compute_dequantized_weight()
+    deq = result.dequantize()
     assert deq.dtype == torch.float16
     assert torch.equal(deq, expected.half())
     assert torch.equal(deq[3], torch.zeros(172, dtype=torch.float16))  # a zero row stays zero
@@ -83,13 +85,46 @@ def test_the_dequantized_weight_is_scale_times_code_minus_zero(weight, sym):
 def test_asymmetric_error_is_at_most_half_a_step(weight):
     result = RTN(wbits=4, groupsize=32, sym=False).quantize_layer(_linear(weight))
     step = result.scales.float()[:, torch.arange(172) // 32]
-    error = (weight - result.compute_dequantized_weight().float()).abs()
+    error = (weight - result.dequantize().float()).abs()
     assert (error <= step / 2 + 1e-3 * step).all()
 
 
 def test_effective_bits_count_the_fp16_scale_and_zero_per_group():
     assert RTNResult(bits=4, groupsize=32).effective_bits(12, 172) == 4 + 20 / 32
     assert RTNResult(bits=3, groupsize=-1).effective_bits(12, 172) == 3 + 19 / 172
+
+
+# -- the method's contract ------------------------------------------------------------
+def test_rtn_is_the_builtin_method_and_needs_no_statistics(fresh_registry):
+    assert registry.get_method("rtn") is RTN
+    q = registry.create_method("rtn", wbits=3, groupsize=32)
+    assert q.needs() == Needs() and not q.needs().calibration
+
+
+def test_saved_config_keeps_the_gptq_style_keys_and_round_trips():
+    q = RTN(wbits=3, groupsize=32, sym=False)
+    assert q.to_dict() == {"bits": 3, "group_size": 32, "sym": False, "config_version": 1}
+    assert RTN.from_dict(q.to_dict()) == q
+
+
+def test_every_bad_parameter_in_one_error():
+    with pytest.raises(ConfigError) as info:
+        RTN(wbits=9, groupsize=0, sym="yes").validate()
+    for expected in ("wbits=9", "groupsize=0", "sym='yes'"):
+        assert expected in str(info.value)
+    RTN(wbits=2, groupsize=-1).validate()
+    RTN(wbits=8, groupsize=1).validate()
+
+
+def test_bits_mean_wbits_and_effective_bits_count_the_group_metadata():
+    q = RTN(wbits=4, groupsize=32)
+    assert q.nominal_bits == 4.0
+    assert q.with_bits(3) == RTN(wbits=3, groupsize=32) and q.wbits == 4
+    assert q.with_bits(3.0).wbits == 3 and isinstance(q.with_bits(3.0).wbits, int)
+    with pytest.raises(ConfigError, match="wbits=2.5"):
+        q.with_bits(2.5)
+    assert q.bits_for((12, 172)) == RTNResult(bits=4, groupsize=32).effective_bits(12, 172)
+    assert RTN(wbits=3).bits_for((12, 172), "any.name") == 3 + 19 / 172
 
 
 # -- the packed inference layer --------------------------------------------------------
@@ -102,12 +137,10 @@ def test_the_packed_layer_computes_f_linear_with_the_dequantized_weight(
     linear = _linear(weight, bias=True)
     q = RTN(wbits=bits, groupsize=groupsize, sym=sym)
     result = q.quantize_layer(linear)
-    layer = q.create_inference_layer(result, linear)
+    layer = q.inference_layer(result, linear)
     assert isinstance(layer, PackedIntLinear)
     x = torch.randn(5, 172)
-    expected = F.linear(
-        x, result.compute_dequantized_weight().float(), linear.bias.detach().half().float()
-    )
+    expected = F.linear(x, result.dequantize().float(), linear.bias.detach().half().float())
     assert torch.equal(layer(x), expected)
     assert torch.equal(layer.codes(), result.codes)
 
@@ -116,9 +149,19 @@ def test_an_empty_layer_built_from_the_saved_row_loads_the_packed_tensors(weight
     linear = _linear(weight, bias=True)
     q = RTN(wbits=3, groupsize=32, sym=False)
     result = q.quantize_layer(linear)
-    packed = q.create_inference_layer(result, linear)
-    row = {"in_features": 172, "out_features": 12, "bias": True, **result.layer_config()}
-    empty = RTN.build_inference_layer(row)
+    packed = q.inference_layer(result, linear)
+    row = result.row(12, 172, bias=True)
+    assert row == {
+        "method": "",
+        "in_features": 172,
+        "out_features": 12,
+        "bias": True,
+        "bits": 3,
+        "groupsize": 32,
+        "sym": False,
+        "effective_bits": 3.59375,
+    }
+    empty = RTN().empty_layer(row)  # the loader calls it on a default-constructed RTN
     assert {k: v.shape for k, v in empty.state_dict().items()} == {
         k: v.shape for k, v in packed.state_dict().items()
     }
@@ -137,13 +180,15 @@ def stories(request) -> nn.Module:
 
 
 def test_8_bit_rtn_error_is_tiny_on_every_stories260k_layer(stories):
-    eight = RTN(wbits=8, calc_quant_error=True)
-    four = RTN(wbits=4, calc_quant_error=True)
-    for name, module in eight.setup(stories).items():
-        r8, r4 = eight.quantize(module, name), four.quantize(module, name)
-        assert r8.relative_weight_squared_error < 1e-4, name
-        assert r4.relative_weight_squared_error > 50 * r8.relative_weight_squared_error, name
-    assert len(eight.results) == 5 * 7
+    layers = _linear_layers(stories)
+    assert len(layers) == 5 * 7
+    for name, module in layers.items():
+        w = module.weight.data
+        r8 = RTN(wbits=8).quantize(LayerJob(name, module))
+        r4 = RTN(wbits=4).quantize(LayerJob(name, module))
+        assert r8.method == "rtn" and r8.quantization_time > 0
+        assert _relative_error(w, r8) < 1e-4, name
+        assert _relative_error(w, r4) > 50 * _relative_error(w, r8), name
 
 
 @pytest.mark.parametrize("layer", ["mlp.down_proj", "self_attn.k_proj"])
@@ -161,19 +206,28 @@ def test_8_bit_rtn_barely_changes_stories260k_logits(stories):
     ids = torch.tensor([[1, 403, 407, 261, 378, 430, 260, 127, 8, 29]])
     with torch.no_grad():
         before = stories(ids).logits
-    q = RTN(wbits=8)
-    for name, module in q.setup(stories).items():
-        q.quantize(module, name)
-    original = {n: stories.get_submodule(n).weight.data.clone() for n in q.results}
+    layers = _linear_layers(stories)
+    results = {n: RTN(wbits=8).quantize(LayerJob(n, m)) for n, m in layers.items()}
+    original = {n: m.weight.data for n, m in layers.items()}
     try:
-        q.apply_results_to_model(stories)
+        for name, result in results.items():
+            layers[name].weight.data = result.dequantize().float()
         with torch.no_grad():
             after = stories(ids).logits
     finally:
         for n, w in original.items():
-            stories.get_submodule(n).weight.data = w
+            layers[n].weight.data = w
     assert (after - before).abs().max() < 0.05 * before.abs().max()
     assert torch.equal(after.argmax(-1), before.argmax(-1))
+
+
+def _linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
+    """Every Linear but the output head (onecomp's default selection)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
+
+
+def _relative_error(w: torch.Tensor, result: RTNResult) -> float:
+    return float((w - result.dequantize().float()).pow(2).sum() / w.pow(2).sum())
 
 
 def _linear(weight: torch.Tensor, bias: bool = False) -> nn.Linear:

@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onecomp_core import blockwise
-from onecomp_core.calibration import CalibrationConfig
-from onecomp_core.model_config import ModelConfig
+from onecomp_core.data.calibration import CalibrationConfig
+from onecomp_core.data.model import ModelConfig
+from onecomp_core.engine import blocks as blockwise
+from onecomp_core.engine.walk import choose_layers
 from onecomp_core.rtn import RTN
-from onecomp_core.runner import Runner
+from onecomp_core.seed_api import Runner
 from onecomp_core.testing import HessianRTN, HessianRTNPlugin, registered_plugin
 
 STORIES = Path(__file__).resolve().parents[2] / "shared" / "assets" / "stories260K"
@@ -32,9 +33,9 @@ def _calibration(batch_size: int = 4, samples: int = 8) -> CalibrationConfig:
 class RecordingRTN(HessianRTN):
     """Keeps every Hessian it was given, to check the Runner's statistics."""
 
-    def quantize_layer(self, module, input=None, hessian=None):
-        self.__dict__.setdefault("hessians", {})[self.module_to_name[module]] = hessian.clone()
-        return super().quantize_layer(module, hessian=hessian)
+    def quantize_layer(self, job):
+        self.__dict__.setdefault("hessians", {})[job.name] = job.hessian.clone()
+        return super().quantize_layer(job)
 
 
 def test_rtn_needs_no_calibration_and_writes_back_dequantized_weights():
@@ -88,11 +89,12 @@ def test_true_sequential_groups_follow_execution_order():
     runner = Runner(_model_config(), RTN(), _calibration(), show_progress=False)
     runner._load()
     runner._calibrate()
+    runner.layers = choose_layers(runner.model, runner.quantizer)
     _, blocks = blockwise.find_blocks(runner.model)
     inputs, kwargs = blockwise.capture_inputs(
         runner.model, blocks[0], [(runner.calibration.input_ids[:2], None)], torch.device("cpu")
     )
-    layers = runner._block_layers("model.layers.0")
+    layers = {n: m for n, m in runner.layers.items() if n.startswith("model.layers.0.")}
     groups = blockwise.sequential_groups(blocks[0], layers, inputs[0], kwargs[0])
     short = [[n.rsplit(".", 1)[1] for n in g] for g in groups]
     assert short == [
@@ -137,10 +139,11 @@ def _stop_after(index: int):
 class NormTweakingRTN(HessianRTN):
     """Changes each block's norm weights after quantizing it, as block fine-tuning does."""
 
-    def on_block_quantized(self, context):
-        for name, param in context.block.named_parameters():
+    def on_block_done(self, view):
+        for name, param in view.block.named_parameters():
             if "layernorm" in name:
-                param.data.mul_(1.0 + 0.01 * (context.index + 1))
+                param.data.mul_(1.0 + 0.01 * (view.index + 1))
+        return {}
 
 
 @pytest.mark.parametrize("quantizer_cls", [HessianRTN, NormTweakingRTN])

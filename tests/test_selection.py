@@ -12,8 +12,9 @@ import logging
 import pytest
 from torch import nn
 
+from onecomp_core.contract.selection import SelectionRules, select_layers
+from onecomp_core.engine.walk import choose_layers
 from onecomp_core.rtn import RTN
-from onecomp_core.selection import SelectionRules, select_layers
 from onecomp_core.testing import tiny_model
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -35,7 +36,7 @@ def model() -> nn.Module:
 
 
 def selected(model: nn.Module, **rules) -> list[str]:
-    return list(RTN(**rules).setup(model))
+    return list(choose_layers(model, RTN(**rules)))
 
 
 # -- defaults and types ----------------------------------------------------------------
@@ -43,10 +44,8 @@ def test_default_is_every_linear_but_lm_head_in_model_order(model):
     assert selected(model) == EVERY_BLOCK_LINEAR
 
 
-def test_setup_maps_each_selected_module_to_its_name(model):
-    quantizer = RTN(num_layers=2)
-    chosen = quantizer.setup(model)
-    assert quantizer.module_to_name == {m: n for n, m in chosen.items()}
+def test_selection_maps_each_name_to_its_module(model):
+    chosen = choose_layers(model, RTN(num_layers=2))
     assert chosen[block(0, "q_proj")[0]] is model.model.layers[0].self_attn.q_proj
 
 
@@ -181,11 +180,11 @@ def test_invalid_rules_are_reported_together():
 
 def test_setup_validates_before_selecting(model):
     with pytest.raises(ValueError, match="include_layer_keywords='mlp'"):
-        RTN(include_layer_keywords="mlp").setup(model)
+        choose_layers(model, RTN(include_layer_keywords="mlp"))
 
 
 def test_the_selection_is_logged_at_debug_level(model, caplog):
-    with caplog.at_level(logging.DEBUG, logger="onecomp_core.selection"):
+    with caplog.at_level(logging.DEBUG, logger="onecomp_core.contract.selection"):
         select_layers(model, SelectionRules((nn.Linear,), include_layer_keywords=["o_proj"]))
     assert "selected 2 layer(s)" in caplog.text
     assert "'lm_head'" not in caplog.text and "model.layers.1.self_attn.o_proj" in caplog.text

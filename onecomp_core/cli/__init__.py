@@ -13,15 +13,25 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from ..registry import PluginError
+
 #: command name → module in this package that defines ``add_parser`` and ``run``
 COMMANDS = {
     "plugins": "plugins_cmd",
     "quantize": "quantize_cmd",
     "eval": "eval_cmd",
     "inspect": "inspect_cmd",
+    "export": "export_cmd",
 }
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError)
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    KeyError,
+    PluginError,
+)
 
 
 def _version() -> str:
@@ -37,18 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMANDS.values():
-        try:
-            module = importlib.import_module(f".{module_name}", __name__)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.endswith(module_name):
-                continue  # command not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f".{module_name}", __name__).add_parser(sub)
     return parser
-
-
-class ArgumentParserError(Exception):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:

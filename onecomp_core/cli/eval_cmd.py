@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def load_any(model: str, dtype: str, device: str):
     """A onecomp folder through the registry, anything else through transformers."""
-    from ..serialization import load_quantized_model
+    from ..storage.hf_folder import load_quantized_model
 
     folder = Path(model)
     config = folder / "config.json"

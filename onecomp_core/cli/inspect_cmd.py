@@ -8,7 +8,8 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from ..report import format_table
+from ..storage.hf_folder import read_quantized_config
+from .table import format_table
 
 _BYTES = {
     "F64": 8,
@@ -46,8 +47,6 @@ def tensor_sizes(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def build_report(folder: Path) -> dict:
-    from ..serialization import read_quantized_config
-
     config, qc = read_quantized_config(folder)
     sizes = tensor_sizes(folder)
     rows, quantized_params, quantized_bytes = [], 0, 0

@@ -36,7 +36,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 def model_config(model: str, dtype: str, device: str):
     """A ModelConfig for a local folder or a hub id."""
-    from ..model_config import ModelConfig
+    from ..data.model import ModelConfig
 
     dtype = resolve_dtype(dtype, device)
     looks_local = Path(model).exists() or model.startswith((".", "/", "~"))

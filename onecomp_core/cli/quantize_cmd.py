@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..contract import Method
+from ..data.calibration import STRATEGIES, CalibrationConfig
+from ..registry import create_method
 from .options import add_model_options, model_config, parse_settings
 
 
@@ -24,12 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="method parameter, value parsed as JSON when possible (repeatable)",
     )
-    p.add_argument("--bits", type=float, help="shortcut for the method's bit-width parameter")
+    p.add_argument(
+        "--bits", type=float, help="the method's bit width (what B bits means is the method's)"
+    )
     p.add_argument("--calibration", help="calibration text: .txt/.jsonl/.parquet path or hub name")
     p.add_argument("--text-key", default="text")
-    p.add_argument(
-        "--strategy", default="concat_chunk", choices=["concat_chunk", "drop_head", "drop_rand"]
-    )
+    p.add_argument("--strategy", default=STRATEGIES[0], choices=STRATEGIES)
     p.add_argument("--num-samples", type=int, default=128)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=8)
@@ -64,24 +67,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-BITS_PARAMETER = ("wbits", "target_bits", "target_bit")
-
-
-def _params(args: argparse.Namespace, quantizer_cls) -> dict:
-    params = parse_settings(args.set)
-    if args.bits is not None:
-        fields = {f.name for f in dataclasses.fields(quantizer_cls)}
-        name = next((n for n in BITS_PARAMETER if n in fields), None)
-        if name is None:
-            raise ValueError(
-                f"--bits: method {args.method!r} has no bit-width parameter; use --set"
-            )
-        params[name] = int(args.bits) if name == "wbits" and args.bits.is_integer() else args.bits
-    return params
+def _method(args: argparse.Namespace) -> Method:
+    """The method from --method, --set and --bits, validated (every problem in one error)."""
+    method = create_method(args.method, **parse_settings(args.set))
+    if args.bits is None:
+        return method
+    try:
+        return method.with_bits(args.bits)
+    except NotImplementedError:
+        raise ValueError(
+            f"--bits: method {args.method!r} has no bit-width parameter; use --set"
+        ) from None
 
 
 def _qep_config(args: argparse.Namespace):
-    from ..qep import QEPConfig
+    from ..engine.qep import QEPConfig
 
     settings = parse_settings(args.set_qep, option="--set-qep")
     if settings and not args.qep:
@@ -108,14 +108,12 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibration import CalibrationConfig
-    from ..plugins import create_quantizer, get_quantizer
-    from ..runner import Runner
+    from ..seed_api import Runner
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"output folder {out} already exists (add --overwrite to replace it)")
-    quantizer = create_quantizer(args.method, **_params(args, get_quantizer(args.method)))
+    method = _method(args)
     calibration = CalibrationConfig(
         dataset=args.calibration,
         text_key=args.text_key,
@@ -125,29 +123,29 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
     )
+    checkpoint_dir = _checkpoint_dir(args, out)
     runner = Runner(
-        model_config(args.model, args.dtype, args.device),
-        quantizer,
-        calibration,
-        checkpoint_dir=_checkpoint_dir(args, out),
+        model_config=model_config(args.model, args.dtype, args.device),
+        quantizer=method,
+        calibration_config=calibration,
+        checkpoint_dir=checkpoint_dir,
         show_progress=not args.quiet,
         qep=args.qep,
         qep_config=_qep_config(args),
     )
     start = time.perf_counter()
-    runner.run()
+    results = runner.run()
     elapsed = time.perf_counter() - start
     if not args.quiet:
         runner.print_quantization_results()
     runner.save_quantized_model(out, overwrite=args.overwrite)
-    if runner.checkpoint_dir is not None and args.checkpoint_dir is None:
-        shutil.rmtree(runner.checkpoint_dir, ignore_errors=True)
+    if checkpoint_dir is not None and args.checkpoint_dir is None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if args.summary_json:
         summary = runner.summary() | {"wall_time_s": round(elapsed, 3)}
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
     print(
-        f"quantized {len(quantizer.results)} layers with {args.method} in {elapsed:.1f} s; "
-        f"saved to {out}",
+        f"quantized {len(results)} layers with {args.method} in {elapsed:.1f} s; saved to {out}",
         file=sys.stderr,
     )
     return 0

@@ -1,5 +1,5 @@
-"""An example onecomp plugin: ternary weights (each weight is -a, 0 or +a per output row)."""
+"""An example onecomp plugin: a method (ternary), a calibration source (csv), a format (npz)."""
 
-from .quantizer import Ternary, TernaryResult
+from .method import Ternary, TernaryResult
 
 __all__ = ["Ternary", "TernaryResult"]

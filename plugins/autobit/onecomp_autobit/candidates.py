@@ -1,29 +1,31 @@
-"""The candidate quantizers AutoBit chooses from, made through the core registry only.
+"""The candidate methods AutoBit chooses from, made through the core registry only.
 
 A candidate is given as a dict ``{"method": name, **parameters}`` (what
-``--set quantizers='[...]'`` passes) or as a Quantizer object; either way
+``--set quantizers='[...]'`` passes) or as a Method object; either way
 AutoBit works on its own copy, so the caller's list and objects are never
-changed. No method is imported by name: ``create_quantizer`` finds it.
+changed. No method is imported by name: ``create_method`` finds it, and a
+candidate's bits come from its own ``nominal_bits`` / ``bits_for``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from onecomp_core.plugins import create_quantizer
-from onecomp_core.quantizer import Quantizer
+import torch
+
+from onecomp_core import contract
+from onecomp_core.contract import Method, Needs
+from onecomp_core.registry import UnknownMethodError, create_method, get_method
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_METHOD = "gptq"
 DEFAULT_BITS = (2, 3, 4, 8)
 DEFAULT_GROUP_SIZES = (128, 64, 32)
-#: attributes read as a candidate's nominal ("raw") bits, first found wins
-RAW_BITS_ATTRIBUTES = ("wbits", "bits", "target_bits", "target_bit")
-GROUP_SIZE_ATTRIBUTES = ("groupsize", "group_size")
+#: parameter names read as a candidate's group size (-1 = one group per row)
+GROUP_SIZE_PARAMETERS = ("groupsize", "group_size")
 
 
 def default_groupsize(in_features: Iterable[int]) -> int:
@@ -41,12 +43,10 @@ def default_specs(in_features: Iterable[int]) -> tuple[list[dict[str, Any]], int
     return [{"method": DEFAULT_METHOD, "wbits": b, "groupsize": size} for b in DEFAULT_BITS], size
 
 
-def build_candidate(spec: Any, index: int) -> Quantizer:
-    """A fresh quantizer for one entry of ``quantizers`` (validated)."""
-    if isinstance(spec, Quantizer):
-        copy = dataclasses.replace(spec, module_to_name={}, results={})
-        copy.validate_params()
-        return copy
+def build_candidate(spec: Any, index: int) -> Method:
+    """A fresh, validated method for one entry of ``quantizers``."""
+    if isinstance(spec, Method):
+        return spec.replace()
     if isinstance(spec, dict):
         params = dict(spec)
         method = params.pop("method", None)
@@ -55,13 +55,13 @@ def build_candidate(spec: Any, index: int) -> Quantizer:
                 f"quantizers[{index}]={spec!r}: a dict candidate needs a 'method' key, "
                 'e.g. {"method": "gptq", "wbits": 4, "groupsize": 128}'
             )
-        return create_quantizer(method, **params)
+        return create_method(method, **params)
     raise ValueError(
-        f"quantizers[{index}]={spec!r}: expected a Quantizer or a dict with a 'method' key"
+        f"quantizers[{index}]={spec!r}: expected a Method or a dict with a 'method' key"
     )
 
 
-def build_candidates(specs: Sequence[Any]) -> list[Quantizer]:
+def build_candidates(specs: Sequence[Any]) -> list[Method]:
     """All candidates, or one ValueError naming every bad entry."""
     built, problems = [], []
     for index, spec in enumerate(specs):
@@ -74,38 +74,72 @@ def build_candidates(specs: Sequence[Any]) -> list[Quantizer]:
             )
     if problems:
         raise ValueError("; ".join(problems))
-    for candidate in built:
-        if candidate.method == "autobit":
-            raise ValueError("an AutoBit candidate cannot itself be AutoBit")
+    if any(candidate.method == "autobit" for candidate in built):
+        raise ValueError("an AutoBit candidate cannot itself be AutoBit")
     return built
 
 
-def _number_attribute(quantizer: Quantizer, names: Sequence[str]) -> float | None:
-    for name in names:
-        value = getattr(quantizer, name, None)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
+def build_default_candidates(in_features: Iterable[int]) -> tuple[list[Method], int]:
+    """GPTQ 2/3/4/8 bit at the largest group size dividing every width (reported)."""
+    widths = sorted(set(in_features))
+    specs, size = default_specs(widths)
+    if size == -1:
+        logger.warning(
+            "AutoBit default candidates: no group size of 128/64/32 divides every selected "
+            "layer's input width %s, so GPTQ 2/3/4/8 bit run per row (groupsize=-1)",
+            widths,
+        )
+    else:
+        logger.info("AutoBit default candidates: GPTQ 2/3/4/8 bit, group size %d", size)
+    try:
+        return build_candidates(specs), size
+    except UnknownMethodError as exc:
+        raise ValueError(
+            f"AutoBit's default candidates are GPTQ 2/3/4/8 bit, but: {exc}. "
+            "Install onecomp-gptq or pass quantizers=[...]"
+        ) from exc
 
 
-def raw_bits(quantizer: Quantizer) -> float | None:
-    """The candidate's nominal bits (wbits, bits or target_bits), None when it has none."""
-    return _number_attribute(quantizer, RAW_BITS_ATTRIBUTES)
+def from_saved(entry: dict[str, Any]) -> Method:
+    """A candidate from its saved record (``{"label", "method", **to_dict()}``)."""
+    params = {k: v for k, v in entry.items() if k not in ("label", "method")}
+    return get_method(entry["method"]).from_dict(params)
 
 
-def declared_groupsize(quantizer: Quantizer) -> int | None:
+def describe(candidate: Method) -> dict[str, Any]:
+    """JSON record of one candidate: its method and saved config."""
+    return {"method": candidate.method, **candidate.to_dict()}
+
+
+# -- what a candidate says about itself ---------------------------------------------------
+def nominal_bits(candidate: Method) -> float | None:
+    """The candidate's headline bits, None when it declares none."""
+    try:
+        return float(candidate.nominal_bits)
+    except NotImplementedError:
+        return None
+
+
+def group_size_parameter(candidate: Method) -> str | None:
+    """The name of the candidate's group-size parameter, if it has one."""
+    params = candidate.parameters()
+    return next((n for n in GROUP_SIZE_PARAMETERS if params.get(n) is not None), None)
+
+
+def declared_groupsize(candidate: Method) -> int | None:
     """The candidate's group size when it has one (-1 = one group per row)."""
-    value = _number_attribute(quantizer, GROUP_SIZE_ATTRIBUTES)
-    return None if value is None else int(value)
+    name = group_size_parameter(candidate)
+    value = getattr(candidate, name) if name else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def groupsize_divides(candidate: Quantizer, in_features: int) -> bool:
+def groupsize_divides(candidate: Method, in_features: int) -> bool:
     """False when the candidate groups its inputs by a size that does not divide ``in_features``."""
     size = declared_groupsize(candidate)
     return size is None or size <= 0 or in_features % size == 0
 
 
-def per_row_twin(candidate: Quantizer) -> Quantizer:
+def per_row_twin(candidate: Method) -> Method:
     """A copy of ``candidate`` with one group per row (group size -1), everything else equal.
 
     Offered for layers whose input width the candidate's group size does not
@@ -114,18 +148,15 @@ def per_row_twin(candidate: Quantizer) -> Quantizer:
     (the only one with ``dividing_groups_only``; otherwise the ILP also gets the
     ragged last group).
     """
-    name = next(n for n in GROUP_SIZE_ATTRIBUTES if isinstance(getattr(candidate, n, None), int))
-    twin = dataclasses.replace(candidate, module_to_name={}, results={}, **{name: -1})
-    twin.validate_params()
-    return twin
+    return candidate.replace(**{group_size_parameter(candidate): -1})
 
 
-def labels(candidates: Sequence[Quantizer]) -> list[str]:
+def labels(candidates: Sequence[Method]) -> list[str]:
     """Short unique names such as ``gptq-3b-g32`` or ``dbf-1.5b``."""
     out = []
     for candidate in candidates:
         text = candidate.method
-        bits = raw_bits(candidate)
+        bits = nominal_bits(candidate)
         if bits is not None:
             text += f"-{bits:g}b"
         size = declared_groupsize(candidate)
@@ -138,12 +169,34 @@ def labels(candidates: Sequence[Quantizer]) -> list[str]:
     return out
 
 
-def strongest_statistics(kinds: Iterable[str]) -> str:
-    """The widest of "none" < "diag" < "full"."""
-    order = ("none", "diag", "full")
-    return max(kinds, key=order.index, default="none")
+def shaped_statistics(child: Method, hessian: torch.Tensor | None) -> torch.Tensor | None:
+    """H as ``child`` asks for it: the full matrix, its diagonal, or nothing."""
+    kind = child.needs().inputs
+    if kind == "none" or hessian is None:
+        if kind == "full":
+            raise RuntimeError(f"{child.method} needs the full Hessian but got none")
+        return None
+    if kind == "diag":
+        return hessian.diagonal() if hessian.dim() == 2 else hessian
+    if hessian.dim() != 2:
+        raise RuntimeError(f"{child.method} needs the full Hessian but got its diagonal")
+    return hessian
 
 
-def describe(candidate: Quantizer) -> dict[str, Any]:
-    """JSON record of one candidate: its method and saved config."""
-    return {"method": candidate.method, **candidate.get_quant_config()}
+def combined_needs(children: Sequence[Method], own: Needs | None = None) -> Needs:
+    """What serves every child: the strongest input statistic, any engine feature, the widest
+    precision; ``own`` adds AutoBit's planning moments (else the first child's moments)."""
+    needs = [c.needs() for c in children]
+    moments = own.moments if own is not None else None
+    if moments is None:
+        moments = next((n.moments for n in needs if n.moments is not None), None)
+    return Needs(
+        inputs=contract.needs.strongest([n.inputs for n in needs]),
+        moments=moments,
+        fp_stream=any(n.fp_stream for n in needs),
+        sequential=any(n.sequential for n in needs),
+        model_pass=any(n.model_pass for n in needs),
+        precision=max(
+            [n.precision for n in needs] or [torch.float32], key=lambda d: torch.finfo(d).bits
+        ),
+    )

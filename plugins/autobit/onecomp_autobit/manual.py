@@ -6,24 +6,16 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from onecomp_core.quantizer import Quantizer
-from onecomp_core.selection import select_layers
+from onecomp_core.contract import Method
 
 
-def assign_manually(
-    model: nn.Module, names: Sequence[str], candidates: Sequence[Quantizer]
-) -> dict[str, int]:
+def assign_manually(layers: dict[str, nn.Module], candidates: Sequence[Method]) -> dict[str, int]:
     """Layer name → index of the first candidate whose rules select it (unmatched left out)."""
     picked: dict[str, int] = {}
     for index, candidate in enumerate(candidates):
-        try:
-            chosen = select_layers(model, candidate.selection_rules())
-        except ValueError:
-            continue  # this candidate's rules select nothing
-        for name in names:
-            if name in chosen and name not in picked:
-                picked[name] = index
-    return {name: picked[name] for name in names if name in picked}
+        for name in candidate.select(layers):
+            picked.setdefault(name, index)
+    return {name: picked[name] for name in layers if name in picked}
 
 
 def split_groups(

@@ -1,10 +1,10 @@
 """Registers AutoBit with onecomp (entry point ``autobit`` in group ``onecomp``)."""
 
-from onecomp_core.hookspecs import hookimpl
+from onecomp_core.contract import Register, hookimpl
 
-from .quantizer import AutoBitQuantizer
+from .method import AutoBitQuantizer
 
 
 @hookimpl
-def onecomp_quantizers() -> list[type]:
-    return [AutoBitQuantizer]
+def onecomp_register(register: Register) -> None:
+    register.add_method(AutoBitQuantizer)

@@ -1,14 +1,24 @@
-"""The assignment as a per-layer table and as a heatmap (module types × blocks, colour = bits)."""
+"""The assignment as a per-layer table and as a heatmap (module types × blocks, colour = bits).
+
+Written once the run is done (AutoBit's ``on_model_done``), from the plan and
+the layers' results: planned and measured bits per layer, with the averages.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from onecomp_core.report import format_table
+from onecomp_core.contract import LayerResult
+
+if TYPE_CHECKING:
+    from .plan import Plan
+
+logger = logging.getLogger(__name__)
 
 _BLOCK = re.compile(r"^(?P<prefix>.*?)\.(?P<index>\d+)\.(?P<kind>.+)$")
 OUTSIDE = "other"
@@ -41,9 +51,73 @@ def assignment_grid(
     return rows, cols, grid
 
 
+PLAN_COLUMNS = ("layer", "candidate", "groupsize", "bits", "params", "predicted_error", "note")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def format_plan(rows: list[dict[str, Any]]) -> str:
-    columns = ["layer", "candidate", "groupsize", "bits", "params", "predicted_error", "note"]
-    return format_table(rows, columns)
+    """The plan as aligned text columns (logged at INFO)."""
+    cells = [list(PLAN_COLUMNS)] + [[_text(r.get(c)) for c in PLAN_COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(PLAN_COLUMNS))]
+    text = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in cells]
+    return "\n".join(line.rstrip() for line in text)
+
+
+def summary(
+    plan: Plan, target_bit: float | None, results: Mapping[str, LayerResult]
+) -> dict[str, Any]:
+    """Plan and (once quantized) measured bits per layer, with the averages."""
+    rows = []
+    for row in plan.rows:
+        row = dict(row)
+        result = results.get(row["layer"])
+        if result is not None:
+            row["measured_bits"] = result.effective_bits(*plan.shapes[row["layer"]])
+        rows.append(row)
+    measured = [r for r in rows if r.get("measured_bits") is not None]
+    total = sum(r["params"] for r in measured)
+    return {
+        "target_bit": target_bit,
+        "effective_target": plan.effective_target,
+        "planned_bits": plan.achieved_bits,
+        "measured_bits": (
+            sum(r["measured_bits"] * r["params"] for r in measured) / total if total else None
+        ),
+        "solver_status": plan.solver_status,
+        "dbf_fallback": plan.dbf_fallback,
+        "layers": rows,
+    }
+
+
+def save_outputs(save_path: str | Path, facts: dict[str, Any], strategy: str) -> Path:
+    """Write the per-layer JSON table and the heatmap PNG (needs matplotlib) of ``summary``."""
+    png, table = output_paths(save_path)
+    save_table(table, facts)
+    rows = facts["layers"]
+    bits = [r.get("measured_bits") or r["bits"] or 0.0 for r in rows]
+    used: dict[str, list[float]] = {}
+    for r, b in zip(rows, bits, strict=True):
+        used.setdefault(r["candidate"], []).append(b)
+    legend = {k: sum(v) / len(v) for k, v in used.items()}
+    average = facts["measured_bits"] or facts["planned_bits"]
+    target = facts["effective_target"]
+    title = f"AutoBit {strategy}: {average or 0:.3f} bits/weight" + (
+        f" (target {target:.3f})" if target else ""
+    )
+    try:
+        save_heatmap(png, [r["layer"] for r in rows], bits, legend, title)
+    except ImportError:
+        logger.warning(
+            "matplotlib is not installed: no heatmap (pip install 'onecomp-autobit[plot]'); "
+            "the table is in %s",
+            table,
+        )
+    return png
 
 
 def output_paths(save_path: str | Path) -> tuple[Path, Path]:

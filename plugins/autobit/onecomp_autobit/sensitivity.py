@@ -3,7 +3,7 @@
 The candidate's own ``quantize_layer`` runs on the original weight, so its
 group size, symmetry, clipping search or factorization are what is scored,
 not a min-max proxy. Candidates that want statistics get what the planning
-pass has, shaped to their ``statistics``:
+pass has, shaped to their ``needs().inputs``:
 
 * "full": H = 2·XᵀX/N when the planning pass kept the full input factor
   (``planning_hessian`` full/auto), so GPTQ is scored with its real error
@@ -30,9 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from onecomp_core.quantizer import Quantizer
-
-from .moments import LayerMoments
+from onecomp_core.contract import LayerJob, LayerMoments, Method
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +90,7 @@ class Costs:
 def score_layer(
     name: str,
     module: nn.Module,
-    candidate: Quantizer,
+    candidate: Method,
     moments: LayerMoments | None,
     use_b: bool,
 ) -> tuple[float, float]:
@@ -101,12 +99,12 @@ def score_layer(
     original = weight.data.clone()
     a = moments.a if moments is not None else None
     xtx = moments.xtx if moments is not None else None
-    hessian = planning_hessian(candidate.statistics, a, module.in_features, xtx)
+    hessian = planning_hessian(candidate.needs().inputs, a, module.in_features, xtx)
     if hessian is not None:
         hessian = hessian.to(weight.device)
     try:
         with torch.no_grad():
-            result = candidate.quantize_layer(module, hessian=hessian)
+            result = candidate.quantize(LayerJob(name, module, hessian))
     finally:
         weight.data.copy_(original)  # a candidate may have edited the weight in place
     out_features, in_features = original.shape
@@ -114,9 +112,9 @@ def score_layer(
     if bits is None:
         raise ValueError(
             f"candidate {candidate.method!r} does not report its effective bits "
-            "(QuantizationResult.effective_bits returned None), so AutoBit cannot budget it"
+            "(LayerResult.effective_bits returned None), so AutoBit cannot budget it"
         )
-    quantized = result.compute_dequantized_weight(original.device)
+    quantized = result.dequantize(original.device)
     b = moments.b if (moments is not None and use_b) else None
     gtg = moments.gtg if (moments is not None and use_b) else None
     return predicted_error(original, quantized, a, b, xtx, gtg), float(bits)
@@ -124,15 +122,15 @@ def score_layer(
 
 def score_candidates(
     layers: dict[str, nn.Module],
-    candidates: Sequence[Quantizer] | Mapping[str, Sequence[Quantizer]],
+    candidates: Sequence[Method] | Mapping[str, Sequence[Method]],
     moments: dict[str, LayerMoments] | None,
     use_b: bool = True,
 ) -> Costs:
     """Score every candidate on every layer (layers in the given order).
 
-    ``candidates`` is one list for all layers, or per layer name the quantizers
+    ``candidates`` is one list for all layers, or per layer name the methods
     that stand for the candidates there (e.g. a per-row twin where the group
-    size does not divide the layer's width). A quantizer listed twice for one
+    size does not divide the layer's width). A method listed twice for one
     layer is scored once.
     """
     errors, bits, params = [], [], []

@@ -1,4 +1,4 @@
-"""What ``target_bit`` means in effective bits per weight, and DBF's bits at a target.
+"""What ``target_bit`` means in effective bits per weight, and a method's bits at a target.
 
 Raw targets (``target_bit_is_effective=False``, the seed's default) count
 payload bits only, as "3-bit GPTQ" does; the budget adds each candidate's
@@ -7,13 +7,13 @@ candidate c at raw target t:
 
 * a candidate with a group size (GPTQ-like: a 16-bit scale and a b-bit zero
   per group) costs t + (16 + t)·G_l/in_l, where G_l/in_l is read from its
-  own measured bits at its own raw bits r_c:
+  own measured bits at its own nominal bits r_c:
   overhead = (e[l, c] − r_c)·(16 + t)/(16 + r_c). For group size g dividing
   in_l this is exactly t + (16 + t)/g, the seed's formula; ragged and
   per-row groups come out right because the measured bits count them;
-* any other candidate with raw bits keeps its measured overhead e[l, c] − r_c
-  (e.g. DBF's scale vectors);
-* a candidate without raw bits adds nothing.
+* any other candidate with nominal bits keeps its measured overhead
+  e[l, c] − r_c (e.g. DBF's scale vectors);
+* a candidate without nominal bits adds nothing.
 
 The effective target is the parameter-weighted mean over layers of the mean
 over candidates: target_bit=3 with GPTQ g32 candidates equals the effective
@@ -22,22 +22,22 @@ bits of uniform 3-bit GPTQ g32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from onecomp_core.quantizer import Quantizer
+from onecomp_core.contract import Method
 
-from .candidates import declared_groupsize, raw_bits
+from .candidates import declared_groupsize, nominal_bits
 
 
 def layer_overheads(
-    candidates: Sequence[Quantizer], bits: Sequence[Sequence[float]], target: float
+    candidates: Sequence[Method], bits: Sequence[Sequence[float]], target: float
 ) -> list[float]:
     """Per layer: the mean metadata overhead of the candidates at raw target ``target``."""
     out = []
     for row in bits:
         total = 0.0
         for c, candidate in enumerate(candidates):
-            raw = raw_bits(candidate)
+            raw = nominal_bits(candidate)
             if raw is None:
                 continue
             measured = row[c] - raw
@@ -50,7 +50,7 @@ def layer_overheads(
 
 def effective_target(
     raw_target: float,
-    candidates: Sequence[Quantizer],
+    candidates: Sequence[Method],
     bits: Sequence[Sequence[float]],
     params: Sequence[float],
 ) -> float:
@@ -60,38 +60,51 @@ def effective_target(
     return raw_target + sum(p * o for p, o in zip(params, overheads, strict=True)) / total
 
 
+def _bisect(increasing: Callable[[float], float], goal: float, high: float) -> tuple[float, float]:
+    """(low, high) around the x in [0, high] where increasing(x) reaches ``goal``."""
+    low = 0.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        if increasing(mid) < goal:
+            low = mid
+        else:
+            high = mid
+    return low, high
+
+
 def raw_for_effective(
     effective: float,
-    candidates: Sequence[Quantizer],
+    candidates: Sequence[Method],
     bits: Sequence[Sequence[float]],
     params: Sequence[float],
 ) -> float:
     """Inverse of :func:`effective_target` (it increases with t), by bisection."""
-    low, high = 0.0, max(effective, 1.0)
-    for _ in range(100):
-        mid = (low + high) / 2
-        if effective_target(mid, candidates, bits, params) < effective:
-            low = mid
-        else:
-            high = mid
+    _, high = _bisect(
+        lambda t: effective_target(t, candidates, bits, params), effective, max(effective, 1.0)
+    )
     return high
 
 
-def dbf_vector_overhead(out_features: int, in_features: int, binary_bits: float) -> float:
-    """Bits per weight of DBF's three fp16 vectors at ``binary_bits`` (k ≈ b·nm/(n+m))."""
-    n, m = out_features, in_features
-    k = binary_bits * n * m / (n + m)
-    return 16.0 * (n + m + k) / (n * m)
+def average_bits_at(method: Method, bits: float, shapes: dict[str, tuple[int, int]]) -> float:
+    """Parameter-weighted mean of ``method.with_bits(bits).bits_for`` over the layers
+    (infinite where the method does not take ``bits``)."""
+    try:
+        at = method.with_bits(bits)
+    except ValueError:
+        return float("inf")
+    total = sum(n * m for n, m in shapes.values())
+    return sum(n * m * at.bits_for((n, m), name) for name, (n, m) in shapes.items()) / total
 
 
-def dbf_binary_target(effective: float, shapes: Sequence[tuple[int, int]]) -> float:
-    """DBF's ``target_bits`` (sign-matrix bits) whose average total, vectors included, is ``effective``.
+def nominal_for_effective(
+    method: Method, effective: float, shapes: dict[str, tuple[int, int]]
+) -> float:
+    """The largest nominal bits at which ``method`` stores at most ``effective`` bits per
+    weight on average (0 when none does).
 
-    DBF takes one target for all layers. With k ≈ b·nm/(n+m) a layer costs
-    b + 16(n+m)/(nm) + 16b/(n+m) bits per weight, linear in b, so the
-    parameter-weighted average A + b·(1 + B) = e solves exactly.
+    E.g. DBF's sign-matrix bits whose total, its fp16 vectors included, is the
+    target. The method's own ``bits_for`` is the cost model, so no formula of
+    another plugin is copied here.
     """
-    total = sum(n * m for n, m in shapes)
-    fixed = sum(16.0 * (n + m) for n, m in shapes) / total
-    slope = 1.0 + sum(n * m * 16.0 / (n + m) for n, m in shapes) / total
-    return (effective - fixed) / slope
+    low, _ = _bisect(lambda b: average_bits_at(method, b, shapes), effective, effective)
+    return low

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from onecomp_core import adapters
-from onecomp_core.selection import SelectionRules, select_layers
+from onecomp_core.contract import Method
 
 GIB = 2**30
 
@@ -49,16 +48,31 @@ def meta_model(model_id_or_path: str, trust_remote_code: bool = False) -> nn.Mod
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
         except ValueError:  # not a causal LM (e.g. an encoder)
             model = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    adapters.linearize_conv1d(model)
     return model
+
+
+def in_features(module: nn.Module) -> int | None:
+    """Input width of a Linear or of a GPT-2 style ``Conv1D`` (weight stored (in, out)), else None.
+
+    The engine quantizes both (it turns Conv1D into Linear first); counting
+    them here needs no conversion.
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return module.weight.shape[0]
+    return None
 
 
 def count_parameters(
     model: nn.Module, exclude_layer_names: Sequence[str] = ("lm_head",)
 ) -> tuple[dict[str, nn.Module], int, int]:
     """(selected Linears, their weight count, count of every other parameter; tied ones once)."""
-    rules = SelectionRules((nn.Linear,), exclude_layer_names=list(exclude_layer_names))
-    layers = select_layers(model, rules)
+    linears = {n: m for n, m in model.named_modules() if in_features(m) is not None}
+    rules = Method(exclude_layer_names=list(exclude_layer_names), target_layer_types=(nn.Module,))
+    layers = rules.select(linears)
+    if not layers:
+        raise ValueError("the model has no Linear layer left to quantize")
     quantizable = sum(m.weight.numel() for m in layers.values())
     total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
     return layers, quantizable, total - quantizable
@@ -88,10 +102,10 @@ def estimate_wbits_from_vram(
         )
     model = meta_model(model_id_or_path, trust_remote_code)
     layers, quantizable, other = count_parameters(model, exclude_layer_names)
+    widths = {n: in_features(m) for n, m in layers.items()}
     groups = sum(
-        m.weight.numel()
-        / (m.in_features if groupsize in (-1, 0) else min(groupsize, m.in_features))
-        for m in layers.values()
+        m.weight.numel() / (widths[n] if groupsize in (-1, 0) else min(groupsize, widths[n]))
+        for n, m in layers.items()
     )
     per_weight = groups / quantizable
     budget_bits = ratio * total_vram_gb * GIB * 8

@@ -25,9 +25,7 @@ def calib_path() -> Path:
 @pytest.fixture(scope="session")
 def make_runner(stories_path: Path, calib_path: Path):
     """A Runner on stories260K with 8 calibration sequences of 64 tokens."""
-    from onecomp_core.calibration import CalibrationConfig
-    from onecomp_core.model_config import ModelConfig
-    from onecomp_core.runner import Runner
+    from onecomp_core import CalibrationConfig, ModelConfig, Runner
 
     def make(quantizer, samples: int = 8, length: int = 64):
         calibration = CalibrationConfig(

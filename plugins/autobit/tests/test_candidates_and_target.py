@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from onecomp_autobit.candidates import (
     build_candidates,
     default_groupsize,
     default_specs,
     labels,
-    raw_bits,
+    nominal_bits,
+    per_row_twin,
+    shaped_statistics,
 )
 from onecomp_autobit.target import (
-    dbf_binary_target,
-    dbf_vector_overhead,
+    average_bits_at,
     effective_target,
+    nominal_for_effective,
     raw_for_effective,
 )
-from onecomp_core.grid import gptq_effective_bits
-from onecomp_core.plugins import create_quantizer
+from onecomp_core.contract import Needs
+from onecomp_core.kernels import gptq_effective_bits
+from onecomp_core.registry import create_method, methods
 
 
 def test_default_groupsize_is_the_largest_that_divides_every_layer():
@@ -33,16 +37,17 @@ def test_default_groupsize_is_the_largest_that_divides_every_layer():
 
 
 def test_candidates_are_copies_and_the_callers_list_is_untouched():
-    given = create_quantizer("rtn", wbits=3, groupsize=32)
-    given.module_to_name["sentinel"] = "x"
+    given = create_method("rtn", wbits=3, groupsize=32)
     specs = [{"method": "rtn", "wbits": 2, "groupsize": 32}, given]
     before = [dict(specs[0]), given]
     built = build_candidates(specs)
     assert specs == before and specs[0] == {"method": "rtn", "wbits": 2, "groupsize": 32}
-    assert built[1] is not given and built[1].module_to_name == {}
-    assert given.module_to_name == {"sentinel": "x"}
+    assert built[1] is not given and built[1] == given
+    assert specs[1] is given and given.groupsize == 32
     assert labels(built) == ["rtn-2b-g32", "rtn-3b-g32"]
-    assert raw_bits(built[0]) == 2
+    assert nominal_bits(built[0]) == 2
+    twin = per_row_twin(built[1])
+    assert (twin.groupsize, built[1].groupsize, labels([twin])) == (-1, 32, ["rtn-3b-row"])
 
 
 def test_bad_candidates_are_reported_together():
@@ -61,7 +66,9 @@ def test_raw_target_equals_uniform_gptq_like_effective_bits():
         [{"method": "rtn", "wbits": b, "groupsize": 32} for b in (2, 3, 4, 8)]
     )
     shapes = [(64, 64), (32, 64), (172, 64), (64, 172)]
-    bits = [[gptq_effective_bits(int(raw_bits(c)), 32, m) for c in candidates] for _, m in shapes]
+    bits = [
+        [gptq_effective_bits(int(nominal_bits(c)), 32, m) for c in candidates] for _, m in shapes
+    ]
     params = [n * m for n, m in shapes]
     uniform3 = sum(p * row[1] for p, row in zip(params, bits, strict=True)) / sum(params)
     assert effective_target(3.0, candidates, bits, params) == pytest.approx(uniform3)
@@ -71,11 +78,29 @@ def test_raw_target_equals_uniform_gptq_like_effective_bits():
     assert raw_for_effective(3 + 19 / 32, candidates, bits, params) == pytest.approx(3.0)
 
 
-def test_dbf_binary_target_pays_for_the_vectors():
-    shapes = [(64, 64), (172, 64)]
-    binary = dbf_binary_target(2.0, shapes)
-    total = sum(n * m * (binary + dbf_vector_overhead(n, m, binary)) for n, m in shapes) / sum(
-        n * m for n, m in shapes
-    )
-    assert total == pytest.approx(2.0)
-    assert binary < 2.0 - 16 * (64 + 64) / (64 * 64) + 0.1
+@pytest.mark.skipif("dbf" not in methods(), reason="onecomp-dbf not installed")
+def test_nominal_bits_for_an_effective_target_pay_for_the_metadata():
+    """DBF's sign-matrix bits whose total (its fp16 vectors included) is the target, found
+    through DBF's own bits_for: AutoBit copies no formula of another method."""
+    dbf = create_method("dbf")
+    shapes = {"a": (64, 64), "b": (172, 64)}
+    binary = nominal_for_effective(dbf, 2.0, shapes)
+    assert 0 < binary < 2.0 - 16 * (64 + 64) / (64 * 64) + 0.1
+    assert average_bits_at(dbf, binary, shapes) <= 2.0
+    assert average_bits_at(dbf, binary + 0.05, shapes) > 2.0 - 0.05
+    assert nominal_for_effective(dbf, 0.01, shapes) == 0.0  # the vectors alone cost more
+
+
+def test_statistics_are_shaped_for_each_candidate():
+    full = torch.eye(4) * 3
+    rtn = create_method("rtn")
+    assert rtn.needs().inputs == "none"
+    assert shaped_statistics(rtn, full) is None
+
+    class DiagNeeds(type(rtn)):
+        def needs(self):
+            return Needs(inputs="diag")
+
+    diag = DiagNeeds()
+    assert torch.equal(shaped_statistics(diag, full), torch.full((4,), 3.0))
+    assert torch.equal(shaped_statistics(diag, torch.ones(4)), torch.ones(4))

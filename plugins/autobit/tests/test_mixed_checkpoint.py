@@ -7,9 +7,8 @@ import json
 import pytest
 import torch
 
+from onecomp_core import create_method, list_quantizers, load_quantized_model
 from onecomp_core.cli import main
-from onecomp_core.plugins import create_quantizer, list_quantizers
-from onecomp_core.serialization import load_quantized_model
 
 
 @pytest.mark.skipif(
@@ -20,21 +19,21 @@ def test_gptq_and_dbf_layers_in_one_checkpoint(make_runner, tmp_path):
         {"method": "dbf", "target_bits": 1.5, "iters": 3, "finetune_steps": 2},
         {"method": "gptq", "wbits": 4, "groupsize": 32},
     ]
-    quantizer = create_quantizer(
+    quantizer = create_method(
         "autobit", quantizers=specs, target_bit=3.3, target_bit_is_effective=True, num_layers=14
     )
     runner = make_runner(quantizer, samples=4, length=32)
-    runner.run()
-    methods = {r._method for r in quantizer.results.values()}
+    results = runner.run()
+    methods = {r.method for r in results.values()}
     assert methods == {"gptq", "dbf"}
     out = runner.save_quantized_model(tmp_path / "mixed")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "autobit"
     assert {row["method"] for row in qc["layers"].values()} == {"gptq", "dbf"}
     for name, row in qc["layers"].items():
-        assert row["method"] == quantizer.results[name]._method
+        assert row["method"] == results[name].method
         if row["method"] == "gptq":  # 32 does not divide down_proj's 172: ragged or per row
-            assert row["groupsize"] == (-1 if name in quantizer.per_row_layers else 32)
+            assert row["groupsize"] == (-1 if name in quantizer.plan.per_row else 32)
     loaded, _ = load_quantized_model(out, device_map="cpu")
     ids = torch.tensor([[1, 100, 200, 300, 400, 17, 9]])
     with torch.no_grad():

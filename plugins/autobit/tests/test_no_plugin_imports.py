@@ -1,4 +1,5 @@
-"""AutoBit reaches other methods only through the registry: no module imports another plugin."""
+"""AutoBit reaches other methods only through the registry: no module imports another plugin,
+and of the core only the contract and the registry."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import onecomp_autobit
 
 FORBIDDEN = ("onecomp_gptq", "onecomp_dbf")
+CORE_ALLOWED = {"onecomp_core.contract", "onecomp_core.registry"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -26,8 +28,11 @@ def test_no_module_imports_another_plugin():
     files = sorted(Path(onecomp_autobit.__file__).parent.rglob("*.py"))
     assert len(files) >= 10
     for path in files:
-        bad = [m for m in imported_modules(path) if m.split(".")[0] in FORBIDDEN]
+        imported = imported_modules(path)
+        bad = [m for m in imported if m.split(".")[0] in FORBIDDEN]
         assert not bad, f"{path.name} imports {bad}"
+        core = {m for m in imported if m.startswith("onecomp_core")} - {"onecomp_core"}
+        assert core <= CORE_ALLOWED, f"{path.name} imports {core - CORE_ALLOWED}"
 
 
 def test_the_checker_sees_imports(tmp_path):

@@ -1,4 +1,4 @@
-"""AutoBit inside the Runner on the real stories260K model, with RTN (built in) as candidates."""
+"""AutoBit inside the engine (seed Runner) on the real stories260K model, RTN as candidates."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import torch
 from onecomp_autobit import AutoBitQuantizer, InfeasibleTargetError
 from onecomp_autobit.fused import fused_layer_groups
 from onecomp_autobit.report import assignment_grid
-from onecomp_core.plugins import UnknownMethodError, create_quantizer, list_quantizers
+from onecomp_core import create_method, list_quantizers, load_quantized_model
+from onecomp_core.contract import ConfigError
+from onecomp_core.registry import UnknownMethodError
 
 
 def rtn_candidates(bits=(2, 3, 4, 8), groupsize: int = 32) -> list[dict]:
@@ -18,7 +20,7 @@ def rtn_candidates(bits=(2, 3, 4, 8), groupsize: int = 32) -> list[dict]:
 
 
 def autobit(specs, **params) -> AutoBitQuantizer:
-    return create_quantizer("autobit", quantizers=specs, **params)
+    return create_method("autobit", quantizers=specs, **params)
 
 
 def uniform_bits(layers, bits: int, groupsize: int = 32, per_row: bool = False) -> float:
@@ -34,7 +36,7 @@ def uniform_bits(layers, bits: int, groupsize: int = 32, per_row: bool = False) 
 
 
 def test_invalid_parameters_are_reported_together():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:
         AutoBitQuantizer(
             assignment_strategy="greedy",
             target_bit=-1,
@@ -42,7 +44,7 @@ def test_invalid_parameters_are_reported_together():
             fused_groups="qkv",
             fisher_labels="exact",
             fisher_samples=0,
-        ).validate_params()
+        ).validate()
     text = str(info.value)
     for needle in (
         "assignment_strategy='greedy'",
@@ -54,7 +56,7 @@ def test_invalid_parameters_are_reported_together():
     ):
         assert needle in text
     with pytest.raises(ValueError, match="needs a bit budget"):
-        AutoBitQuantizer(assignment_strategy="ilp").validate_params()
+        AutoBitQuantizer(assignment_strategy="ilp").validate()
 
 
 @pytest.fixture(scope="module")
@@ -69,28 +71,29 @@ def rtn_run(make_runner, tmp_path_factory):
 
 def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
     runner, quantizer, _ = rtn_run
+    plan = quantizer.plan
     # raw 3 bits with group size 32 candidates = uniform 3-bit g32's effective bits
     # (the candidates as given: a ragged last group on the 172-wide down_proj)
-    assert quantizer.effective_target == pytest.approx(uniform_bits(runner.layers, 3))
-    assert quantizer.solver_status == "optimal"
+    assert plan.effective_target == pytest.approx(uniform_bits(runner.layers, 3))
+    assert plan.solver_status == "optimal"
     params = {n: m.weight.numel() for n, m in runner.layers.items()}
     measured = sum(
-        quantizer.results[n].effective_bits(*runner.layers[n].weight.shape) * p
+        runner.results[n].effective_bits(*runner.layers[n].weight.shape) * p
         for n, p in params.items()
     ) / sum(params.values())
-    assert measured <= quantizer.effective_target + 1e-12
-    assert measured == pytest.approx(quantizer.achieved_bits)
-    chosen = {r["layer"]: r["candidate"] for r in quantizer.plan}
+    assert measured <= plan.effective_target + 1e-12
+    assert measured == pytest.approx(plan.achieved_bits)
+    chosen = {r["layer"]: r["candidate"] for r in plan.rows}
     assert len(set(chosen.values())) > 1  # a real mix, not uniform
     groups = fused_layer_groups(list(runner.layers), quantizer.fused_groups)
     assert len(groups) == 10  # q/k/v and gate/up of 5 blocks
     for group in groups:
         assert len({chosen[n] for n in group}) == 1
-    for name, result in quantizer.results.items():
-        assert result._method == "rtn"
+    for name, result in runner.results.items():
+        assert result.method == "rtn"
         assert f"rtn-{result.bits}b-g32" == chosen[name]
-        assert result.groupsize == (-1 if name in quantizer.per_row_layers else 32)
-    config = quantizer.get_quant_config()
+        assert result.groupsize == (-1 if name in plan.per_row else 32)
+    config = quantizer.to_dict()
     json.dumps(config)
     assert config["assignment"][name]["candidate"] == chosen[name]
     assert [c["label"] for c in config["candidates"]] == [
@@ -100,36 +103,37 @@ def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
 
 def test_a_group_size_that_does_not_divide_offers_ragged_and_per_row(rtn_run):
     runner, quantizer, _ = rtn_run
+    plan, results = quantizer.plan, runner.results
     names = list(runner.layers)
     # the four candidates as given, then the same four per row where 32 does not divide
-    assert quantizer.columns == [(c, False) for c in range(4)] + [(c, True) for c in range(4)]
+    assert plan.columns == [(c, False) for c in range(4)] + [(c, True) for c in range(4)]
     for i, name in enumerate(names):
         width = runner.layers[name].in_features
         ragged = width % 32 != 0
         assert ragged == ("down_proj" in name)  # stories260K: 172 inputs
         given = [b + (16 + b) / 32 for b in (2, 3, 4, 8)]
         twin = [b + (16 + b) / (width if ragged else 32) for b in (2, 3, 4, 8)]
-        assert quantizer.costs.bits[i] == pytest.approx(given + twin)
-        errors = quantizer.costs.errors[i]
+        assert plan.costs.bits[i] == pytest.approx(given + twin)
+        errors = plan.costs.errors[i]
         if ragged:  # one fp16 scale per row loses more than one per 32 inputs
             assert all(errors[c + 4] > errors[c] for c in range(4))
         else:  # the "per row" column is the candidate itself here, scored once
             assert errors[4:] == errors[:4]
         # routing: the layer was quantized with the grouping the ILP chose
-        row = next(r for r in quantizer.plan if r["layer"] == name)
-        child = quantizer._child_for(name)
-        per_row = name in quantizer.per_row_layers
+        row = next(r for r in plan.rows if r["layer"] == name)
+        child = plan.child(name)
+        per_row = name in plan.per_row
         assert not per_row or ragged
         assert child.groupsize == row["groupsize"] == (-1 if per_row else 32)
-        assert name in child.results and quantizer.results[name] is child.results[name]
+        assert results[name].groupsize == child.groupsize
         groups = 1 if per_row else -(-width // 32)
-        assert quantizer.results[name].scales.shape[1] == groups
+        assert results[name].scales.shape[1] == groups
         note = "" if not ragged else "per row" if per_row else "ragged last group"
         assert row["note"].startswith(note)
         assert row["bits"] == pytest.approx(
-            quantizer.results[name].effective_bits(*runner.layers[name].weight.shape)
+            results[name].effective_bits(*runner.layers[name].weight.shape)
         )
-    assert all(c.groupsize == 32 for c in quantizer.candidates)  # the candidates are unchanged
+    assert all(c.groupsize == 32 for c in plan.candidates)  # the candidates are unchanged
 
 
 #: stories260K per block: 34304 weights with 64 inputs (g32 divides), down_proj 64 × 172
@@ -139,7 +143,6 @@ PER_ROW_2B = (34304 * RAGGED_2B + 11008 * (2 + 18 / 172)) / 45312
 
 def test_the_ilp_picks_the_grouping_per_layer_and_saving_follows(make_runner, tmp_path):
     """One candidate (RTN 2-bit g32): the budget alone decides ragged vs per row on down_proj."""
-    from onecomp_core.serialization import load_quantized_model
 
     def run(target: float, **params):
         quantizer = autobit(
@@ -149,43 +152,43 @@ def test_the_ilp_picks_the_grouping_per_layer_and_saving_follows(make_runner, tm
         runner = make_runner(quantizer, samples=2, length=32)
         runner.run()
         downs = {n for n in runner.layers if "down_proj" in n}
-        assert quantizer.per_row_layers <= downs
-        for name, result in quantizer.results.items():
-            assert result.groupsize == (-1 if name in quantizer.per_row_layers else 32)
-        return runner, quantizer, downs
+        assert quantizer.plan.per_row <= downs
+        for name, result in runner.results.items():
+            assert result.groupsize == (-1 if name in quantizer.plan.per_row else 32)
+        return runner, quantizer.plan, downs
 
     # only the per-row down_projs fit this budget
-    _, quantizer, downs = run(PER_ROW_2B)
-    assert quantizer.per_row_layers == downs
-    assert quantizer.achieved_bits == pytest.approx(PER_ROW_2B)
+    _, plan, downs = run(PER_ROW_2B)
+    assert plan.per_row == downs
+    assert plan.achieved_bits == pytest.approx(PER_ROW_2B)
     # half-way: some down_projs keep their ragged last group (less error), the rest go per row
-    runner, quantizer, downs = run((PER_ROW_2B + RAGGED_2B) / 2)
-    assert 0 < len(quantizer.per_row_layers) < len(downs)
-    assert quantizer.achieved_bits <= quantizer.effective_target
+    runner, plan, downs = run((PER_ROW_2B + RAGGED_2B) / 2)
+    assert 0 < len(plan.per_row) < len(downs)
+    assert plan.achieved_bits <= plan.effective_target
     out = runner.save_quantized_model(tmp_path / "both")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     for name, row in qc["layers"].items():  # each saved row states its real group size
-        assert row["groupsize"] == (-1 if name in quantizer.per_row_layers else 32)
+        assert row["groupsize"] == (-1 if name in plan.per_row else 32)
     assert {qc["layers"][n]["groupsize"] for n in downs} == {-1, 32}
     loaded, _ = load_quantized_model(out, device_map="cpu")
     ids = torch.tensor([[1, 100, 200, 300, 400, 17, 9]])
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, runner.create_quantized_model()(ids).logits)
     # dividing_groups_only: per row is the only option, even where ragged would fit
-    _, quantizer, downs = run(RAGGED_2B, dividing_groups_only=True)
-    assert quantizer.columns == [(0, True)]
-    assert quantizer.per_row_layers == downs
-    assert quantizer.achieved_bits == pytest.approx(PER_ROW_2B)
+    _, plan, downs = run(RAGGED_2B, dividing_groups_only=True)
+    assert plan.columns == [(0, True)]
+    assert plan.per_row == downs
+    assert plan.achieved_bits == pytest.approx(PER_ROW_2B)
 
 
 def test_plan_predicts_no_more_loss_than_uniform_at_the_same_budget(rtn_run):
     _, quantizer, _ = rtn_run
-    costs = quantizer.costs
-    plan = sum(r["predicted_error"] for r in quantizer.plan)
+    plan, costs = quantizer.plan, quantizer.plan.costs
+    predicted = sum(r["predicted_error"] for r in plan.rows)
     uniform3 = sum(row[1] for row in costs.errors)  # candidate 1 = 3 bit, exactly on budget
-    assert plan < uniform3
-    assert plan == pytest.approx(sum(row[quantizer.column_for(n)] for n, row in zip(
-        [r["layer"] for r in quantizer.plan], costs.errors, strict=True
+    assert predicted < uniform3
+    assert predicted == pytest.approx(sum(row[plan.column_for(n)] for n, row in zip(
+        [r["layer"] for r in plan.rows], costs.errors, strict=True
     )))  # fmt: skip
 
 
@@ -206,10 +209,10 @@ def test_full_kfac_score_ranks_differently_and_the_plan_follows_it(make_runner):
         )  # fmt: skip
         runner = make_runner(quantizer)
         runner.run()
-        errors = quantizer.costs.errors[list(runner.layers).index(name)]
+        errors = quantizer.plan.costs.errors[list(runner.layers).index(name)]
         best[kind] = min(range(len(specs)), key=errors.__getitem__)
-        chosen[kind] = quantizer.assignment[name]
-        assert quantizer.results[name].sym == specs[chosen[kind]]["sym"]
+        chosen[kind] = quantizer.plan.choice[name]
+        assert runner.results[name].sym == specs[chosen[kind]]["sym"]
     assert best["full"] != best["diag"]
     assert chosen == best
 
@@ -223,23 +226,14 @@ def test_statistics_follow_the_chosen_candidates(make_runner):
             {"method": "hessian_rtn", "wbits": 8},
         ]
         quantizer = autobit(specs, target_bit=8.0, target_bit_is_effective=True)
-        runner = make_runner(quantizer)
-        runner._load()
         # before planning: the widest need of any candidate; HessianRTN wants full H, sequential
-        assert quantizer.statistics == "full" and quantizer.true_sequential
+        needs = quantizer.needs()
+        assert needs.inputs == "full" and needs.sequential and needs.moments is not None
+        runner = make_runner(quantizer)
         runner.run()  # HessianRTN asserts it receives a full (in × in) H
-    methods = {r._method for r in quantizer.results.values()}
-    assert "hessian_rtn" in methods
-    assert quantizer.statistics == "full"
-
-
-def test_statistics_shaped_for_each_child():
-    full = torch.eye(4) * 3
-    rtn = create_quantizer("rtn")
-    assert AutoBitQuantizer._statistics_for(rtn, full) is None
-    diag_child = create_quantizer("rtn")
-    diag_child.flag_calibration, diag_child.flag_xtx = True, True
-    assert torch.equal(AutoBitQuantizer._statistics_for(diag_child, full), torch.full((4,), 3.0))
+        methods = {r.method for r in runner.results.values()}
+        assert "hessian_rtn" in methods
+        assert quantizer.needs().inputs == "full"
 
 
 def test_heatmap_and_table_are_written(rtn_run):
@@ -249,7 +243,7 @@ def test_heatmap_and_table_are_written(rtn_run):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = json.loads(png.with_suffix(".json").read_text())
     assert len(table["layers"]) == 35
-    assert table["measured_bits"] == pytest.approx(quantizer.achieved_bits)
+    assert table["measured_bits"] == pytest.approx(quantizer.plan.achieved_bits)
     rows, cols, grid = assignment_grid(
         [r["layer"] for r in table["layers"]], [r["measured_bits"] for r in table["layers"]]
     )
@@ -280,9 +274,9 @@ def test_manual_strategy_first_match_wins(make_runner):
         {"method": "rtn", "wbits": 2, "groupsize": 32},
     ]
     quantizer = autobit(specs, assignment_strategy="manual")
-    make_runner(quantizer).run()
-    assert len(quantizer.results) == 35
-    for name, result in quantizer.results.items():
+    results = make_runner(quantizer).run()
+    assert len(results) == 35
+    for name, result in results.items():
         assert result.bits == (4 if "self_attn" in name else 2)
 
 
@@ -296,12 +290,12 @@ def test_manual_strategy_refuses_a_split_fused_group(make_runner):
 
 
 def test_dbf_not_installed_is_said_clearly(make_runner, rtn_specs, monkeypatch):
-    import onecomp_autobit.quantizer as module
+    import onecomp_autobit.planner as module
 
     def no_dbf(method, **params):
         raise UnknownMethodError(f"unknown quantization method {method!r}")
 
-    monkeypatch.setattr(module, "create_quantizer", no_dbf)
+    monkeypatch.setattr(module, "create_method", no_dbf)
     with pytest.raises(ValueError, match=r"'dbf' method is not installed.*auto_dbf=False"):
         make_runner(autobit(rtn_specs, target_bit=1.5)).run()
 
@@ -311,14 +305,12 @@ needs_dbf = pytest.mark.skipif("dbf" not in list_quantizers(), reason="onecomp-d
 
 @needs_dbf
 def test_dbf_fallback_at_low_targets(make_runner, rtn_specs, tmp_path):
-    from onecomp_core.serialization import load_quantized_model
-
     quantizer = autobit(rtn_specs, target_bit=1.5, dbf_iters=3, num_layers=7)
     runner = make_runner(quantizer, samples=4, length=32)
-    runner.run()
-    assert quantizer.dbf_fallback
-    assert {r._method for r in quantizer.results.values()} == {"dbf"}
-    assert {r.target_bits for r in quantizer.results.values()} == {1.5}
+    results = runner.run()
+    assert quantizer.plan.dbf_fallback
+    assert {r.method for r in results.values()} == {"dbf"}
+    assert {r.target_bits for r in results.values()} == {1.5}
     out = runner.save_quantized_model(tmp_path / "m")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "autobit" and qc["dbf_fallback"]
@@ -331,9 +323,9 @@ def test_dbf_fallback_at_low_targets(make_runner, rtn_specs, tmp_path):
 
 def test_saved_config_rebuilds_the_candidates(rtn_run):
     _, quantizer, _ = rtn_run
-    config = json.loads(json.dumps(quantizer.get_quant_config()))
+    config = json.loads(json.dumps(quantizer.to_dict()))
     config["fisher_labels"], config["fisher_samples"] = "data", 2  # as a saved run would say
-    again = AutoBitQuantizer.from_quant_config(config)
+    again = AutoBitQuantizer.from_dict(config)
     assert again.target_bit == 3.0 and again.assignment_strategy == "activation_aware"
     assert (again.fisher_labels, again.fisher_samples) == ("data", 2)
     assert again.planning_hessian == quantizer.planning_hessian == config["planning_hessian"]
@@ -342,27 +334,32 @@ def test_saved_config_rebuilds_the_candidates(rtn_run):
 
 
 def test_whole_model_hooks_reach_the_chosen_candidates(make_runner):
-    """A composite must forward prepare/on_model_quantized: DBF distils there, so may any plugin."""
+    """A router must forward prepare/on_model_done: DBF distils there, so may any plugin."""
     from dataclasses import dataclass
 
-    from onecomp_core.rtn.quantizer import RTN
+    from onecomp_core import RTN
+    from onecomp_core.contract import Needs
 
     @dataclass
     class Recording(RTN):
-        def prepare(self, model, batches):
-            self.calls = [("prepare", len(batches), len(self.results))]
+        def needs(self):
+            return Needs(model_pass=True)  # its on_model_done reads the batches
 
-        def on_model_quantized(self, model, batches):
-            self.calls.append(("done", len(batches), len(self.results)))
+        def prepare(self, view):
+            self.calls = [("prepare", len(view.batches), sorted(view.layers), len(view.results))]
+
+        def on_model_done(self, view):
+            self.calls.append(("done", len(view.batches), sorted(view.layers), len(view.results)))
+            return {}
 
     chosen = Recording(wbits=4, groupsize=32)
     others = [{"method": "rtn", "wbits": 8, "groupsize": 32}]
     quantizer = autobit([chosen, *others], target_bit=4.0, num_layers=7)
     runner = make_runner(quantizer, samples=4, length=32)
     runner.run()
-    child = next(c for c in quantizer.candidates if isinstance(c, Recording))
-    mine = [n for n in quantizer.assignment if quantizer._child_for(n) is child]
+    child = next(c for c in quantizer.plan.candidates if isinstance(c, Recording))
+    mine = sorted(n for n in quantizer.plan.choice if quantizer.plan.child(n) is child)
     assert mine  # the 4-bit candidate got layers
-    batches = len(runner._batches())
-    assert batches > 0
-    assert child.calls == [("prepare", batches, 0), ("done", batches, len(mine))]
+    (_, batches, layers, results), done = child.calls
+    assert batches > 0 and layers == mine and results == 0
+    assert done == ("done", batches, mine, len(mine))

@@ -5,7 +5,8 @@ the five (or fifty) blocks still add up. Once every layer is factorized,
 this step trains the scale vectors of every DBF layer of the whole model
 (and, through the straight-through estimator, the signs) so the model's
 next-token distribution matches the full-precision model's on the
-calibration batches (KL(teacher ‖ student), temperature 1).
+calibration batches (KL(teacher ‖ student), temperature 1). The model is
+left as it was; the new results are returned for the engine to write back.
 
 The teacher is recorded by :class:`TeacherRecorder` in ``prepare()``, while
 the model is still full precision: the inputs of the output head (one
@@ -16,16 +17,12 @@ frozen copy of the head, so teacher logits are recomputed per step.
 from __future__ import annotations
 
 import copy
-import logging
-import math
 
 import torch
 from torch import nn
 
-from .factorization import small_problem_threads
-from .finetune import TrainableDBF, adam_with_cosine, find_parents, write_back
-
-logger = logging.getLogger(__name__)
+from .result import DBFResult
+from .trainable import TrainableDBF, adam_with_cosine, train_twins
 
 
 class TeacherRecorder:
@@ -59,9 +56,6 @@ class TeacherRecorder:
     def logits(self, index: int, device: torch.device | None = None) -> torch.Tensor:
         return self.head.to(device or "cpu")(self.hidden[index].to(device or "cpu"))
 
-    def clear(self) -> None:
-        self.hidden, self.head = [], None
-
 
 def kl_loss(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
@@ -79,52 +73,33 @@ def kl_loss(
 def distill_model(
     model: nn.Module,
     layers: dict[str, nn.Module],
-    results: dict,
+    results: dict[str, DBFResult],
     batches: list[tuple[torch.Tensor, torch.Tensor | None]],
     teacher: TeacherRecorder,
     steps: int,
     lr: float,
     sign_lr: float,
     seed: int,
-) -> dict[str, float]:
-    """Train the DBF layers of ``model`` in place against ``teacher``; returns loss before/after.
+) -> tuple[dict[str, DBFResult], dict[str, float]]:
+    """Train the DBF layers of ``model`` against ``teacher``: (their new results, KL before/after).
 
-    ``layers`` maps names to the model's Linear modules (fake-quantized) and
-    ``results`` to their DBF results, which are updated in place together
-    with the Linear weights. Nothing changes if the loss does not improve.
+    ``layers`` maps names to the model's Linear modules (dequantized weights
+    written in) and ``results`` to their results. The results are empty when
+    the KL does not improve; the model and ``results`` are never modified.
     """
-    chosen = {
-        n: r for n, r in results.items() if getattr(r, "is_dbf_quantized", False) and n in layers
-    }
-    if not chosen or not batches or steps <= 0:
-        return {}
-    device = next(model.parameters()).device
-    parents = find_parents(model, {layers[n]: n for n in chosen})
-    trainable = {
-        n: TrainableDBF(r, getattr(layers[n], "bias", None), device, sign_lr > 0)
-        for n, r in chosen.items()
-    }
-    frozen = [p for p in model.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    for name, (parent, attr) in parents.items():
-        setattr(parent, attr, trainable[name])
+    if not batches or steps <= 0:
+        return {}, {}
     hidden = teacher.hidden[0].shape[-1]
-    try:
-        with small_problem_threads(teacher.hidden[0].shape[:-1].numel() * hidden * hidden):
-            before, after = _train(model, trainable, batches, teacher, steps, lr, sign_lr, seed)
-    finally:
-        for name, (parent, attr) in parents.items():
-            setattr(parent, attr, layers[name])
-        for p in frozen:
-            p.requires_grad_(True)
-    logger.info("model distillation KL %.4g → %.4g", before, after)
-    if not (math.isfinite(after) and after < before):
-        logger.warning("model distillation did not help (%.4g → %.4g); kept", before, after)
-        return {"before": before, "after": before}
-    for name, layer in trainable.items():
-        write_back(chosen[name], layers[name], layer)
-    return {"before": before, "after": after}
+    return train_twins(
+        model,
+        layers,
+        results,
+        next(model.parameters()).device,
+        sign_lr,
+        teacher.hidden[0].shape[:-1].numel() * hidden * hidden,
+        "model distillation KL",
+        lambda twins: _train(model, twins, batches, teacher, steps, lr, sign_lr, seed),
+    )
 
 
 def _batch_loss(model: nn.Module, batches, teacher: TeacherRecorder, index: int) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""``DoubleBinaryLinear``: the inference module of a DBF layer (the seed's 5-stage pipeline).
+"""The inference modules of DBF: ``DoubleBinaryLinear`` (the seed's 5-stage pipeline), or dense.
 
 y = ((((x ⊙ b)·S_Bᵀ) ⊙ c)·S_Aᵀ) ⊙ a (+ bias), i.e. scaling0 → binary_B →
 scaling2 → binary_A → scaling4. Buffers: ``scaling0`` b (m), ``scaling2`` c (k),
 ``scaling4`` a (n) in fp16, ``bp1`` = packed S_B (k × m), ``bp3`` = packed
 S_A (n × k), optional fp16 ``bias``. The signs are unpacked on every call,
 or once when ``cache_signs`` is set (faster; costs one compute-dtype element
-per sign).
+per sign). A layer DBF could not factorize stays a plain ``nn.Linear``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .packing import pack_signs, packed_size, unpack_signs
+from onecomp_core.kernels import pack_signs, packed_size, unpack_signs
 
 
 class DoubleBinaryLinear(nn.Module):
@@ -99,3 +99,13 @@ class DoubleBinaryLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"mid_features={self.mid_features}, bias={self.bias is not None}"
         )
+
+
+def dense_layer(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> nn.Linear:
+    """A plain Linear holding a layer DBF could not factorize."""
+    n, m = weight.shape
+    layer = nn.Linear(m, n, bias=bias is not None, dtype=dtype)
+    layer.weight.data.copy_(weight)
+    if bias is not None:
+        layer.bias.data.copy_(bias.detach())
+    return layer

@@ -1,10 +1,10 @@
 """Registers the DBF method with onecomp (entry point ``dbf`` in group ``onecomp``)."""
 
-from onecomp_core.hookspecs import hookimpl
+from onecomp_core.contract import Register, hookimpl
 
-from .quantizer import DBF
+from .method import DBF
 
 
 @hookimpl
-def onecomp_quantizers() -> list[type]:
-    return [DBF]
+def onecomp_register(register: Register) -> None:
+    register.add_method(DBF)

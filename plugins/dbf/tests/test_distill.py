@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from onecomp_core.calibration import CalibrationConfig
-from onecomp_core.model_config import ModelConfig
-from onecomp_core.runner import Runner
+from onecomp_core.contract import LayerJob, RunView
 from onecomp_core.testing import tiny_model
 from onecomp_dbf import DBF
 from onecomp_dbf.distill import TeacherRecorder, distill_model, kl_loss
-
-STORIES = Path(__file__).resolve().parents[4] / "shared" / "assets" / "stories260K"
-CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"
 
 
 def test_kl_loss_is_zero_for_equal_logits_and_respects_the_mask():
@@ -30,18 +24,22 @@ def test_kl_loss_is_zero_for_equal_logits_and_respects_the_mask():
     assert kl_loss(s, t, mask).item() < 1e-6  # the only differing sequence is masked out
 
 
-def _quantized_tiny_model():
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
+
+
+def _quantized_tiny_model(q: DBF):
+    """A full-precision teacher, and a copy quantized layer by layer (weights written back)."""
     teacher_model = tiny_model("llama", seed=0)
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 128, (2, 16), generator=gen), None) for _ in range(4)]
-    teacher = TeacherRecorder()
-    assert teacher.record(teacher_model, batches)
     model = copy.deepcopy(teacher_model)
-    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, flag_hessian=False)
-    layers = q.setup(model)
+    layers = _layers(model)
+    results = {}
     for name, module in layers.items():
-        module.weight.data = q.quantize(module, name).compute_dequantized_weight().float()
-    return model, layers, q, batches, teacher
+        results[name] = q.quantize(LayerJob(name, module))
+        module.weight.data = results[name].dequantize().float()
+    return teacher_model, model, layers, results, batches
 
 
 def _kl(model, batches, teacher) -> float:
@@ -52,49 +50,66 @@ def _kl(model, batches, teacher) -> float:
         )
 
 
+def _write_back(layers, results) -> None:
+    for name, result in results.items():
+        layers[name].weight.data = result.dequantize().float()
+
+
 def test_teacher_records_the_head_inputs_of_every_batch():
-    model, layers, q, batches, teacher = _quantized_tiny_model()
+    fp, model, _, _, batches = _quantized_tiny_model(DBF(target_bits=1.0, iters=5))
+    teacher = TeacherRecorder()
+    assert teacher.record(fp, batches)
     assert len(teacher.hidden) == len(batches) and teacher.hidden[0].shape == (2, 16, 32)
     # the recorded teacher is the full-precision model, not the quantized one
     assert _kl(model, batches, teacher) > 1e-3
 
 
-def test_distillation_lowers_kl_and_updates_results_and_weights_in_place():
-    model, layers, q, batches, teacher = _quantized_tiny_model()
+def test_distillation_lowers_kl_and_returns_new_results():
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, flag_hessian=False)
+    fp, model, layers, results, batches = _quantized_tiny_model(q)
+    teacher = TeacherRecorder()
+    teacher.record(fp, batches)
+    weights = {n: m.weight.data.clone() for n, m in layers.items()}
     before = _kl(model, batches, teacher)
-    old = {n: (r.dbf_Da.clone(), r.signs()) for n, r in q.results.items()}
-    losses = distill_model(model, layers, q.results, batches, teacher, 40, 1e-2, 0.1, seed=0)
+    new, losses = distill_model(model, layers, results, batches, teacher, 40, 1e-2, 0.1, seed=0)
     assert losses["after"] < losses["before"]
-    assert _kl(model, batches, teacher) < 0.8 * before
+    assert set(new) == set(results)
     flipped = 0
     for name, module in layers.items():
-        result = q.results[name]
         assert type(module) is nn.Linear and model.get_submodule(name) is module
-        assert result.finetuned and not torch.equal(result.dbf_Da, old[name][0])
-        assert torch.equal(module.weight.data, result.compute_dequantized_weight().float())
-        s_a, s_b = result.signs()
-        flipped += int((s_a != old[name][1][0]).sum() + (s_b != old[name][1][1]).sum())
-        assert module.weight.requires_grad
+        assert torch.equal(module.weight.data, weights[name])  # the model is left as it was
+        assert module.weight.requires_grad and not results[name].finetuned
+        assert new[name].finetuned and not torch.equal(new[name].dbf_Da, results[name].dbf_Da)
+        s_a, s_b = new[name].signs()
+        old_a, old_b = results[name].signs()
+        flipped += int((s_a != old_a).sum() + (s_b != old_b).sum())
     assert flipped > 0  # sign_lr > 0 trains the signs too
+    _write_back(layers, new)
+    assert _kl(model, batches, teacher) < 0.8 * before
 
 
-def _runner_kl(distill_steps: int) -> tuple[float, DBF]:
-    """KL of the fake-quantized stories260K to the full-precision logits on the calibration."""
-    quantizer = DBF(iters=4, finetune_steps=0, distill_steps=distill_steps, distill_lr=2e-2)
-    calibration = CalibrationConfig(
-        dataset=str(CALIB), max_length=32, num_calibration_samples=4, batch_size=2
-    )
-    config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    runner = Runner(config, quantizer, calibration, show_progress=False)
-    runner.run()
-    teacher = TeacherRecorder()
-    teacher.record(config.load_model(), runner._batches())
-    return _kl(runner.model, runner._batches(), teacher), quantizer
+def test_prepare_records_the_teacher_and_on_model_done_distils_with_it():
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, distill_steps=30, distill_lr=2e-2)
+    fp, model, layers, results, batches = _quantized_tiny_model(q)
+    assert q.needs().model_pass
+    q.prepare(RunView(model=fp, layers=_layers(fp), batches=batches))
+    assert q.needs().model_pass and q._teacher is not None
+    teacher = q._teacher
+    before = _kl(model, batches, teacher)
+    new = q.on_model_done(RunView(model=model, layers=layers, batches=batches, results=results))
+    assert q._teacher is None  # released after use
+    assert set(new) == set(results) and all(r.finetuned for r in new.values())
+    _write_back(layers, new)
+    assert _kl(model, batches, teacher) < 0.8 * before
 
 
-def test_runner_distils_after_the_last_block_when_distill_steps_is_set():
-    plain, _ = _runner_kl(0)
-    distilled, quantizer = _runner_kl(30)
-    assert distilled < 0.8 * plain
-    assert quantizer._teacher is None  # released after use
-    assert all(r.finetuned for r in quantizer.results.values())
+def test_no_distillation_without_steps_or_head():
+    q = DBF(finetune_steps=0)
+    fp = tiny_model("llama", seed=0)
+    q.prepare(RunView(model=fp, layers=_layers(fp), batches=[(torch.ones(1, 4).long(), None)]))
+    assert q._teacher is None and not q.needs().model_pass
+    headless = DBF(distill_steps=3)
+    body = tiny_model("llama", seed=0).model  # no output head
+    headless.prepare(RunView(model=body, layers={}, batches=[(torch.ones(1, 4).long(), None)]))
+    assert not headless.needs().model_pass  # asked again after prepare: nothing to distil
+    assert headless.on_model_done(RunView(model=body, layers={})) == {}

@@ -3,15 +3,14 @@
 import pytest
 import torch
 
-from onecomp_dbf.factorization import (
-    FitSettings,
+from onecomp_dbf.config import FitSettings
+from onecomp_dbf.factorization import factorize
+from onecomp_dbf.factors import binary_bits, middle_dim, total_bits
+from onecomp_dbf.objective import (
     activation_scales,
-    binary_bits,
-    factorize,
+    gradient_scales,
     input_correlation,
-    middle_dim,
     sinkhorn_balance,
-    total_bits,
 )
 
 FAST = FitSettings(iters=25, use_balancing=False, use_adaptive_rho=False)
@@ -52,7 +51,9 @@ def test_same_seed_same_result_whatever_the_global_rng():
     torch.rand(100)
     f2 = factorize(w, 30, FAST)
     assert torch.equal(f1.weight(), f2.weight())
-    other = factorize(w, 30, FitSettings(iters=25, use_balancing=False, seed=7))
+    other = factorize(
+        w, 30, FitSettings(iters=25, use_balancing=False, use_adaptive_rho=False, seed=7)
+    )
     assert not torch.equal(f1.weight(), other.weight())
 
 
@@ -72,7 +73,7 @@ def test_fit_is_structured_and_accurate():
 @pytest.mark.parametrize(
     "settings",
     [
-        FitSettings(iters=10, use_balancing=True, balance_mode="l1"),
+        FitSettings(iters=10, use_balancing=True, balance_mode="l1", use_adaptive_rho=True),
         FitSettings(iters=10, use_balancing=True, balance_mode="l2", use_adaptive_rho=True),
     ],
 )
@@ -152,3 +153,18 @@ def test_activation_scales_floor_dead_channels():
     assert s[0] == pytest.approx(1.0) and s[2] == pytest.approx(2.0)
     assert s[1] > 0
     assert torch.equal(activation_scales(None, 4), torch.ones(4))
+
+
+def test_gradient_scales_are_root_moments_with_a_floor():
+    r = gradient_scales(torch.tensor([4.0, 0.0, 16.0], dtype=torch.float64))
+    assert r.dtype == torch.float32
+    assert r[0] == pytest.approx(2.0) and r[2] == pytest.approx(4.0)
+    assert r[1] == pytest.approx(2e-3)  # 1e-3 of the mean scale
+
+
+def test_fit_settings_defaults_are_dbfs():
+    """One set of defaults: the fit's knobs default to DBF's own parameters."""
+    from onecomp_dbf import DBF
+
+    dbf = DBF()
+    assert all(getattr(FitSettings(), k) == getattr(dbf, k) for k in FitSettings.parameters())

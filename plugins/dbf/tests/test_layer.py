@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from onecomp_dbf.factorization import compose
+from onecomp_dbf.factors import compose
 from onecomp_dbf.layer import DoubleBinaryLinear
 
 

@@ -1,7 +1,17 @@
 """onecomp-gptq: GPTQ post-training quantization as a onecomp plugin."""
 
+from .config import GPTQConfig
 from .gptq import GPTQOutput, GridSpec, gptq_quantize
 from .layer import GPTQLinear
-from .quantizer import GPTQ, GPTQResult
+from .method import GPTQ
+from .result import GPTQResult
 
-__all__ = ["GPTQ", "GPTQResult", "GPTQLinear", "GPTQOutput", "GridSpec", "gptq_quantize"]
+__all__ = [
+    "GPTQ",
+    "GPTQConfig",
+    "GPTQLinear",
+    "GPTQOutput",
+    "GPTQResult",
+    "GridSpec",
+    "gptq_quantize",
+]

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from onecomp_core.grid import max_code
+from onecomp_core.kernels import max_code
 
 from .grid_search import fit_grid
 

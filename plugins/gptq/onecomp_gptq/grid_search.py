@@ -11,7 +11,7 @@ error measured is the error a loader will see.
 from __future__ import annotations
 
 import torch
-from onecomp_core.grid import max_code, round_scale
+from onecomp_core.kernels import max_code, round_scale
 
 #: elements of one batched candidate evaluation: small enough that the chain of
 #: elementwise ops stays in cache (4096×128 groups: 1.3–1.4× faster than 2²⁴ chunks)

@@ -12,8 +12,7 @@ the continuous 3-bit stream) and dequantizing come from the core's
 from __future__ import annotations
 
 import torch
-from onecomp_core.grid import num_groups
-from onecomp_core.packed_linear import PackedIntLinear
+from onecomp_core.kernels import PackedIntLinear, num_groups
 
 #: checkpoint format → offset subtracted from zero points when they are stored
 ZERO_OFFSETS = {"gptq": 1, "gptq_v2": 0}

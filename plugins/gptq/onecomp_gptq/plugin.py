@@ -1,10 +1,10 @@
 """Registers GPTQ with onecomp (entry point ``gptq`` in the ``onecomp`` group)."""
 
-from onecomp_core.hookspecs import hookimpl
+from onecomp_core.contract import Register, hookimpl
 
-from .quantizer import GPTQ
+from .method import GPTQ
 
 
 @hookimpl
-def onecomp_quantizers() -> list[type]:
-    return [GPTQ]
+def onecomp_register(register: Register) -> None:
+    register.add_method(GPTQ)

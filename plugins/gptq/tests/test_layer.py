@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from onecomp_core.packing import unpack_dim0
+from onecomp_core.kernels import unpack_dim0
 
 from onecomp_gptq.layer import GPTQLinear
 

@@ -1,0 +1,74 @@
+"""What a method asks of the engine, declared as data rather than flags.
+
+The engine reads :class:`Needs` and satisfies it, streamed and bounded in
+memory: it collects input statistics per layer, output-gradient moments
+once before planning, keeps the full-precision stream for block-wise
+fine-tuning, quantizes in sequential sub-groups, and hands the model and
+calibration batches to a model-level step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+INPUT_STATISTICS = ("none", "diag", "full")
+GRADIENT_LABELS = ("model", "data")
+
+
+@dataclass(frozen=True)
+class GradientMoments:
+    """Output-gradient moments: b_i = E[g_i²] at each layer's output (and K-FAC factors).
+
+    ``labels``: "model" draws the labels of the backward pass from the model
+    itself (true Fisher), "data" uses the calibration text's next tokens.
+    ``full`` also keeps XᵀX/N and GᵀG/N per layer. ``max_sequences`` and
+    ``max_tokens`` cap the calibration used for this pass.
+    """
+
+    labels: str = "model"
+    samples: int = 1
+    full: bool = False
+    max_sequences: int | None = None
+    max_tokens: int | None = None
+    seed: int = 0
+    gradients: bool = True
+
+
+@dataclass(frozen=True)
+class Needs:
+    """The statistics and engine features one method needs.
+
+    ``inputs``: "full" H = (2/N)·XᵀX per layer, "diag" its diagonal, "none".
+    ``moments``: output-gradient moments, collected once before ``prepare``.
+    ``fp_stream``: the full-precision inputs/outputs of each block (for
+    block-wise fine-tuning in ``on_block_done``). ``sequential``: quantize a
+    block's layers in sub-groups (q/k/v → o → gate/up → down), each seeing the
+    inputs the already-quantized earlier groups produce. ``model_pass``: the
+    method's ``on_model_done`` uses the calibration batches. ``precision``:
+    the dtype the input statistics are accumulated in.
+    """
+
+    inputs: str = "none"
+    moments: GradientMoments | None = None
+    fp_stream: bool = False
+    sequential: bool = False
+    model_pass: bool = False
+    precision: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        if self.inputs not in INPUT_STATISTICS:
+            raise ValueError(f"Needs.inputs={self.inputs!r}: expected one of {INPUT_STATISTICS}")
+
+    @property
+    def calibration(self) -> bool:
+        """Whether the run needs calibration data at all."""
+        return (
+            self.inputs != "none" or self.fp_stream or self.moments is not None or self.model_pass
+        )
+
+
+def strongest(kinds: list[str]) -> str:
+    """The input statistic that serves every kind listed ("full" serves "diag")."""
+    return max(kinds, key=INPUT_STATISTICS.index, default="none")

@@ -1,0 +1,110 @@
+"""What the engine hands a method: one layer's job, and views of a block or of the run.
+
+Views are read-only by convention: a hook returns the results it changed
+and the engine writes them back, so state lives in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .result import LayerResult
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class LayerMoments:
+    """a (in,) = E[x²], b (out,) = E[g²]; with full factors XᵀX/N and GᵀG/N. float64, CPU."""
+
+    a: torch.Tensor
+    b: torch.Tensor | None
+    tokens: int
+    xtx: torch.Tensor | None = None
+    gtg: torch.Tensor | None = None
+
+
+@dataclass
+class LayerJob:
+    """One layer to quantize: its name (always set), module and statistics.
+
+    ``hessian`` is H = (2/N)·XᵀX (in × in) when the method needs "full"
+    inputs, its diagonal (in,) for "diag", None for "none". ``gradients``
+    are the output-gradient moments b (out,) when the method asks for them.
+    ``input`` is only set by seed-API callers who pass activations.
+    """
+
+    name: str
+    module: nn.Module
+    hessian: torch.Tensor | None = None
+    gradients: torch.Tensor | None = None
+    input: torch.Tensor | None = None
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight.data
+
+    def with_hessian(self, hessian: torch.Tensor | None) -> LayerJob:
+        """The same job with other input statistics (for routing to another method)."""
+        return LayerJob(self.name, self.module, hessian, self.gradients, self.input)
+
+
+def first_output(output: Any) -> torch.Tensor:
+    """Decoder blocks return a tensor or a tuple whose first item is the hidden states."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple | list):
+        return output[0]
+    hidden = getattr(output, "last_hidden_state", None)
+    if hidden is None:
+        raise TypeError(f"cannot find hidden states in block output of type {type(output)}")
+    return hidden
+
+
+@dataclass
+class BlockView:
+    """A block after its layers are quantized, before its outputs feed the next block.
+
+    ``block`` sits on ``device`` with the dequantized weights written in.
+    ``inputs[i]`` is batch i of the quantized-stream inputs and ``kwargs[i]``
+    the keyword arguments the block is called with for it. With
+    ``Needs.fp_stream``, ``fp_inputs`` are the full-precision model's inputs
+    to this block and ``fp_outputs`` the original block's outputs on them.
+    """
+
+    index: int
+    name: str
+    block: nn.Module
+    device: torch.device
+    inputs: list[torch.Tensor]
+    kwargs: list[dict[str, Any]]
+    layers: dict[str, nn.Module]
+    results: dict[str, LayerResult]
+    fp_inputs: list[torch.Tensor] | None = None
+    fp_outputs: list[torch.Tensor] | None = None
+
+    def run(self, batch: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's output hidden states for batch ``batch`` (default: its quantized input)."""
+        x = self.inputs[batch] if hidden is None else hidden
+        return first_output(self.block(x.to(self.device), **self.kwargs[batch]))
+
+
+@dataclass
+class RunView:
+    """The run as ``prepare`` (full-precision model) and ``on_model_done`` (quantized) see it.
+
+    ``layers`` are the selected layers by name; ``batches`` the calibration
+    (input_ids, attention_mask) pairs (empty without calibration);
+    ``results`` the layers' results so far; ``moments`` the output-gradient
+    moments when the method's Needs ask for them.
+    """
+
+    model: nn.Module
+    layers: dict[str, nn.Module]
+    batches: list[Batch] = field(default_factory=list)
+    results: dict[str, LayerResult] = field(default_factory=dict)
+    moments: dict[str, LayerMoments] | None = None

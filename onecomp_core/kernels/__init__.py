@@ -1,0 +1,40 @@
+"""Plugin-facing kernels: integer grids, bit packing and packed inference layers.
+
+The second (and last) core module a plugin may import, beside
+:mod:`onecomp_core.contract`: the code two or more methods share, so no
+plugin copies another's packing or grid arithmetic.
+"""
+
+from .grid import (
+    dequantize_codes,
+    gptq_effective_bits,
+    grid_params,
+    group_index,
+    max_code,
+    num_groups,
+    quantize_codes,
+    round_scale,
+)
+from .packed_linear import PackedIntLinear
+from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_dim1
+from .signs import pack_signs, packed_size, unpack_signs
+
+__all__ = [
+    "PackedIntLinear",
+    "dequantize_codes",
+    "gptq_effective_bits",
+    "grid_params",
+    "group_index",
+    "max_code",
+    "num_groups",
+    "pack_dim0",
+    "pack_dim1",
+    "pack_signs",
+    "packed_length",
+    "packed_size",
+    "quantize_codes",
+    "round_scale",
+    "unpack_dim0",
+    "unpack_dim1",
+    "unpack_signs",
+]

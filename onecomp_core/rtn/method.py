@@ -1,0 +1,94 @@
+"""RTN: each weight rounded to the nearest point of a per-row (or per-group) uniform grid.
+
+The built-in method, written against :mod:`onecomp_core.contract` and
+:mod:`onecomp_core.kernels` only, exactly as a plugin would be: parameters
+are the dataclass fields, and the hooks are ``quantize_layer``,
+``inference_layer`` and ``empty_layer`` (it needs no statistics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..contract import LayerJob, LayerResult, Method, param
+from ..kernels import PackedIntLinear, gptq_effective_bits, group_index
+from .rounding import rtn_quantize
+
+
+@dataclass
+class RTNResult(LayerResult):
+    """Codes (out, in) uint8, scales (out, groups) fp16, zero points (out, groups) uint8."""
+
+    codes: torch.Tensor | None = None
+    scales: torch.Tensor | None = None
+    zeros: torch.Tensor | None = None
+    bits: int = 4
+    groupsize: int = -1
+    sym: bool = True
+
+    def dequantize(self, device: torch.device | str | None = None) -> torch.Tensor:
+        g = group_index(self.codes.shape[1], self.groupsize).long()
+        w = self.scales.float()[:, g] * (self.codes.float() - self.zeros.float()[:, g])
+        return w.to(device or "cpu", torch.float16)
+
+    def layer_config(self) -> dict[str, Any]:
+        return {"bits": self.bits, "groupsize": self.groupsize, "sym": self.sym}
+
+    def effective_bits(self, out_features: int, in_features: int) -> float:
+        return gptq_effective_bits(self.bits, self.groupsize, in_features)
+
+
+@dataclass
+class RTN(Method):
+    """Round-to-nearest on GPTQ's grid and checkpoint layout (saved keys follow GPTQ's)."""
+
+    method: ClassVar[str] = "rtn"
+    result_type: ClassVar[type[LayerResult]] = RTNResult
+
+    wbits: int = param(4, int, ge=2, le=8, disk="bits", doc="bits per weight")
+    groupsize: int = param(
+        -1, int, ge=1, special=(-1,), disk="group_size", doc="inputs per grid; -1: one per row"
+    )
+    sym: bool = param(True, doc="symmetric grid (zero point in the middle)")
+
+    @property
+    def nominal_bits(self) -> float:
+        return float(self.wbits)
+
+    def with_bits(self, bits: float) -> RTN:
+        return self.replace(wbits=int(bits) if float(bits).is_integer() else bits)
+
+    def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
+        return gptq_effective_bits(self.wbits, self.groupsize, shape[1])
+
+    def quantize_layer(self, job: LayerJob) -> RTNResult:
+        codes, scales, zeros = rtn_quantize(job.weight, self.wbits, self.groupsize, self.sym)
+        return RTNResult(
+            codes=codes,
+            scales=scales,
+            zeros=zeros,
+            bits=self.wbits,
+            groupsize=self.groupsize,
+            sym=self.sym,
+        )
+
+    def inference_layer(self, result: RTNResult, linear: nn.Module) -> PackedIntLinear:
+        g_idx = group_index(result.codes.shape[1], result.groupsize)
+        bias = getattr(linear, "bias", None)
+        return PackedIntLinear.from_codes(
+            result.codes, result.scales, result.zeros, g_idx, result.bits, bias
+        )
+
+    @classmethod
+    def empty_layer(cls, row: dict[str, Any]) -> PackedIntLinear:
+        return PackedIntLinear.empty(
+            row["in_features"],
+            row["out_features"],
+            row["bits"],
+            row["groupsize"],
+            row.get("bias", False),
+        )

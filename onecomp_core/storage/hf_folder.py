@@ -1,0 +1,203 @@
+"""The "hf" format: a quantized model as an ordinary Hugging Face folder, saved and loaded.
+
+A saved folder holds ``config.json`` with a ``quantization_config`` (method
+config, ``format_version``, the resolved per-layer table), safetensors
+weights (sharded when large) and the tokenizer. Loading never re-runs layer
+selection: each row of the table names its method, and that method's
+``empty_layer(row)`` makes the empty module the tensors are loaded into.
+Everything is written to a temporary folder beside the target and renamed
+at the end, so a crash never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .. import registry
+from ..contract import Artifact
+from ..data import adapters
+from .atomic import atomic_folder
+from .skeleton import finish, skeleton
+
+FORMAT_VERSION = 1
+MAX_SHARD_SIZE = "5GB"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt")
+
+
+# -- saving ----------------------------------------------------------------------------------
+def save(artifact: Artifact, out: Path) -> None:
+    """Write ``artifact`` as a Hugging Face folder at ``out`` (replaced atomically)."""
+    with atomic_folder(out, overwrite=True) as tmp:
+        _write_weights(_state(artifact.model, set(artifact.rows)), tmp)
+        config = artifact.model.config.to_dict()
+        if not config.get("architectures"):  # a model built in code: name it, as HF's save does
+            config["architectures"] = [type(artifact.model).__name__]
+        config["quantization_config"] = artifact.quantization_config
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
+        if artifact.tokenizer is not None:
+            artifact.tokenizer.save_pretrained(str(tmp))
+
+
+def _state(model: nn.Module, packed: set[str]) -> dict[str, torch.Tensor]:
+    """Every tensor of the packed model; a tensor tied to an earlier one outside the ``packed``
+    layers (lm_head and the embeddings) is stored once, and the loader re-ties it."""
+    state: dict[str, torch.Tensor] = {}
+    seen: set[tuple] = set()
+    for key, tensor in model.state_dict().items():
+        if not _inside(key, packed):
+            ident = (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype)
+            if tensor.numel() and ident in seen:
+                continue
+            seen.add(ident)
+        state[key] = tensor.detach().cpu().contiguous()
+    return state
+
+
+def _inside(key: str, layers: set[str]) -> bool:
+    """Whether the tensor ``key`` belongs to one of ``layers`` (at any depth)."""
+    while "." in key:
+        key = key.rpartition(".")[0]
+        if key in layers:
+            return True
+    return False
+
+
+def _write_weights(state: dict[str, torch.Tensor], folder: Path) -> None:
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(
+        state, filename_pattern="model{suffix}.safetensors", max_shard_size=MAX_SHARD_SIZE
+    )
+    for filename, keys in split.filename_to_tensors.items():
+        save_file({k: state[k] for k in keys}, str(folder / filename), metadata={"format": "pt"})
+    if split.is_sharded:
+        index = {
+            "metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
+            "weight_map": split.tensor_to_filename,
+        }
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=1))
+
+
+# -- loading ---------------------------------------------------------------------------------
+def read_quantized_config(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model config dict without quantization_config, quantization_config)."""
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json")
+    config = json.loads(path.read_text())
+    qc = config.pop("quantization_config", None)
+    if not isinstance(qc, dict) or "layers" not in qc:
+        raise ValueError(
+            f"{path} has no onecomp quantization_config: this is not a model "
+            "saved by onecomp (load it with transformers directly)"
+        )
+    if qc.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {qc['format_version']} is newer than this "
+            f"onecomp supports ({FORMAT_VERSION}); upgrade onecomp-core"
+        )
+    return config, qc
+
+
+def load_quantized_model(
+    folder: str | Path,
+    device_map: str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> tuple[nn.Module, Any]:
+    """Load a onecomp folder → ``(model, tokenizer)`` (tokenizer None when not saved).
+
+    ``device_map``: None or "auto" (the first GPU, else the CPU) or a device
+    such as "cpu" / "cuda:1"; ``dtype`` converts the loaded model.
+    """
+    folder = Path(folder)
+    config_dict, qc = read_quantized_config(folder)
+    model = skeleton(config_dict)
+    if qc.get("conv1d_as_linear"):
+        adapters.linearize_conv1d(model)
+    for name, row in qc["layers"].items():
+        layer = registry.get_method(row["method"]).empty_layer(row)
+        adapters.set_submodule(model, name, layer)
+    tensors = _read_tensors(folder)
+    _check_state(model, tensors)
+    model.load_state_dict(tensors, strict=False, assign=True)
+    finish(model, config_dict)
+    if dtype is not None:
+        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    model.to(_device(device_map))
+    return model.eval(), _tokenizer(folder)
+
+
+def load_artifact(folder: str | Path, device_map: str | None = "cpu") -> Artifact:
+    """A saved folder as the :class:`Artifact` a format's ``save`` receives (no results)."""
+    _, qc = read_quantized_config(folder)
+    model, tokenizer = load_quantized_model(folder, device_map=device_map)
+    return Artifact(model=model, rows=qc["layers"], quantization_config=qc, tokenizer=tokenizer)
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / INDEX_NAME
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.is_file()
+        else [WEIGHTS_NAME]
+    )
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is missing its weights file {name}")
+        try:
+            tensors.update(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ValueError(
+                f"cannot read {path}: the file is corrupt or truncated ({exc})"
+            ) from exc
+    return tensors
+
+
+def _check_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """One error listing missing, unexpected and wrongly shaped tensors."""
+    expected = model.state_dict()
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    problems = {
+        "missing": [k for k in expected if k not in tensors and k not in tied],
+        "unexpected": [k for k in tensors if k not in expected],
+        "wrong shape": [
+            f"{k}: saved {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}"
+            for k in tensors
+            if k in expected and tensors[k].shape != expected[k].shape
+        ],
+    }
+    lines = []
+    for label, items in problems.items():
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            lines.append(f"{label}: {', '.join(items[:5])}{more}")
+    if lines:
+        raise ValueError("saved tensors do not fit the model: " + "; ".join(lines))
+
+
+def _device(device_map: str | None) -> torch.device:
+    if device_map in (None, "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return torch.device(device_map)
+
+
+def _tokenizer(folder: Path) -> Any:
+    if not any((folder / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder))

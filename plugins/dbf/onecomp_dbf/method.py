@@ -1,0 +1,216 @@
+"""The DBF method: what it needs from the engine, its per-layer hook and its lifecycle hooks.
+
+- ``needs()``: H = (2/N)·XᵀX (its diagonal with ``flag_hessian=False``,
+  nothing with ``weighting="none"``), output-gradient moments for
+  ``weighting="activation_gradient"``, the full-precision stream for block
+  fine-tuning, a model pass for the distillation;
+- ``quantize_layer(job)``: the weighted fit of one layer (a dense fallback
+  when it is not finite);
+- ``on_block_done(view)``: block fine-tuning (:mod:`onecomp_dbf.finetune`);
+- ``prepare(view)`` records the full-precision teacher and
+  ``on_model_done(view)`` distils every DBF layer against it
+  (:mod:`onecomp_dbf.distill`).
+
+The hooks return new results; the engine writes their weights back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from onecomp_core.contract import (
+    BlockView,
+    GradientMoments,
+    LayerJob,
+    LayerResult,
+    Needs,
+    RunView,
+)
+from onecomp_core.kernels import pack_signs
+
+from .config import DBFConfig
+from .distill import TeacherRecorder, distill_model
+from .factorization import factorize
+from .factors import middle_dim, total_bits
+from .finetune import finetune_block
+from .layer import DoubleBinaryLinear, dense_layer
+from .objective import activation_scales, gradient_scales, input_correlation
+from .refit import refit_vectors_hessian
+from .result import DBFResult
+
+logger = logging.getLogger(__name__)
+
+#: the parameters a result records: its fields that are parameters (``target_bits`` per layer)
+RECORDED = tuple(f.name for f in dataclasses.fields(DBFResult) if f.name in DBFConfig.parameters())
+
+
+@dataclass
+class DBF(DBFConfig):
+    """Double Binary Factorization, activation-weighted, with block fine-tuning and distillation."""
+
+    method: ClassVar[str] = "dbf"
+    result_type: ClassVar[type[LayerResult]] = DBFResult
+
+    #: the full-precision model's head inputs, from ``prepare`` until ``on_model_done``
+    _teacher: TeacherRecorder | None = field(default=None, init=False, repr=False, compare=False)
+    _prepared: bool = field(default=False, init=False, repr=False, compare=False)
+
+    def needs(self) -> Needs:
+        """After ``prepare``, a model pass only if a teacher was recorded."""
+        inputs = "none" if self.weighting == "none" else "full" if self.flag_hessian else "diag"
+        gradients = GradientMoments() if self.weighting == "activation_gradient" else None
+        distils = self._teacher is not None if self._prepared else self.resolved_distill_steps() > 0
+        return Needs(
+            inputs=inputs, moments=gradients, fp_stream=self.fine_tunes(), model_pass=distils
+        )
+
+    # -- bits ---------------------------------------------------------------------------
+    @property
+    def nominal_bits(self) -> float:
+        return float(self.target_bits)
+
+    def with_bits(self, bits: float) -> DBF:
+        return self.replace(target_bits=bits)
+
+    def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
+        """What :meth:`DBFResult.effective_bits` reports for a fitted (out, in) layer ``name``."""
+        n, m = shape
+        return total_bits(n, m, middle_dim(n, m, self.layer_bits(name), self.clamp_k))
+
+    # -- the per-layer hooks --------------------------------------------------------------
+    def quantize_layer(self, job: LayerJob) -> DBFResult:
+        weight, hessian = job.weight, job.hessian
+        n, m = weight.shape
+        bits = self.layer_bits(job.name)
+        k = middle_dim(n, m, bits, self.clamp_k)
+        meta = {name: getattr(self, name) for name in RECORDED}
+        meta.update(
+            target_bits=bits,
+            out_features=n,
+            in_features=m,
+            mid_features=k,
+            dense_dtype=str(weight.dtype).removeprefix("torch."),
+        )
+        col, row = self._scales(job, m)
+        full = hessian is not None and hessian.dim() == 2 and self.weighting != "none"
+        try:
+            corr = None
+            if full and self.hessian_admm:
+                corr = input_correlation(hessian, col, self.hessian_damp)
+            factors = factorize(
+                weight,
+                k,
+                self.fit_settings(job.name),
+                col_scale=col,
+                row_scale=row,
+                correlation=corr,
+            )
+            if full:
+                factors = refit_vectors_hessian(weight, hessian, factors)
+            a, c, b = (v.to(torch.float16) for v in (factors.a, factors.c, factors.b))
+            if not all(torch.isfinite(v).all() for v in (a, c, b)):
+                raise FloatingPointError("non-finite scale vectors")
+        except (FloatingPointError, RuntimeError) as exc:  # LinAlgError is a RuntimeError
+            logger.warning("DBF failed on layer %r (%s); it stays dense", job.name, exc)
+            return DBFResult(
+                dequantized_weight=weight.detach().cpu().clone(),
+                is_dbf_quantized=False,
+                fallback=f"dense: {exc}",
+                **meta,
+            )
+        return DBFResult(
+            dbf_Da=a,
+            dbf_A=pack_signs(factors.sign_a),
+            dbf_mid=c,
+            dbf_B=pack_signs(factors.sign_b),
+            dbf_Db=b,
+            **meta,
+        )
+
+    def _scales(
+        self, job: LayerJob, in_features: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(column scales s, row scales r) of the weighted objective."""
+        if self.weighting == "none":
+            return None, None
+        if job.hessian is not None:
+            diag = job.hessian.diagonal() if job.hessian.dim() == 2 else job.hessian
+        elif job.input is not None:
+            x = job.input.reshape(-1, job.input.shape[-1]).float()
+            diag = 2 * x.pow(2).mean(0)
+        else:
+            logger.warning("DBF layer %r got no calibration statistics: unweighted fit", job.name)
+            diag = None
+        col = activation_scales(None if diag is None else diag.cpu(), in_features)
+        if self.weighting != "activation_gradient":
+            return col, None
+        if job.gradients is None:
+            raise ValueError(
+                f"weighting='activation_gradient': no output-gradient moments for layer "
+                f"{job.name!r} (the engine provides them when needs() asks; a seed-API call "
+                "cannot) — use weighting='activation'"
+            )
+        return col, gradient_scales(job.gradients)
+
+    def inference_layer(self, result: DBFResult, linear: nn.Module) -> nn.Module:
+        bias = getattr(linear, "bias", None)
+        if not result.is_dbf_quantized:
+            return dense_layer(result.dequantized_weight, bias, linear.weight.dtype)
+        return DoubleBinaryLinear.from_parts(
+            result.dbf_Da, result.dbf_A, result.dbf_mid, result.dbf_B, result.dbf_Db, bias=bias
+        )
+
+    @classmethod
+    def empty_layer(cls, row: dict[str, Any]) -> nn.Module:
+        has_bias = bool(row.get("bias", False))
+        if not row.get("is_dbf_quantized", True):
+            dtype = getattr(torch, row.get("dense_dtype", "float16"))
+            return nn.Linear(row["in_features"], row["out_features"], bias=has_bias, dtype=dtype)
+        return DoubleBinaryLinear(
+            row["in_features"], row["out_features"], row["mid_features"], bias=has_bias
+        )
+
+    # -- lifecycle: fine-tune each block, record the teacher, distil at the end ----------------
+    def on_block_done(self, view: BlockView) -> dict[str, LayerResult]:
+        if not self.fine_tunes() or view.fp_outputs is None:
+            return {}
+        results, _ = finetune_block(
+            view, self.finetune_steps, self.finetune_lr, self.seed, self.finetune_sign_lr
+        )
+        return results
+
+    def prepare(self, view: RunView) -> None:
+        """Record the full-precision model's head inputs when distillation is on."""
+        self._teacher, self._prepared = None, True
+        if self.resolved_distill_steps() <= 0 or not view.batches:
+            return
+        teacher = TeacherRecorder()
+        if teacher.record(view.model, view.batches):
+            self._teacher = teacher
+        else:
+            logger.warning("DBF: the model has no output head to distil from; distillation off")
+
+    def on_model_done(self, view: RunView) -> dict[str, LayerResult]:
+        """Distil the vectors (and signs) of every DBF layer against the recorded teacher."""
+        teacher, self._teacher, self._prepared = self._teacher, None, False
+        if teacher is None or not view.batches:
+            return {}
+        results, losses = distill_model(
+            view.model,
+            view.layers,
+            view.results,
+            view.batches,
+            teacher,
+            self.resolved_distill_steps(),
+            self.distill_lr,
+            self.distill_sign_lr,
+            self.seed,
+        )
+        logger.info("DBF model distillation: %s", losses)
+        return results

@@ -1,0 +1,219 @@
+"""DBF layers made trainable: the vectors (and, straight-through, the signs) under Adam.
+
+Shared by the block fine-tuning and the model-level distillation: the
+trainable twin of a DBF layer, swapping the twins into a module while every
+other parameter is frozen, the optimizer, and the result a trained twin
+leaves behind. The vectors are trained as multiplicative corrections
+(init 1), so one learning rate fits layers of any scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from onecomp_core.kernels import pack_signs
+
+from .factors import gauge_for_fp16
+from .result import DBFResult
+from .threads import small_problem_threads
+
+logger = logging.getLogger(__name__)
+
+
+class TrainableDBF(nn.Module):
+    """A DBF layer whose vectors are a0·θa, c0·θc, b0·θb with trainable θ (fp32).
+
+    With ``train_signs`` the sign matrices get real latents (init ±1) trained
+    through a straight-through estimator: the forward uses sign(latent).
+    """
+
+    def __init__(
+        self,
+        result: DBFResult,
+        bias: torch.Tensor | None,
+        device: torch.device,
+        train_signs: bool = False,
+    ):
+        super().__init__()
+        s_a, s_b = result.signs()
+        s_a_t, s_b_t = s_a.t().contiguous().to(device), s_b.t().contiguous().to(device)
+        if train_signs:
+            self.sign_a_t = nn.Parameter(s_a_t)
+            self.sign_b_t = nn.Parameter(s_b_t)
+        else:
+            self.register_buffer("sign_a_t", s_a_t)
+            self.register_buffer("sign_b_t", s_b_t)
+        self.register_buffer("a0", result.dbf_Da.float().to(device))
+        self.register_buffer("c0", result.dbf_mid.float().to(device))
+        self.register_buffer("b0", result.dbf_Db.float().to(device))
+        self.bias = None if bias is None else bias.detach().float()
+        self.theta_a = nn.Parameter(torch.ones_like(self.a0))
+        self.theta_c = nn.Parameter(torch.ones_like(self.c0))
+        self.theta_b = nn.Parameter(torch.ones_like(self.b0))
+
+    def vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.a0 * self.theta_a, self.c0 * self.theta_c, self.b0 * self.theta_b
+
+    def signs_t(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S_Aᵀ, S_Bᵀ) as ±1; straight-through gradients when the latents train."""
+        return _ste_sign(self.sign_a_t), _ste_sign(self.sign_b_t)
+
+    def weight_t(self) -> torch.Tensor:
+        """Ŵᵀ (m × n), differentiable in the vectors and (straight-through) the signs."""
+        a, c, b = self.vectors()
+        s_a_t, s_b_t = self.signs_t()
+        return (s_b_t * b[:, None] * c[None, :]) @ (s_a_t * a[None, :])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # one dense product: with T calibration tokens it costs T·n·m against T·k·(n+m)
+        # (= 2× as much at 2 bits) for the factored path; Ŵ itself costs only n·k·m
+        h = x.float() @ self.weight_t()
+        if self.bias is not None:
+            h = h + self.bias.to(h.device)
+        return h.to(x.dtype)
+
+
+def _ste_sign(latent: torch.Tensor) -> torch.Tensor:
+    if not latent.requires_grad:
+        return latent
+    hard = torch.where(latent >= 0, 1.0, -1.0)
+    return latent + (hard - latent).detach()
+
+
+def train_twins(
+    root: nn.Module,
+    layers: dict[str, nn.Module],
+    results: dict[str, DBFResult],
+    device: torch.device,
+    sign_lr: float,
+    multiply_adds: int,
+    what: str,
+    train: Callable[[dict[str, TrainableDBF]], tuple[float, float]],
+) -> tuple[dict[str, DBFResult], dict[str, float]]:
+    """Train twins of the DBF layers of ``root``: (their new results, loss before/after).
+
+    ``train(twins)`` runs the optimisation with the twins swapped in and
+    returns the loss before and after. The results are empty when the loss
+    does not improve; ``root`` and ``results`` are left as they were.
+    """
+    twins = trainable_twins(results, layers, device, sign_lr > 0)
+    if not twins:
+        return {}, {}
+    with swapped_in(root, layers, twins), small_problem_threads(multiply_adds):
+        before, after = train(twins)
+    if not kept(before, after, what):
+        return {}, {"before": before, "after": before}
+    return trained_results(results, twins), {"before": before, "after": after}
+
+
+def trainable_twins(
+    results: dict[str, DBFResult],
+    layers: dict[str, nn.Module],
+    device: torch.device,
+    train_signs: bool,
+) -> dict[str, TrainableDBF]:
+    """A trainable twin of every DBF-quantized result whose layer is in ``layers``."""
+    return {
+        name: TrainableDBF(r, getattr(layers[name], "bias", None), device, train_signs)
+        for name, r in results.items()
+        if isinstance(r, DBFResult) and r.is_dbf_quantized and name in layers
+    }
+
+
+@contextmanager
+def swapped_in(
+    root: nn.Module, layers: dict[str, nn.Module], twins: dict[str, TrainableDBF]
+) -> Iterator[None]:
+    """``root`` with each twin in its layer's place and every other parameter frozen.
+
+    Afterwards the original layers are back and the frozen parameters train
+    again: the module is left exactly as it was.
+    """
+    parents = find_parents(root, {layers[n]: n for n in twins})
+    frozen = [p for p in root.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    for name, (parent, attr) in parents.items():
+        setattr(parent, attr, twins[name])
+    try:
+        yield
+    finally:
+        for name, (parent, attr) in parents.items():
+            setattr(parent, attr, layers[name])
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def find_parents(
+    block: nn.Module, wanted: dict[nn.Module, str]
+) -> dict[str, tuple[nn.Module, str]]:
+    """Layer name → (parent module, attribute) for the layers inside ``block``."""
+    found = {}
+    for parent in block.modules():
+        for attr, child in parent.named_children():
+            if child in wanted:
+                found[wanted[child]] = (parent, attr)
+    return found
+
+
+def adam_with_cosine(
+    layers: dict[str, TrainableDBF], steps: int, lr: float, sign_lr: float
+) -> tuple[torch.optim.Adam, torch.optim.lr_scheduler.LambdaLR]:
+    """Adam over the three vectors (and the sign latents when ``sign_lr`` > 0), cosine decay to 0."""
+    vectors = [p for m in layers.values() for p in (m.theta_a, m.theta_c, m.theta_b)]
+    groups = [{"params": vectors, "lr": lr}]
+    if sign_lr > 0:
+        latents = [p for m in layers.values() for p in (m.sign_a_t, m.sign_b_t)]
+        groups.append({"params": latents, "lr": sign_lr})
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
+    )
+    return opt, sched
+
+
+def kept(before: float, after: float, what: str) -> bool:
+    """Whether training helped (the loss fell and is finite); logs the outcome."""
+    logger.info("%s loss %.4g → %.4g", what, before, after)
+    if math.isfinite(after) and after < before:
+        return True
+    logger.warning("%s did not help (%.4g → %.4g); kept", what, before, after)
+    return False
+
+
+def trained_results(
+    results: dict[str, DBFResult], twins: dict[str, TrainableDBF]
+) -> dict[str, DBFResult]:
+    """New results from the trained twins (fp16 vectors, repacked signs, ``finetuned``).
+
+    The given results are not modified; a twin whose vectors are not finite
+    leaves its layer out (the fitted result is kept).
+    """
+    out = {}
+    with torch.no_grad():
+        for name, twin in twins.items():
+            a, c, b = (v.detach().float().cpu() for v in twin.vectors())
+            s_a_t, s_b_t = (s.detach().cpu() for s in twin.signs_t())
+            a, c, b = (v.to(torch.float16) for v in gauge_for_fp16(a, c, b))
+            if not all(torch.isfinite(v).all() for v in (a, c, b)):
+                logger.warning(
+                    "%s: fine-tuned vectors are not finite; the fitted ones are kept", name
+                )
+                continue
+            out[name] = dataclasses.replace(
+                results[name],
+                dbf_Da=a,
+                dbf_mid=c,
+                dbf_Db=b,
+                dbf_A=pack_signs(s_a_t.t().contiguous()),
+                dbf_B=pack_signs(s_b_t.t().contiguous()),
+                finetuned=True,
+            )
+    return out

@@ -1,0 +1,96 @@
+"""The GPTQ method: what it needs from the engine, and its per-layer hooks.
+
+GPTQ needs the full H = (2/N)·XᵀX of each layer's inputs and, with
+``true_sequential``, sub-groups quantized in turn; it has no lifecycle hooks.
+The bits and group size of a layer come from its name (``job.name``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from onecomp_core.contract import LayerJob, LayerResult, Needs
+from onecomp_core.kernels import gptq_effective_bits
+from torch import nn
+
+from .config import GPTQConfig
+from .gptq import GPTQOutput, gptq_quantize
+from .layer import GPTQLinear
+from .result import GPTQResult
+
+
+@dataclass
+class GPTQ(GPTQConfig):
+    """GPTQ with the seed system's parameter names (see :class:`GPTQConfig`)."""
+
+    method: ClassVar[str] = "gptq"
+    result_type: ClassVar[type[LayerResult]] = GPTQResult
+
+    def needs(self) -> Needs:
+        return Needs(inputs="full", sequential=self.true_sequential)
+
+    # -- bits ---------------------------------------------------------------------------
+    @property
+    def nominal_bits(self) -> float:
+        return float(self.wbits)
+
+    def with_bits(self, bits: float) -> GPTQ:
+        return self.replace(wbits=int(bits) if float(bits).is_integer() else bits)
+
+    def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
+        return gptq_effective_bits(self.layer_bits(name), self.layer_groupsize(name), shape[1])
+
+    # -- the per-layer hooks --------------------------------------------------------------
+    def quantize_layer(self, job: LayerJob) -> GPTQResult:
+        hessian = job.hessian
+        if hessian is None or hessian.dim() != 2:
+            raise ValueError("GPTQ needs the full Hessian H = (2/N)·XᵀX of the layer's inputs")
+        bits, groupsize = self.layer_bits(job.name), self.layer_groupsize(job.name)
+        weight = job.weight
+        out: GPTQOutput = gptq_quantize(
+            weight,
+            hessian.to(weight.device),
+            self.grid_spec(bits),
+            groupsize=groupsize,
+            actorder=self.actorder,
+            percdamp=float(self.percdamp),
+            blocksize=self.blocksize,
+            static_groups=self.static_groups,
+            row_shrinks=self.row_shrinks(),
+        )
+        return GPTQResult(
+            codes=out.codes,
+            scales=out.scales,
+            zeros=out.zeros,
+            g_idx=out.g_idx,
+            bits=bits,
+            groupsize=groupsize,
+            sym=self.sym,
+            actorder=self.actorder,
+            checkpoint_format=self.checkpoint_format,
+            damping=out.damping,
+            fallback=out.fallback,
+        )
+
+    def inference_layer(self, result: GPTQResult, linear: nn.Module) -> GPTQLinear:
+        return GPTQLinear.pack(
+            result.codes,
+            result.scales,
+            result.zeros,
+            result.g_idx,
+            result.bits,
+            getattr(linear, "bias", None),
+            result.checkpoint_format,
+        )
+
+    @classmethod
+    def empty_layer(cls, row: dict[str, Any]) -> GPTQLinear:
+        return GPTQLinear.empty(
+            row["in_features"],
+            row["out_features"],
+            row["bits"],
+            row["groupsize"],
+            bool(row.get("bias", False)),
+            row.get("checkpoint_format", "gptq"),
+        )
