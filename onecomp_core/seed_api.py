@@ -111,9 +111,7 @@ class Runner:
         if self.qep:
             self._check_qep(needs.inputs)
         if needs.calibration or self.qep:
-            self.calibration = build_calibration(
-                self.calibration_config, self.tokenizer, self.model
-            )
+            self._calibrate()
         data = (
             list(batches(self.calibration, self.calibration_config.batch_size))
             if self.calibration is not None

@@ -153,3 +153,32 @@ def test_core_never_imports_a_plugin():
         if name.startswith("onecomp_core"):
             plugins = {t for t in targets if not t.startswith("onecomp_core")}
             assert not plugins, f"{name} imports {plugins}"
+
+
+def _code_lines(path: Path) -> int:
+    """Lines of code: no blank lines, comments or docstrings."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        line
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+        for line in range(node.lineno, node.end_lineno + 1)
+    }
+    return sum(
+        1
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#") and number not in docstrings
+    )
+
+
+def test_a_complete_third_party_method_is_at_most_40_lines():
+    example = PACKAGES["onecomp_example"]
+    registration = [
+        line
+        for line in (example / "plugin.py").read_text().splitlines()
+        if "add_method" in line or "def onecomp_register" in line or "@hookimpl" in line
+    ]
+    lines = _code_lines(example / "method.py") + len(registration)
+    assert lines <= 40, f"the example method takes {lines} lines"

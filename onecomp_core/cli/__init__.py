@@ -42,7 +42,10 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onecomp", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="onecomp",
+        description="Compress language models after training (post-training quantization).",
+    )
     parser.add_argument("--version", action="version", version=f"onecomp {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

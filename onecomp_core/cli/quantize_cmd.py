@@ -30,7 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bits", type=float, help="the method's bit width (what B bits means is the method's)"
     )
-    p.add_argument("--calibration", help="calibration text: .txt/.jsonl/.parquet path or hub name")
+    p.add_argument(
+        "--calibration",
+        help="calibration text: a .txt/.jsonl/.json/.parquet path, a hub name, or what a plugin source reads (see `onecomp plugins`)",
+    )
     p.add_argument("--text-key", default="text")
     p.add_argument("--strategy", default=STRATEGIES[0], choices=STRATEGIES)
     p.add_argument("--num-samples", type=int, default=128)

@@ -45,6 +45,8 @@ class Method(Config):
     #: the registry name users select (``--method NAME``)
     method: ClassVar[str] = ""
     result_type: ClassVar[type[LayerResult]] = LayerResult
+    #: the parameter holding the headline bit width (what ``--bits`` sets); None: none
+    bits_param: ClassVar[str | None] = None
 
     # -- layer selection (seed names; run settings, not saved with the method) -------------
     name: str | None = param(None, str, optional=True, internal=True)
@@ -91,12 +93,18 @@ class Method(Config):
     # -- bits -------------------------------------------------------------------------------
     @property
     def nominal_bits(self) -> float:
-        """The headline bit width (``--bits`` sets it through :meth:`with_bits`)."""
-        raise NotImplementedError(f"method {self.method!r} declares no bit width")
+        """The headline bit width: the value of the ``bits_param`` parameter."""
+        value = getattr(self, self.bits_param) if self.bits_param else None
+        if value is None:
+            raise NotImplementedError(f"method {self.method!r} declares no bit width")
+        return float(value)
 
     def with_bits(self, bits: float) -> Method:
-        """A copy of this method at ``bits`` (what ``--bits B`` means for it)."""
-        raise NotImplementedError(f"method {self.method!r} has no bit-width parameter")
+        """A validated copy at ``bits`` (what ``--bits B`` means): sets ``bits_param``."""
+        if self.bits_param is None:
+            raise NotImplementedError(f"method {self.method!r} has no bit-width parameter")
+        whole = type(self).parameters()[self.bits_param].kind is int and float(bits).is_integer()
+        return self.replace(**{self.bits_param: int(bits) if whole else bits})
 
     def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
         """Effective bits per weight this method would store for an (out, in) layer ``name``."""

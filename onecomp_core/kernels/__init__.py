@@ -1,4 +1,4 @@
-"""Plugin-facing kernels: integer grids, bit packing and packed inference layers.
+"""Plugin-facing kernels: integer grids and their result type, bit packing, packed inference layers.
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
@@ -15,11 +15,13 @@ from .grid import (
     quantize_codes,
     round_scale,
 )
+from .grid_result import GridResult
 from .packed_linear import PackedIntLinear
 from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_dim1
 from .signs import pack_signs, packed_size, unpack_signs
 
 __all__ = [
+    "GridResult",
     "PackedIntLinear",
     "dequantize_codes",
     "gptq_effective_bits",

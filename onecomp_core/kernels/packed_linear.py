@@ -8,6 +8,8 @@ checkpoints are read the same way. ``zero_offset`` is 0 for raw zero points
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,11 +53,14 @@ class PackedIntLinear(nn.Module):
         g_idx: torch.Tensor,
         bits: int,
         bias: torch.Tensor | None = None,
-        zero_offset: int = 0,
+        **options: Any,
     ) -> PackedIntLinear:
-        """Pack (out, in) codes with (out, groups) scales and zero points."""
+        """Pack (out, in) codes with (out, groups) scales and zero points.
+
+        ``options`` go to the constructor (``zero_offset`` here; a subclass's own).
+        """
         out_features, in_features = codes.shape
-        layer = cls(in_features, out_features, bits, scales.shape[1], bias is not None, zero_offset)
+        layer = cls(in_features, out_features, bits, scales.shape[1], bias is not None, **options)
         return layer.fill(codes, scales, zeros, g_idx, bias)
 
     def fill(
@@ -85,11 +90,27 @@ class PackedIntLinear(nn.Module):
         bits: int,
         groupsize: int,
         bias: bool = False,
-        zero_offset: int = 0,
+        **options: Any,
     ) -> PackedIntLinear:
-        return cls(
-            in_features, out_features, bits, num_groups(in_features, groupsize), bias, zero_offset
+        """Right shapes, zero values: the skeleton a saved checkpoint is loaded into."""
+        groups = num_groups(in_features, groupsize)
+        return cls(in_features, out_features, bits, groups, bias, **options)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], **options: Any) -> PackedIntLinear:
+        """:meth:`empty` from a saved per-layer row (in/out_features, bits, groupsize, bias)."""
+        return cls.empty(
+            row["in_features"],
+            row["out_features"],
+            row["bits"],
+            row["groupsize"],
+            bool(row.get("bias", False)),
+            **options,
         )
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._cached = None  # new tensors: forget a cached dense weight
+        super()._load_from_state_dict(*args, **kwargs)
 
     def codes(self) -> torch.Tensor:
         """(out, in) uint8 codes."""

@@ -11,35 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 from torch import nn
 
 from ..contract import LayerJob, LayerResult, Method, param
-from ..kernels import PackedIntLinear, gptq_effective_bits, group_index
+from ..kernels import GridResult, PackedIntLinear, gptq_effective_bits, group_index
 from .rounding import rtn_quantize
 
 
 @dataclass
-class RTNResult(LayerResult):
+class RTNResult(GridResult):
     """Codes (out, in) uint8, scales (out, groups) fp16, zero points (out, groups) uint8."""
-
-    codes: torch.Tensor | None = None
-    scales: torch.Tensor | None = None
-    zeros: torch.Tensor | None = None
-    bits: int = 4
-    groupsize: int = -1
-    sym: bool = True
-
-    def dequantize(self, device: torch.device | str | None = None) -> torch.Tensor:
-        g = group_index(self.codes.shape[1], self.groupsize).long()
-        w = self.scales.float()[:, g] * (self.codes.float() - self.zeros.float()[:, g])
-        return w.to(device or "cpu", torch.float16)
-
-    def layer_config(self) -> dict[str, Any]:
-        return {"bits": self.bits, "groupsize": self.groupsize, "sym": self.sym}
-
-    def effective_bits(self, out_features: int, in_features: int) -> float:
-        return gptq_effective_bits(self.bits, self.groupsize, in_features)
 
 
 @dataclass
@@ -48,19 +29,13 @@ class RTN(Method):
 
     method: ClassVar[str] = "rtn"
     result_type: ClassVar[type[LayerResult]] = RTNResult
+    bits_param: ClassVar[str] = "wbits"
 
     wbits: int = param(4, int, ge=2, le=8, disk="bits", doc="bits per weight")
     groupsize: int = param(
         -1, int, ge=1, special=(-1,), disk="group_size", doc="inputs per grid; -1: one per row"
     )
     sym: bool = param(True, doc="symmetric grid (zero point in the middle)")
-
-    @property
-    def nominal_bits(self) -> float:
-        return float(self.wbits)
-
-    def with_bits(self, bits: float) -> RTN:
-        return self.replace(wbits=int(bits) if float(bits).is_integer() else bits)
 
     def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
         return gptq_effective_bits(self.wbits, self.groupsize, shape[1])
@@ -85,10 +60,4 @@ class RTN(Method):
 
     @classmethod
     def empty_layer(cls, row: dict[str, Any]) -> PackedIntLinear:
-        return PackedIntLinear.empty(
-            row["in_features"],
-            row["out_features"],
-            row["bits"],
-            row["groupsize"],
-            row.get("bias", False),
-        )
+        return PackedIntLinear.from_row(row)

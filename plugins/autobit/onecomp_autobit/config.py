@@ -34,6 +34,7 @@ class AutoBitConfig(Method):
     """
 
     method: ClassVar[str] = "autobit"
+    bits_param: ClassVar[str] = "target_bit"
 
     quantizers: list = param(factory=list, saved=False, doc="the candidates")
     assignment_strategy: str = param("activation_aware", choices=STRATEGIES)
@@ -91,15 +92,6 @@ class AutoBitConfig(Method):
         return problems
 
     # -- bits: --bits B sets the budget ----------------------------------------------------
-    @property
-    def nominal_bits(self) -> float:
-        if self.target_bit is None:
-            raise NotImplementedError("this AutoBit has no target_bit (manual strategy)")
-        return float(self.target_bit)
-
-    def with_bits(self, bits: float) -> AutoBitConfig:
-        return self.replace(target_bit=bits)
-
     # -- saved form ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()

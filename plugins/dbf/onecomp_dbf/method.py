@@ -56,6 +56,7 @@ class DBF(DBFConfig):
 
     method: ClassVar[str] = "dbf"
     result_type: ClassVar[type[LayerResult]] = DBFResult
+    bits_param: ClassVar[str] = "target_bits"
 
     #: the full-precision model's head inputs, from ``prepare`` until ``on_model_done``
     _teacher: TeacherRecorder | None = field(default=None, init=False, repr=False, compare=False)
@@ -71,13 +72,6 @@ class DBF(DBFConfig):
         )
 
     # -- bits ---------------------------------------------------------------------------
-    @property
-    def nominal_bits(self) -> float:
-        return float(self.target_bits)
-
-    def with_bits(self, bits: float) -> DBF:
-        return self.replace(target_bits=bits)
-
     def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
         """What :meth:`DBFResult.effective_bits` reports for a fitted (out, in) layer ``name``."""
         n, m = shape

@@ -26,18 +26,12 @@ class GPTQ(GPTQConfig):
 
     method: ClassVar[str] = "gptq"
     result_type: ClassVar[type[LayerResult]] = GPTQResult
+    bits_param: ClassVar[str] = "wbits"
 
     def needs(self) -> Needs:
         return Needs(inputs="full", sequential=self.true_sequential)
 
     # -- bits ---------------------------------------------------------------------------
-    @property
-    def nominal_bits(self) -> float:
-        return float(self.wbits)
-
-    def with_bits(self, bits: float) -> GPTQ:
-        return self.replace(wbits=int(bits) if float(bits).is_integer() else bits)
-
     def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
         return gptq_effective_bits(self.layer_bits(name), self.layer_groupsize(name), shape[1])
 
@@ -74,23 +68,16 @@ class GPTQ(GPTQConfig):
         )
 
     def inference_layer(self, result: GPTQResult, linear: nn.Module) -> GPTQLinear:
-        return GPTQLinear.pack(
+        return GPTQLinear.from_codes(
             result.codes,
             result.scales,
             result.zeros,
             result.g_idx,
             result.bits,
             getattr(linear, "bias", None),
-            result.checkpoint_format,
+            checkpoint_format=result.checkpoint_format,
         )
 
     @classmethod
     def empty_layer(cls, row: dict[str, Any]) -> GPTQLinear:
-        return GPTQLinear.empty(
-            row["in_features"],
-            row["out_features"],
-            row["bits"],
-            row["groupsize"],
-            bool(row.get("bias", False)),
-            row.get("checkpoint_format", "gptq"),
-        )
+        return GPTQLinear.from_row(row, checkpoint_format=row.get("checkpoint_format", "gptq"))

@@ -48,7 +48,7 @@ def _random_layer_inputs(bits: int, n_out: int, n_in: int, groups: int, seed: in
 def test_pack_round_trip_and_independent_decoding(bits: int, fmt: str) -> None:
     n_out, n_in, groups = 13, 44, 3  # odd sizes: 3-bit codes straddle words in both dims
     codes, scales, zeros, g_idx = _random_layer_inputs(bits, n_out, n_in, groups)
-    layer = GPTQLinear.pack(codes, scales, zeros, g_idx, bits, checkpoint_format=fmt)
+    layer = GPTQLinear.from_codes(codes, scales, zeros, g_idx, bits, checkpoint_format=fmt)
     assert layer.qweight.dtype == torch.int32 and layer.qweight.shape == (
         -(-n_in * bits // 32),
         n_out,
@@ -70,8 +70,8 @@ def test_v1_stores_zero_minus_one_masked_and_v2_raw() -> None:
     zeros = torch.tensor([[0], [1], [2], [3], [4], [5], [6], [15]], dtype=torch.uint8)
     scales = torch.ones(8, 1).half()
     g_idx = torch.zeros(8, dtype=torch.int32)
-    v1 = GPTQLinear.pack(codes, scales, zeros, g_idx, 4, checkpoint_format="gptq")
-    v2 = GPTQLinear.pack(codes, scales, zeros, g_idx, 4, checkpoint_format="gptq_v2")
+    v1 = GPTQLinear.from_codes(codes, scales, zeros, g_idx, 4, checkpoint_format="gptq")
+    v2 = GPTQLinear.from_codes(codes, scales, zeros, g_idx, 4, checkpoint_format="gptq_v2")
     nibbles = lambda word: [(word >> (4 * k)) & 0xF for k in range(8)]  # noqa: E731
     assert nibbles(int(v1.qzeros[0, 0]) & 0xFFFFFFFF) == [15, 0, 1, 2, 3, 4, 5, 14]
     assert nibbles(int(v2.qzeros[0, 0]) & 0xFFFFFFFF) == [0, 1, 2, 3, 4, 5, 6, 15]
@@ -92,7 +92,7 @@ def test_forward_matches_dense_and_state_dict_loads_into_empty_layer() -> None:
     codes, scales, zeros, g_idx = _random_layer_inputs(4, 24, 40, 2)
     g_idx = torch.arange(40, dtype=torch.int32) // 32  # last group shorter (40 = 32 + 8)
     bias = torch.randn(24)
-    layer = GPTQLinear.pack(codes, scales, zeros, g_idx, 4, bias=bias)
+    layer = GPTQLinear.from_codes(codes, scales, zeros, g_idx, 4, bias=bias)
     x = torch.randn(3, 40)
     dense = torch.nn.functional.linear(x, layer.dequantize().float(), bias.half().float())
     assert torch.allclose(layer(x), dense, atol=1e-5)
@@ -112,14 +112,14 @@ def test_bad_checkpoint_format_is_rejected() -> None:
 
 def test_dense_weight_is_cached_only_on_request_and_forgotten_on_load() -> None:
     codes, scales, zeros, g_idx = _random_layer_inputs(4, 8, 32, 1)
-    layer = GPTQLinear.pack(codes, scales, zeros, g_idx, 4)
+    layer = GPTQLinear.from_codes(codes, scales, zeros, g_idx, 4)
     x = torch.randn(2, 32)
     layer(x)
     assert layer._cached is None  # memory first: a 4-bit model must not grow fp16 copies
     layer.cache_weight = True
     first = layer(x)
     assert layer._cached is not None
-    other = GPTQLinear.pack(codes, scales * 2, zeros, g_idx, 4)
+    other = GPTQLinear.from_codes(codes, scales * 2, zeros, g_idx, 4)
     layer.load_state_dict(other.state_dict())
     assert layer._cached is None
     assert torch.allclose(layer(x), 2 * first, atol=1e-3)
