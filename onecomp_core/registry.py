@@ -107,8 +107,17 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
             _fail(info, exc, "error while loading")
 
 
+#: the hook of the first plugin API, replaced by ``onecomp_register``
+_OLD_HOOK = "onecomp_quantizers"
+
+
 def _fail(info: PluginInfo, exc: Exception, what: str) -> None:
     info.status, info.error = "failed", f"{type(exc).__name__}: {exc}"
+    if _OLD_HOOK in str(exc):
+        info.error += (
+            f"; {_OLD_HOOK}() was onecomp's first plugin API: implement "
+            "onecomp_register(register) and register.add_method(...) instead (README, plugin guide)"
+        )
     logger.warning("%s the %r onecomp plugin from %s: %s", what, info.name, info.distribution, exc)
     logger.debug("%s", traceback.format_exc())
 

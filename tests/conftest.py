@@ -65,6 +65,13 @@ from onecomp_core.contract import hookimpl
 def onecomp_registr(register):
     pass
 """,
+    "first_plugin_api": """
+from onecomp_core.contract import hookimpl
+
+@hookimpl
+def onecomp_quantizers():
+    return []
+""",
     "not_a_method": """
 from onecomp_core.contract import hookimpl
 

@@ -16,7 +16,7 @@ from onecomp_core.rtn import RTN
 from onecomp_core.seed_api import Runner
 from onecomp_core.testing import HessianRTN, HessianRTNPlugin, registered_plugin
 
-STORIES = Path(__file__).resolve().parents[2] / "shared" / "assets" / "stories260K"
+STORIES = Path(__file__).resolve().parents[3] / "shared" / "assets" / "stories260K"
 CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"
 
 

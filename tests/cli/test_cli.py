@@ -17,7 +17,7 @@ from onecomp_core.rtn import RTN
 from onecomp_core.storage import apply_results, build_artifact, save_quantized_model
 from onecomp_core.testing import registered_plugin
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+ASSETS = Path(__file__).resolve().parents[3] / "shared" / "assets"
 STORIES = str(ASSETS / "stories260K")
 TS = str(ASSETS / "text" / "tinystories-valid-excerpt.txt")
 FP32_TS = 5.538

@@ -16,7 +16,7 @@ from onecomp_core.rtn import RTN
 from onecomp_core.seed_api import Runner
 from onecomp_core.testing import HessianRTN, HessianRTNPlugin, registered_plugin
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+ASSETS = Path(__file__).resolve().parents[3] / "shared" / "assets"
 STORIES = ASSETS / "stories260K"
 
 

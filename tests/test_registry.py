@@ -205,6 +205,16 @@ def test_a_misspelled_hook_fails_that_plugin_only(fake_plugin, on_sys_path, plug
     assert "unknown hook 'onecomp_registr'" in info.error
 
 
+def test_a_plugin_of_the_first_api_is_told_how_to_migrate(fake_plugin, on_sys_path, plugin_source):
+    on_sys_path(
+        fake_plugin("onecomp-old-fixture", "old", "old_plugin", plugin_source("first_plugin_api"))
+    )
+    info = report()["old"]
+    assert info.status == "failed"
+    assert "onecomp_register(register)" in info.error
+    assert "rtn" in registry.list_methods()
+
+
 @pytest.mark.parametrize(
     ("source", "error"),
     [

@@ -28,7 +28,7 @@ from onecomp_core.storage import (
 )
 from onecomp_core.testing import HessianRTN, HessianRTNPlugin, registered_plugin, tiny_model
 
-ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+ASSETS = Path(__file__).resolve().parents[3] / "shared" / "assets"
 STORIES = ASSETS / "stories260K"
 EXTRA = {"calibration_hash": "c0ffee", "qep": None}
 
