@@ -2,13 +2,17 @@
 
 Plugin authors import :mod:`onecomp_core.contract` (and :mod:`onecomp_core.kernels`).
 Users import the names below; they are loaded lazily, so ``onecomp plugins`` and
-plugin discovery do not pay for loading transformers.
+plugin discovery do not pay for loading transformers. The registry itself is
+imported here (it loads no plugin yet), so that every method, a plugin's
+included, can find the others by name through ``Method.named``.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+from . import registry as _registry  # noqa: F401  (installs Method.named / Method.create)
 
 _LAZY = {
     # the contract

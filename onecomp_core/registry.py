@@ -15,6 +15,7 @@ import importlib
 import importlib.metadata as md
 import logging
 import os
+import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,7 +50,7 @@ class PluginError(RuntimeError):
     """A plugin could not be used (duplicate name, bad registration, ...)."""
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(ValueError, LookupError):
     """No installed plugin provides the requested method (or source, or format)."""
 
 
@@ -270,3 +271,7 @@ def reset() -> None:
     global _pm, _tables
     _pm, _tables = None, None
     _infos.clear()
+
+
+# plugins reach other methods through the contract (Method.named / Method.create)
+Method.registry = sys.modules[__name__]

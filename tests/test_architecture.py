@@ -3,9 +3,9 @@
 - no import cycle in the core or any plugin, counting imports inside functions too;
 - no source file over 400 lines;
 - the contract imports nothing else of the core and exports at most 15 names;
-- a plugin imports at most two core modules, from the plugin-facing surface
-  (``onecomp_core.contract``, ``onecomp_core.kernels``; AutoBit reaches its
-  candidates through ``onecomp_core.registry``), and never another plugin;
+- plugins import only the plugin-facing surface, ``onecomp_core.contract`` and
+  ``onecomp_core.kernels`` (AutoBit finds its candidates through
+  ``Method.named``/``Method.create``), and never another plugin;
 - the core never imports a plugin.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PLUGIN_FACING = {"onecomp_core.contract", "onecomp_core.kernels", "onecomp_core.registry"}
+PLUGIN_FACING = {"onecomp_core.contract", "onecomp_core.kernels"}
 MAX_LINES = 400
 
 
@@ -144,7 +144,6 @@ def test_plugins_import_only_the_plugin_facing_surface(package):
         if t.split(".")[0] not in (package, "onecomp_core")
     }
     assert core <= PLUGIN_FACING, f"{package} imports private core modules {core - PLUGIN_FACING}"
-    assert len(core) <= 2, f"{package} imports {sorted(core)}"
     assert not others, f"{package} imports other plugins: {others}"
 
 
@@ -182,3 +181,15 @@ def test_a_complete_third_party_method_is_at_most_40_lines():
     ]
     lines = _code_lines(example / "method.py") + len(registration)
     assert lines <= 40, f"the example method takes {lines} lines"
+
+
+HOUSE = ROOT.parent / "shared" / "tools" / "house.py"
+
+
+@pytest.mark.skipif(not HOUSE.is_file(), reason="../shared/tools/house.py is not beside the repo")
+def test_the_shared_house_check_passes():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(HOUSE), str(ROOT)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -47,6 +47,9 @@ class Method(Config):
     result_type: ClassVar[type[LayerResult]] = LayerResult
     #: the parameter holding the headline bit width (what ``--bits`` sets); None: none
     bits_param: ClassVar[str | None] = None
+    #: the method registry (``onecomp_core.registry`` installs itself here when imported),
+    #: so plugins find each other by name without importing the core beyond the contract
+    registry: ClassVar[Any] = None
 
     # -- layer selection (seed names; run settings, not saved with the method) -------------
     name: str | None = param(None, str, optional=True, internal=True)
@@ -67,6 +70,23 @@ class Method(Config):
         own = cls.__dict__.get("quantize_layer")
         if own is not None and not getattr(own, "_accepts_seed_call", False):
             cls.quantize_layer = _accept_seed_call(own)
+
+    # -- other methods, by name ---------------------------------------------------------------
+    @staticmethod
+    def named(name: str) -> type[Method]:
+        """The registered method class called ``name``; LookupError when none is installed."""
+        return Method._registry().get_method(name)
+
+    @staticmethod
+    def create(name: str, **params: Any) -> Method:
+        """A registered method from user parameters, validated (how routers build candidates)."""
+        return Method._registry().create_method(name, **params)
+
+    @staticmethod
+    def _registry() -> Any:
+        if Method.registry is None:
+            raise RuntimeError("onecomp's method registry is not loaded (import onecomp_core)")
+        return Method.registry
 
     # -- which layers -----------------------------------------------------------------------
     def selection_rules(self) -> SelectionRules:

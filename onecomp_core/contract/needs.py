@@ -61,14 +61,14 @@ class Needs:
         if self.inputs not in INPUT_STATISTICS:
             raise ValueError(f"Needs.inputs={self.inputs!r}: expected one of {INPUT_STATISTICS}")
 
+    @staticmethod
+    def strongest(kinds: list[str]) -> str:
+        """The input statistic that serves every kind listed ("full" serves "diag")."""
+        return max(kinds, key=INPUT_STATISTICS.index, default="none")
+
     @property
     def calibration(self) -> bool:
         """Whether the run needs calibration data at all."""
         return (
             self.inputs != "none" or self.fp_stream or self.moments is not None or self.model_pass
         )
-
-
-def strongest(kinds: list[str]) -> str:
-    """The input statistic that serves every kind listed ("full" serves "diag")."""
-    return max(kinds, key=INPUT_STATISTICS.index, default="none")

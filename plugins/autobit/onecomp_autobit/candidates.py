@@ -3,7 +3,7 @@
 A candidate is given as a dict ``{"method": name, **parameters}`` (what
 ``--set quantizers='[...]'`` passes) or as a Method object; either way
 AutoBit works on its own copy, so the caller's list and objects are never
-changed. No method is imported by name: ``create_method`` finds it, and a
+changed. No method is imported by name: ``Method.create`` finds it, and a
 candidate's bits come from its own ``nominal_bits`` / ``bits_for``.
 """
 
@@ -15,9 +15,7 @@ from typing import Any
 
 import torch
 
-from onecomp_core import contract
 from onecomp_core.contract import Method, Needs
-from onecomp_core.registry import UnknownMethodError, create_method, get_method
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +53,7 @@ def build_candidate(spec: Any, index: int) -> Method:
                 f"quantizers[{index}]={spec!r}: a dict candidate needs a 'method' key, "
                 'e.g. {"method": "gptq", "wbits": 4, "groupsize": 128}'
             )
-        return create_method(method, **params)
+        return Method.create(method, **params)
     raise ValueError(
         f"quantizers[{index}]={spec!r}: expected a Method or a dict with a 'method' key"
     )
@@ -93,7 +91,7 @@ def build_default_candidates(in_features: Iterable[int]) -> tuple[list[Method], 
         logger.info("AutoBit default candidates: GPTQ 2/3/4/8 bit, group size %d", size)
     try:
         return build_candidates(specs), size
-    except UnknownMethodError as exc:
+    except LookupError as exc:
         raise ValueError(
             f"AutoBit's default candidates are GPTQ 2/3/4/8 bit, but: {exc}. "
             "Install onecomp-gptq or pass quantizers=[...]"
@@ -103,7 +101,7 @@ def build_default_candidates(in_features: Iterable[int]) -> tuple[list[Method], 
 def from_saved(entry: dict[str, Any]) -> Method:
     """A candidate from its saved record (``{"label", "method", **to_dict()}``)."""
     params = {k: v for k, v in entry.items() if k not in ("label", "method")}
-    return get_method(entry["method"]).from_dict(params)
+    return Method.named(entry["method"]).from_dict(params)
 
 
 def describe(candidate: Method) -> dict[str, Any]:
@@ -191,7 +189,7 @@ def combined_needs(children: Sequence[Method], own: Needs | None = None) -> Need
     if moments is None:
         moments = next((n.moments for n in needs if n.moments is not None), None)
     return Needs(
-        inputs=contract.needs.strongest([n.inputs for n in needs]),
+        inputs=Needs.strongest([n.inputs for n in needs]),
         moments=moments,
         fp_stream=any(n.fp_stream for n in needs),
         sequential=any(n.sequential for n in needs),

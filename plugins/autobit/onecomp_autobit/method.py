@@ -37,7 +37,6 @@ from onecomp_core.contract import (
     Needs,
     RunView,
 )
-from onecomp_core.registry import get_method
 
 from . import planner, report
 from .candidates import build_candidates, combined_needs, default_specs, shaped_statistics
@@ -147,7 +146,7 @@ class AutoBitQuantizer(AutoBitConfig):
 def _method_of(name: str | None) -> type[Method]:
     if name in (None, "", AutoBitQuantizer.method):
         raise ValueError("an AutoBit layer must name the candidate method that made it")
-    return get_method(name)
+    return Method.named(name)
 
 
 def _restricted(view: RunView, names: list[str]) -> RunView:

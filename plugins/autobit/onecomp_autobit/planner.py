@@ -17,8 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from onecomp_core.contract import LayerMoments
-from onecomp_core.registry import UnknownMethodError, create_method
+from onecomp_core.contract import LayerMoments, Method
 
 from . import report
 from .candidates import (
@@ -112,8 +111,8 @@ def fall_back_to_dbf(config: AutoBitConfig, plan: Plan, reason: str) -> None:
     """Give every layer to DBF at the target (created through the registry)."""
     params: dict[str, Any] = {} if config.dbf_iters is None else {"iters": config.dbf_iters}
     try:
-        dbf = create_method("dbf", **params)
-    except UnknownMethodError as exc:
+        dbf = Method.create("dbf", **params)
+    except LookupError as exc:
         raise ValueError(
             f"{reason}: AutoBit then quantizes every layer with DBF, but the 'dbf' method "
             "is not installed (pip install onecomp-dbf). Install it, raise target_bit, or "

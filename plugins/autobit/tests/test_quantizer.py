@@ -11,7 +11,7 @@ from onecomp_autobit import AutoBitQuantizer, InfeasibleTargetError
 from onecomp_autobit.fused import fused_layer_groups
 from onecomp_autobit.report import assignment_grid
 from onecomp_core import create_method, list_quantizers, load_quantized_model
-from onecomp_core.contract import ConfigError
+from onecomp_core.contract import ConfigError, Method
 from onecomp_core.registry import UnknownMethodError
 
 
@@ -290,12 +290,14 @@ def test_manual_strategy_refuses_a_split_fused_group(make_runner):
 
 
 def test_dbf_not_installed_is_said_clearly(make_runner, rtn_specs, monkeypatch):
-    import onecomp_autobit.planner as module
+    create = Method.create
 
     def no_dbf(method, **params):
-        raise UnknownMethodError(f"unknown quantization method {method!r}")
+        if method == "dbf":
+            raise UnknownMethodError(f"unknown quantization method {method!r}")
+        return create(method, **params)
 
-    monkeypatch.setattr(module, "create_method", no_dbf)
+    monkeypatch.setattr(Method, "create", staticmethod(no_dbf))
     with pytest.raises(ValueError, match=r"'dbf' method is not installed.*auto_dbf=False"):
         make_runner(autobit(rtn_specs, target_bit=1.5)).run()
 
