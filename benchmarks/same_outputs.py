@@ -5,8 +5,9 @@ the last landed one) into a temporary git worktree, quantizes stories260K with
 every config below through the CLI with the old code and with the working
 tree, one thread each (multi-threaded CPU reductions may differ in the last
 bit from run to run), and compares the sha256 of every saved tensor and every
-per-layer row. Exit 0 when all are identical. ``--protocol`` uses the full
-calibration of ../shared/benchmarks.md (128 × 256 tokens) instead of 16 × 128.
+per-layer row, and prints each side's seconds. Exit 0 when all are identical.
+``--protocol`` runs the acceptance settings (``PROTOCOL_CONFIGS``) with the
+full calibration of ../shared/benchmarks.md (128 × 256 tokens), not 16 × 128.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -46,6 +48,14 @@ CONFIGS: dict[str, list[str]] = {
     + ["--set", "target_bit_is_effective=true", "--set", f"quantizers={GPTQ_CANDIDATES}"],
     "autobitdbf": ["--method", "autobit", "--set", "target_bit=1.5", "--set", "dbf_iters=8"],
     "example": ["--method", "ternary"],
+}
+#: with --protocol: the acceptance settings (each method's defaults where the table uses them)
+PROTOCOL_CONFIGS: dict[str, list[str]] = {
+    "gptq4g32": CONFIGS["gptq4"],
+    "gptq3qep": ["--method", "gptq", "--set", "wbits=3", "--set", "sym=false"]
+    + ["--set", "actorder=true", "--set", "mse=true", "--qep"],
+    "dbf15": ["--method", "dbf", "--set", "target_bits=1.5"],
+    "autobit3": CONFIGS["autobit3"],
 }
 
 
@@ -84,9 +94,13 @@ def fingerprints(folder: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the commit to compare against")
-    parser.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--protocol", action="store_true", help="128 × 256 calibration tokens")
+    parser.add_argument("--only", nargs="*", help="config names (default: all)")
+    parser.add_argument("--protocol", action="store_true", help="acceptance settings, 128 × 256")
     args = parser.parse_args()
+    configs = PROTOCOL_CONFIGS if args.protocol else CONFIGS
+    unknown = sorted(set(args.only or ()) - set(configs))
+    if unknown:
+        parser.error(f"unknown config(s) {unknown}; choose from {', '.join(configs)}")
     samples, length = ("128", "256") if args.protocol else ("16", "128")
     calibration = ["--calibration", str(ASSETS / "text" / "wikitext2-valid.tokens.txt")]
     calibration += ["--num-samples", samples, "--max-length", length]
@@ -96,16 +110,22 @@ def main() -> int:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base),
                         args.base], check=True, capture_output=True)  # fmt: skip
         try:
-            for name in args.only:
-                found = {}
+            for name in args.only or configs:
+                found, seconds = {}, {}
                 for label, tree in (("base", base), ("work", ROOT)):
                     out = Path(tmp) / f"{label}-{name}"
-                    quantize(tree, out, CONFIGS[name], calibration)
+                    start = time.perf_counter()
+                    quantize(tree, out, configs[name], calibration)
+                    seconds[label] = time.perf_counter() - start
                     found[label] = fingerprints(out)
                 same = found["base"] == found["work"]
                 differ += not same
                 count = len(found["work"]["tensors"])
-                print(f"{name}: {'identical' if same else 'DIFFERENT'} ({count} tensors)")
+                print(
+                    f"{name}: {'identical' if same else 'DIFFERENT'} ({count} tensors); "
+                    f"{seconds['base']:.1f} s base, {seconds['work']:.1f} s work",
+                    flush=True,
+                )
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)])
     return 1 if differ else 0

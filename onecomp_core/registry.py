@@ -218,15 +218,14 @@ def sources() -> dict[str, tuple[Any, Any]]:
 
 def source_for(dataset: Any) -> tuple[str, Any]:
     """(name, load) of the first source that claims ``dataset``; third-party sources first."""
-    items = list(sources().items())
-    builtin = [n for n, _ in items if _owners.get(("source", n), "").endswith("(builtin)")]
-    ordered = [i for i in items if i[0] not in builtin] + [i for i in items if i[0] in builtin]
-    for name, (claims, load) in ordered:
+    found = sources()
+    builtin = set(_infos["builtin"].sources)
+    for name, (claims, load) in sorted(found.items(), key=lambda item: item[0] in builtin):
         if claims(dataset):
             return name, load
     raise UnknownMethodError(
         f"no calibration source reads dataset={dataset!r} "
-        f"(installed sources: {', '.join(sorted(sources()))})"
+        f"(installed sources: {', '.join(sorted(found))})"
     )
 
 
@@ -235,11 +234,12 @@ def formats() -> dict[str, Any]:
 
 
 def get_format(name: str) -> Any:
-    if name not in formats():
+    found = formats()
+    if name not in found:
         raise UnknownMethodError(
-            f"unknown format {name!r} (installed: {', '.join(sorted(formats())) or 'none'})"
+            f"unknown format {name!r} (installed: {', '.join(sorted(found)) or 'none'})"
         )
-    return formats()[name]
+    return found[name]
 
 
 # -- the plugin list, and in-process plugins ------------------------------------------------

@@ -64,9 +64,6 @@ class ResultLoader:
     def inference_layer(self, result: LayerResult, linear: nn.Module) -> nn.Module:
         return registry.get_method(result.method)().inference_layer(result, linear)
 
-    def apply_to(self, model: nn.Module) -> nn.Module:
-        return apply_results(model, self.results)
-
 
 class Runner:
     """Seed API: ``Runner(model_config=..., quantizer=..., calibration_config=...).run()``."""
@@ -194,7 +191,7 @@ class Runner:
         }
 
     def print_quantization_results(self) -> None:
-        from .cli.table import format_table
+        from .table import format_table
 
         print(format_table(self.summary()["layers"]))
 

@@ -18,7 +18,7 @@ import torch
 
 from . import registry
 from .contract import LayerJob, Needs, Register, hookimpl
-from .kernels import grid_params, quantize_codes
+from .kernels import dequantize_codes, grid_params, quantize_codes
 from .rtn import RTN, RTNResult
 
 
@@ -97,7 +97,7 @@ class HessianRTN(RTN):
         for clip in (1.0, 0.9, 0.8):
             scale, zero = grid_params(w * clip, self.wbits, self.sym)
             codes = quantize_codes(w, scale, zero, self.wbits)
-            delta = w - scale[:, None] * (codes - zero[:, None])
+            delta = w - dequantize_codes(codes, scale, zero)
             err = ((delta @ hessian) * delta).sum(dim=1)
             if best_err is None:
                 best_err, best = err, (codes, scale, zero)

@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..storage.hf_folder import read_quantized_config
-from .table import format_table
+from ..table import format_table
 
 _BYTES = {
     "F64": 8,

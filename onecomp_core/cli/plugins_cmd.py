@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 
-from ..registry import PluginError, plugin_report
+from ..registry import plugin_report
+from ..table import format_table
 
-COLUMNS = ("name", "distribution", "version", "status", "methods", "sources", "formats")
+COLUMNS = ("distribution", "version", "status", "methods", "sources", "formats")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,19 +25,13 @@ def _cell(value: object) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        infos = plugin_report()
-    except PluginError as exc:  # e.g. two distributions provide one method: the user must choose
-        print(f"onecomp plugins: error: {exc}", file=sys.stderr)
-        return 2
+    # a PluginError (two distributions provide one method) is reported by cli.main, exit code 2
+    infos = plugin_report()
     if args.json:
         print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
         return 0
-    rows = [("plugin", *COLUMNS[1:])]
-    rows += [tuple(_cell(getattr(i, c)) for c in COLUMNS) for i in infos]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(COLUMNS))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    rows = [{"plugin": i.name} | {c: _cell(getattr(i, c)) for c in COLUMNS} for i in infos]
+    print(format_table(rows))
     for i in infos:
         if i.error:
             print(f"\n{i.name}: {i.error}")

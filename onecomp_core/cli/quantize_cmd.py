@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
+from ..storage.atomic import check_free
 from .options import add_model_options, model_config, parse_settings
 
 
@@ -89,8 +89,8 @@ def _qep_config(args: argparse.Namespace):
     settings = parse_settings(args.set_qep, option="--set-qep")
     if settings and not args.qep:
         raise ValueError("--set-qep needs --qep")
-    known = {f.name for f in dataclasses.fields(QEPConfig)}
-    unknown = sorted(set(settings) - known)
+    known = QEPConfig.parameters()
+    unknown = sorted(set(settings) - set(known))
     if unknown:
         raise ValueError(
             f"--set-qep: unknown setting(s) {unknown}; allowed: {', '.join(sorted(known))}"
@@ -113,9 +113,7 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from ..seed_api import Runner
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"output folder {out} already exists (add --overwrite to replace it)")
+    out = check_free(args.out, args.overwrite)
     method = _method(args)
     calibration = CalibrationConfig(
         dataset=args.calibration,

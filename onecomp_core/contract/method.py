@@ -34,8 +34,16 @@ from torch import nn
 from .config import Config, param
 from .needs import Needs
 from .result import LayerResult
-from .selection import SelectionRules, select_layers
+from .selection import SelectionRules, pattern_problems, select_layers
 from .views import BlockView, LayerJob, RunView
+
+#: the selection fields that hold names or keywords (``re:`` entries are expressions)
+PATTERN_LISTS = (
+    "include_layer_names",
+    "include_layer_keywords",
+    "exclude_layer_names",
+    "exclude_layer_keywords",
+)
 
 
 @dataclass
@@ -101,9 +109,27 @@ class Method(Config):
             num_layers=self.num_layers,
         )
 
+    def problems(self) -> list[str]:
+        """The parameters' problems, and selection patterns that are no valid expression."""
+        found = super().problems()
+        specs = Method.parameters()
+        for label in PATTERN_LISTS:
+            value = getattr(self, label)
+            if specs[label].problem(label, value) is None:  # else reported as no list of strings
+                found += pattern_problems(label, value)
+        return found
+
     def select(self, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
         """Which of ``layers`` this method's selection fields pick (possibly none; no errors)."""
         return select_layers(layers, self.selection_rules(), strict=False)
+
+    @staticmethod
+    def per_layer(name: str, default: Any, mlp: Any = None, by_name: dict | None = None) -> Any:
+        """A per-layer setting: an exact name in ``by_name`` > "mlp" in the name → ``mlp`` >
+        ``default`` (the seed's rule for ``module_wbits`` / ``mlp_wbits`` and the like)."""
+        if by_name and name in by_name:
+            return by_name[name]
+        return mlp if mlp is not None and "mlp" in name else default
 
     # -- what the method asks of the engine ---------------------------------------------
     def needs(self) -> Needs:

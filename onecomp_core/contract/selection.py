@@ -47,6 +47,8 @@ def _any(name: str, patterns: Iterable[str], match) -> bool:
 
 @dataclass(frozen=True)
 class SelectionRules:
+    """Which layers a method takes (its seed-named fields, validated by the method)."""
+
     target_layer_types: tuple[type, ...]
     include_layer_names: Sequence[str] = ()
     include_layer_keywords: Sequence[str] = ()
@@ -54,32 +56,17 @@ class SelectionRules:
     exclude_layer_keywords: Sequence[str] = ()
     num_layers: int | None = None
 
-    def problems(self) -> list[str]:
-        """Invalid rules, as readable sentences (empty when all is well)."""
-        found = []
-        for label in (
-            "include_layer_names",
-            "include_layer_keywords",
-            "exclude_layer_names",
-            "exclude_layer_keywords",
-        ):
-            value = getattr(self, label)
-            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-                found.append(f"{label}={value!r}: expected a list of strings")
-                continue
-            for entry in value:
-                if entry.startswith("re:"):
-                    try:
-                        re.compile(entry[3:])
-                    except re.error as exc:
-                        found.append(
-                            f"{label}: {entry!r} is not a valid regular expression ({exc})"
-                        )
-        if self.num_layers is not None and (
-            not isinstance(self.num_layers, int) or self.num_layers < 1
-        ):
-            found.append(f"num_layers={self.num_layers!r}: expected None or an integer >= 1")
-        return found
+
+def pattern_problems(label: str, patterns: Sequence[str]) -> list[str]:
+    """The ``re:`` entries of a list of names or keywords that are no valid regular expression."""
+    found = []
+    for entry in patterns:
+        if entry.startswith("re:"):
+            try:
+                re.compile(entry[3:])
+            except re.error as exc:
+                found.append(f"{label}: {entry!r} is not a valid regular expression ({exc})")
+    return found
 
 
 def select_layers(

@@ -63,6 +63,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     )
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """A torch device; "auto" (or None) means the first GPU when there is one, else the CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def _looks_like_path(name: str) -> bool:
     """Hub ids are "name" or "owner/name"; anything else is meant as a folder."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1
@@ -100,9 +107,7 @@ class ModelConfig:
 
     def resolve_device(self) -> torch.device:
         """The compute device: "auto" means the first GPU when there is one, else the CPU."""
-        if self.device == "auto":
-            return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def load_model(self) -> torch.nn.Module:
         """The model on the CPU in ``dtype``, in eval mode with ``use_cache`` off."""
@@ -110,7 +115,7 @@ class ModelConfig:
 
         kwargs = self._load_kwargs()
         config = self._call(tf.AutoConfig.from_pretrained, **kwargs)
-        loader = tf.AutoModelForCausalLM if _is_causal(config) else tf.AutoModel
+        loader = tf.AutoModelForCausalLM if is_causal(config) else tf.AutoModel
         model = self._call(loader.from_pretrained, dtype=resolve_dtype(self.dtype), **kwargs)
         model.config.use_cache = False
         return model.eval()
@@ -166,7 +171,7 @@ def _valid_device(device: str) -> bool:
         return False
 
 
-def _is_causal(config: Any) -> bool:
+def is_causal(config: Any) -> bool:
     """Decoder (causal LM) or encoder, judged from the checkpoint's architectures."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 

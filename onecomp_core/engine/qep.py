@@ -12,34 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from ..contract import Config, param
+
 
 @dataclass
-class QEPConfig:
-    percdamp: float = 0.01
-    perccorr: float = 0.5
-    exclude_layer_keywords: list[str] = field(default_factory=lambda: ["mlp.down_proj"])
-    device: str | None = None  # where the correction is solved; default: the block's device
+class QEPConfig(Config):
+    """QEP's settings (the seed's names), validated like every method's parameters."""
 
-    def problems(self) -> list[str]:
-        found = []
-        if not isinstance(self.percdamp, (int, float)) or self.percdamp < 0:
-            found.append(f"percdamp={self.percdamp!r}: expected a number >= 0")
-        if not isinstance(self.perccorr, (int, float)) or not 0 <= self.perccorr <= 1:
-            found.append(f"perccorr={self.perccorr!r}: expected a number from 0 to 1")
-        keywords = self.exclude_layer_keywords
-        if isinstance(keywords, str) or not all(isinstance(k, str) for k in keywords):
-            found.append(f"exclude_layer_keywords={keywords!r}: expected a list of strings")
-        return found
-
-    def validate(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ValueError("invalid QEP settings: " + "; ".join(problems))
+    percdamp: float = param(0.01, ge=0, doc="damping λ = percdamp·mean(diag H)")
+    perccorr: float = param(0.5, ge=0, le=1, doc="α: the fraction of the correction applied")
+    exclude_layer_keywords: list = param(
+        items=str, factory=lambda: ["mlp.down_proj"], doc="layers left uncorrected"
+    )
+    #: the seed's field, accepted and saved; the correction is solved on the block's device
+    device: str | None = param(None, str, optional=True, doc="unused: the block's device")
 
     def corrects(self, name: str) -> bool:
         return not any(k in name for k in self.exclude_layer_keywords)

@@ -47,24 +47,9 @@ class Streams:
     full_precision: list[torch.Tensor] | None = None
 
 
-def check_method(method: Method) -> None:
-    """Validate the method's parameters and selection rules: one error listing every problem."""
-    problems = method.problems()
-    reported = {_field(p) for p in problems}
-    problems += [p for p in method.selection_rules().problems() if _field(p) not in reported]
-    if problems:
-        lines = "\n  - ".join(problems)
-        raise ValueError(f"invalid parameters for {type(method).__name__}:\n  - {lines}")
-
-
-def _field(problem: str) -> str:
-    """The parameter a problem message is about ("wbits=9: ..." → "wbits")."""
-    return problem.split("=", 1)[0].split(":", 1)[0].strip()
-
-
 def choose_layers(model: nn.Module, method: Method) -> dict[str, nn.Module]:
-    """Validate, select by the rules, then let the method narrow the choice."""
-    check_method(method)
+    """Validate (every problem in one error), select by the rules, let the method narrow."""
+    method.validate()
     return method.choose_layers(select_layers(model, method.selection_rules()))
 
 

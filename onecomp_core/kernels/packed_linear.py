@@ -61,26 +61,14 @@ class PackedIntLinear(nn.Module):
         """
         out_features, in_features = codes.shape
         layer = cls(in_features, out_features, bits, scales.shape[1], bias is not None, **options)
-        return layer.fill(codes, scales, zeros, g_idx, bias)
-
-    def fill(
-        self,
-        codes: torch.Tensor,
-        scales: torch.Tensor,
-        zeros: torch.Tensor,
-        g_idx: torch.Tensor,
-        bias: torch.Tensor | None = None,
-    ):
-        """Pack values into this layer's buffers (subclasses with other constructors reuse it)."""
-        bits = self.bits
-        self.qweight.copy_(packing.pack_dim0(codes.t(), bits))
-        stored_zeros = (zeros.to(torch.int64) - self.zero_offset) & ((1 << bits) - 1)
-        self.qzeros.copy_(packing.pack_dim1(stored_zeros.t(), bits))
-        self.scales.copy_(scales.t().to(torch.float16))
-        self.g_idx.copy_(g_idx.to(torch.int32))
+        layer.qweight.copy_(packing.pack_dim0(codes.t(), bits))
+        stored_zeros = (zeros.to(torch.int64) - layer.zero_offset) & ((1 << bits) - 1)
+        layer.qzeros.copy_(packing.pack_dim1(stored_zeros.t(), bits))
+        layer.scales.copy_(scales.t().to(torch.float16))
+        layer.g_idx.copy_(g_idx.to(torch.int32))
         if bias is not None:
-            self.bias = bias.detach().to(torch.float16).clone()
-        return self
+            layer.bias = bias.detach().to(torch.float16).clone()
+        return layer
 
     @classmethod
     def empty(

@@ -35,15 +35,22 @@ def pack_dim0(codes: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_dim0(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
     """Inverse of :func:`pack_dim0`: (words, m) int32 → (n, m) uint8 codes.
 
-    One gather and one shift per code (word index and bit offset precomputed);
-    a code straddling two words takes its high bits from the next word.
+    When ``bits`` divides 32 no code straddles a word: one broadcast shift
+    of each word gives its codes (the hot path of every packed forward).
+    Otherwise one gather and one shift per code; a code straddling two words
+    takes its high bits from the next word.
     """
+    mask = (1 << bits) - 1
+    if 32 % bits == 0:
+        shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
+        codes = (packed.to(torch.int32).unsqueeze(1) >> shifts.view(1, -1, 1)) & mask
+        return codes.reshape(-1, packed.shape[1])[:n].to(torch.uint8)
     pos = torch.arange(n, device=packed.device) * bits
     word, offset = pos // 32, (pos % 32).unsqueeze(1)
     p = packed.to(torch.int64) & 0xFFFFFFFF
     p = torch.cat([p, p.new_zeros(1, p.shape[1])])  # a zero word past the end
     codes = (p[word] >> offset) | (p[word + 1] << (32 - offset))
-    return (codes & ((1 << bits) - 1)).to(torch.uint8)
+    return (codes & mask).to(torch.uint8)
 
 
 def pack_dim1(codes: torch.Tensor, bits: int) -> torch.Tensor:

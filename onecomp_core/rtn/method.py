@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..contract import LayerJob, LayerResult, Method, param
-from ..kernels import GridResult, PackedIntLinear, gptq_effective_bits, group_index
+from ..kernels import GridResult, PackedIntLinear, gptq_effective_bits
 from .rounding import rtn_quantize
 
 
@@ -52,10 +52,9 @@ class RTN(Method):
         )
 
     def inference_layer(self, result: RTNResult, linear: nn.Module) -> PackedIntLinear:
-        g_idx = group_index(result.codes.shape[1], result.groupsize)
         bias = getattr(linear, "bias", None)
         return PackedIntLinear.from_codes(
-            result.codes, result.scales, result.zeros, g_idx, result.bits, bias
+            result.codes, result.scales, result.zeros, result.groups(), result.bits, bias
         )
 
     @classmethod

@@ -23,6 +23,7 @@ from torch import nn
 from .. import registry
 from ..contract import Artifact
 from ..data import adapters
+from ..data.model import resolve_device, resolve_dtype
 from .atomic import atomic_folder
 from .skeleton import finish, skeleton
 
@@ -119,9 +120,22 @@ def load_quantized_model(
     """Load a onecomp folder → ``(model, tokenizer)`` (tokenizer None when not saved).
 
     ``device_map``: None or "auto" (the first GPU, else the CPU) or a device
-    such as "cpu" / "cuda:1"; ``dtype`` converts the loaded model.
+    such as "cpu" / "cuda:1"; ``dtype`` ("float16", a torch dtype, ...) converts the
+    loaded model ("auto" or None keeps the saved dtype).
     """
-    folder = Path(folder)
+    return _load(Path(folder), device_map, dtype)[:2]
+
+
+def load_artifact(folder: str | Path, device_map: str | None = "cpu") -> Artifact:
+    """A saved folder as the :class:`Artifact` a format's ``save`` receives (no results)."""
+    model, tokenizer, qc = _load(Path(folder), device_map, None)
+    return Artifact(model=model, rows=qc["layers"], quantization_config=qc, tokenizer=tokenizer)
+
+
+def _load(
+    folder: Path, device_map: str | None, dtype: torch.dtype | str | None
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """(model, tokenizer, quantization_config) of a saved folder, its config read once."""
     config_dict, qc = read_quantized_config(folder)
     model = skeleton(config_dict)
     if qc.get("conv1d_as_linear"):
@@ -133,17 +147,10 @@ def load_quantized_model(
     _check_state(model, tensors)
     model.load_state_dict(tensors, strict=False, assign=True)
     finish(model, config_dict)
-    if dtype is not None:
-        model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    model.to(_device(device_map))
-    return model.eval(), _tokenizer(folder)
-
-
-def load_artifact(folder: str | Path, device_map: str | None = "cpu") -> Artifact:
-    """A saved folder as the :class:`Artifact` a format's ``save`` receives (no results)."""
-    _, qc = read_quantized_config(folder)
-    model, tokenizer = load_quantized_model(folder, device_map=device_map)
-    return Artifact(model=model, rows=qc["layers"], quantization_config=qc, tokenizer=tokenizer)
+    if dtype not in (None, "auto"):
+        model.to(resolve_dtype(dtype))
+    model.to(resolve_device(device_map))
+    return model.eval(), _tokenizer(folder), qc
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -187,12 +194,6 @@ def _check_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
             lines.append(f"{label}: {', '.join(items[:5])}{more}")
     if lines:
         raise ValueError("saved tensors do not fit the model: " + "; ".join(lines))
-
-
-def _device(device_map: str | None) -> torch.device:
-    if device_map in (None, "auto"):
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    return torch.device(device_map)
 
 
 def _tokenizer(folder: Path) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from .. import registry
@@ -65,7 +66,10 @@ def load_results(path: str | Path) -> dict[str, LayerResult]:
             f"{manifest_path}: results format_version {version} is newer than this onecomp "
             f"reads ({FORMAT_VERSION}); upgrade onecomp-core"
         )
-    tensors = load_file(str(path / TENSORS))
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(str(path / TENSORS)).items():
+        layer, _, field = key.partition("::")
+        tensors.setdefault(layer, {})[field] = tensor
     results: dict[str, LayerResult] = {}
     for name, entry in manifest["layers"].items():
         cls = registry.get_method(entry["method"]).result_type
@@ -74,9 +78,7 @@ def load_results(path: str | Path) -> dict[str, LayerResult]:
                 f"{name}: saved as {entry['class']}, but method "
                 f"{entry['method']!r} now produces {cls.__name__}"
             )
-        prefix = f"{name}::"
-        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        result = cls.from_state(own, entry["fields"])
+        result = cls.from_state(tensors.get(name, {}), entry["fields"])
         result.method = entry["method"]
         results[name] = result
     return results

@@ -12,23 +12,21 @@ from typing import Any
 import torch
 from torch import nn
 
-_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+from ..data.model import is_causal
 
 
 def skeleton(config_dict: dict[str, Any], model_class: type | None = None) -> nn.Module:
     """The model that ``config_dict`` (a ``config.json``) describes, with meta-device weights.
 
     ``model_class`` (a transformers model class) is used when given; otherwise the
-    config's ``architectures`` decide between a causal LM and a bare encoder.
+    config decides between a causal LM and a bare encoder, as when the model was loaded.
     """
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     config = AutoConfig.for_model(**config_dict)
     if model_class is None:
-        architectures = config_dict.get("architectures") or []
-        causal = any(a.endswith(_CAUSAL_SUFFIXES) for a in architectures)
-        build = (AutoModelForCausalLM if causal else AutoModel).from_config
+        build = (AutoModelForCausalLM if is_causal(config) else AutoModel).from_config
     else:
         build = model_class._from_config
     with init_empty_weights(include_buffers=False):

@@ -72,7 +72,8 @@ def test_plugins_json_lists_the_builtin_plugin_with_what_it_provides():
 def test_the_table_has_a_column_per_kind():
     proc = onecomp("plugins", ONECOMP_DISABLE_PLUGIN_AUTOLOAD="1")
     assert proc.returncode == 0, proc.stderr
-    header, builtin = proc.stdout.splitlines()[:2]
+    header, rule, builtin = proc.stdout.splitlines()[:3]
+    assert set(rule.replace(" ", "")) == {"-"}
     assert header.split() == [
         "plugin",
         "distribution",

@@ -11,7 +11,7 @@ from torch import nn
 
 from onecomp_core import QuantizationResult, Quantizer
 from onecomp_core.contract import ConfigError, LayerJob, Method, Needs
-from onecomp_core.engine.walk import Engine, check_method, choose_layers
+from onecomp_core.engine.walk import Engine, choose_layers
 from onecomp_core.rtn import RTN, RTNResult
 from onecomp_core.seed_api import ResultLoader, apply_results_to_model, save_results
 from onecomp_core.testing import HessianRTN, tiny_model
@@ -35,7 +35,7 @@ def test_seed_api_defaults():
 def test_validation_reports_every_problem_in_one_message():
     q = RTN(wbits=9, groupsize=0, sym="yes", num_layers=0, include_layer_keywords="mlp")
     with pytest.raises(ValueError) as err:
-        check_method(q)
+        q.validate()
     message = str(err.value)
     assert message.startswith("invalid parameters for RTN:")
     for fragment in ("wbits=9", "groupsize=0", "sym='yes'", "num_layers=0", "'mlp'"):
@@ -45,11 +45,11 @@ def test_validation_reports_every_problem_in_one_message():
 
 def test_a_missing_list_is_a_validation_error_not_a_crash():
     with pytest.raises(ValueError, match="include_layer_names=None: expected a list of strings"):
-        check_method(RTN(include_layer_names=None))
+        RTN(include_layer_names=None).validate()
 
 
 def test_valid_parameters_pass():
-    check_method(RTN(wbits=2, groupsize=1, sym=False, num_layers=1))
+    RTN(wbits=2, groupsize=1, sym=False, num_layers=1).validate()
 
 
 def test_needs_say_which_statistics_the_engine_collects():
@@ -106,13 +106,23 @@ def test_quantize_times_the_layer_and_names_the_method():
     assert isinstance(result, RTNResult)
     assert result.quantization_time > 0
     assert result.method == "rtn"
-    assert result.weight_squared_error is None  # calc_quant_error is off
 
 
 def test_the_seed_call_builds_the_job():
-    layer = nn.Linear(16, 8)
-    seed = RTN(wbits=4).quantize_layer(layer)
-    job = RTN(wbits=4).quantize_layer(LayerJob("fc", layer))
+    @dataclass
+    class Recording(HessianRTN):
+        def quantize_layer(self, job):
+            self.__dict__["job"] = job
+            return super().quantize_layer(job)
+
+    layer, x = nn.Linear(16, 8), torch.randn(4, 16)
+    hessian = 2 * x.T @ x / 4
+    method = Recording(wbits=3)
+    seed = method.quantize_layer(layer, None, hessian)  # the seed's positional call
+    assert method.job.module is layer and method.job.hessian is hessian
+    assert method.job.name == "" and method.job.input is None
+    job = method.quantize_layer(LayerJob("fc", layer, hessian=hessian))
+    assert method.job.name == "fc"
     assert torch.equal(seed.codes, job.codes)
 
 

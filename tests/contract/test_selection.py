@@ -166,16 +166,13 @@ def test_num_layers_larger_than_the_selection_cannot_be_met(model):
 
 # -- validation and logging ------------------------------------------------------------
 def test_invalid_rules_are_reported_together():
-    problems = SelectionRules(
-        target_layer_types=(nn.Linear,),
-        include_layer_names="q_proj",
-        exclude_layer_keywords=["re:(unclosed"],
-        num_layers=0,
+    problems = RTN(
+        include_layer_names="q_proj", exclude_layer_keywords=["re:(unclosed"], num_layers=0
     ).problems()
     assert len(problems) == 3
-    assert "include_layer_names='q_proj': expected a list of strings" in problems[0]
-    assert "'re:(unclosed' is not a valid regular expression" in problems[1]
-    assert "num_layers=0" in problems[2]
+    assert "num_layers=0: expected an integer >= 1 or null" in problems
+    assert "include_layer_names='q_proj': expected a list of strings" in problems
+    assert any("'re:(unclosed' is not a valid regular expression" in p for p in problems)
 
 
 def test_setup_validates_before_selecting(model):

@@ -91,7 +91,6 @@ class AutoBitConfig(Method):
             problems += groups_problems(self.fused_groups)
         return problems
 
-    # -- bits: --bits B sets the budget ----------------------------------------------------
     # -- saved form ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = super().to_dict()

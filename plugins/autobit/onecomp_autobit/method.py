@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -42,6 +42,8 @@ from . import planner, report
 from .candidates import build_candidates, combined_needs, default_specs, shaped_statistics
 from .config import AutoBitConfig
 from .plan import Plan
+
+V = TypeVar("V", BlockView, RunView)
 
 
 @dataclass
@@ -101,13 +103,8 @@ class AutoBitQuantizer(AutoBitConfig):
     def on_block_done(self, view: BlockView) -> dict[str, LayerResult]:
         changed: dict[str, LayerResult] = {}
         for method, names in self._plan().children():
-            mine = [n for n in names if n in view.layers]
-            if mine:
-                sub = dataclasses.replace(
-                    view,
-                    layers={n: view.layers[n] for n in mine},
-                    results={n: view.results[n] for n in mine if n in view.results},
-                )
+            sub = _restricted(view, names)
+            if sub.layers:
                 changed.update(method.on_block_done(sub))
         return changed
 
@@ -149,13 +146,12 @@ def _method_of(name: str | None) -> type[Method]:
     return Method.named(name)
 
 
-def _restricted(view: RunView, names: list[str]) -> RunView:
-    """``view`` with only ``names``' layers, results and moments."""
-    return dataclasses.replace(
-        view,
-        layers={n: view.layers[n] for n in names if n in view.layers},
-        results={n: view.results[n] for n in names if n in view.results},
-        moments=None
-        if view.moments is None
-        else {n: view.moments[n] for n in names if n in view.moments},
-    )
+def _restricted(view: V, names: list[str]) -> V:
+    """``view`` (a block's or the run's) with only ``names``' layers, results and moments."""
+    changes: dict[str, Any] = {
+        "layers": {n: view.layers[n] for n in names if n in view.layers},
+        "results": {n: view.results[n] for n in names if n in view.results},
+    }
+    if getattr(view, "moments", None) is not None:
+        changes["moments"] = {n: view.moments[n] for n in names if n in view.moments}
+    return dataclasses.replace(view, **changes)

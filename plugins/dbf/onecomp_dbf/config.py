@@ -97,24 +97,11 @@ class DBFConfig(FitSettings, Method):
         return [p for p in found if p]
 
     # -- what the parameters mean per layer -------------------------------------------------
-    @staticmethod
-    def resolve_bits(
-        name: str,
-        default: float,
-        mlp: float | None = None,
-        module: dict[str, float] | None = None,
-    ) -> float:
-        """Bits of one layer: exact name in ``module`` > "mlp" in the name → ``mlp`` > default."""
-        if module and name in module:
-            return float(module[name])
-        if mlp is not None and "mlp" in name:
-            return float(mlp)
-        return float(default)
-
     def layer_bits(self, name: str) -> float:
-        return self.resolve_bits(
-            name, self.target_bits, self.mlp_target_bits, self.module_target_bits
-        )
+        """Bits of one layer: exact name in ``module_target_bits`` > "mlp" in the name →
+        ``mlp_target_bits`` > ``target_bits``."""
+        bits = self.per_layer(name, self.target_bits, self.mlp_target_bits, self.module_target_bits)
+        return float(bits)
 
     def fit_settings(self, name: str) -> FitSettings:
         """The fit knobs for layer ``name``: the seed mixed with the name (stable across runs)."""

@@ -53,7 +53,7 @@ class TrainableDBF(nn.Module):
         self.register_buffer("a0", result.dbf_Da.float().to(device))
         self.register_buffer("c0", result.dbf_mid.float().to(device))
         self.register_buffer("b0", result.dbf_Db.float().to(device))
-        self.bias = None if bias is None else bias.detach().float()
+        self.bias = None if bias is None else bias.detach().float().to(device)
         self.theta_a = nn.Parameter(torch.ones_like(self.a0))
         self.theta_c = nn.Parameter(torch.ones_like(self.c0))
         self.theta_b = nn.Parameter(torch.ones_like(self.b0))
@@ -76,7 +76,7 @@ class TrainableDBF(nn.Module):
         # (= 2× as much at 2 bits) for the factored path; Ŵ itself costs only n·k·m
         h = x.float() @ self.weight_t()
         if self.bias is not None:
-            h = h + self.bias.to(h.device)
+            h = h + self.bias
         return h.to(x.dtype)
 
 

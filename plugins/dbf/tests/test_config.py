@@ -113,12 +113,12 @@ def test_validation_lists_every_problem():
         DBF(module_target_bits={"y": None}).validate()
 
 
-def test_resolve_bits_priority():
-    module = {"model.layers.0.mlp.up_proj": 3.0}
-    assert DBF.resolve_bits("model.layers.0.mlp.up_proj", 1.5, 2.0, module) == 3.0
-    assert DBF.resolve_bits("model.layers.0.mlp.down_proj", 1.5, 2.0, module) == 2.0
-    assert DBF.resolve_bits("model.layers.0.self_attn.q_proj", 1.5, 2.0, module) == 1.5
-    assert DBF.resolve_bits("model.layers.0.mlp.gate_proj", 1.5) == 1.5
+def test_layer_bits_priority():
+    q = DBF(mlp_target_bits=2.0, module_target_bits={"model.layers.0.mlp.up_proj": 3.0})
+    assert q.layer_bits("model.layers.0.mlp.up_proj") == 3.0
+    assert q.layer_bits("model.layers.0.mlp.down_proj") == 2.0
+    assert q.layer_bits("model.layers.0.self_attn.q_proj") == 1.5
+    assert DBF().layer_bits("model.layers.0.mlp.gate_proj") == 1.5
 
 
 def test_saved_keys_are_the_seeds_and_round_trip():

@@ -99,7 +99,7 @@ def test_activation_weighting_beats_unweighted_on_outlier_channel():
 
 
 def test_full_hessian_objective_beats_diagonal_on_correlated_inputs():
-    """The Sylvester/Cholesky ADMM uses H's off-diagonal; the diagonal fit cannot."""
+    """The Sylvester ADMM uses H's off-diagonal; the diagonal fit cannot."""
     gen = torch.Generator().manual_seed(4)
     w = torch.randn(64, 48, generator=gen)
     mix = torch.eye(48) + 0.4 * torch.randn(48, 48, generator=gen)

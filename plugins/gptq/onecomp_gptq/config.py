@@ -65,17 +65,11 @@ class GPTQConfig(Method):
         return [p for p in found if p]
 
     # -- per-layer settings ----------------------------------------------------------
-    def layer_bits(self, name: str | None) -> int:
-        if name is not None and name in self.module_wbits:
-            return self.module_wbits[name]
-        if name is not None and "mlp" in name and self.mlp_wbits is not None:
-            return self.mlp_wbits
-        return self.wbits
+    def layer_bits(self, name: str) -> int:
+        return self.per_layer(name, self.wbits, self.mlp_wbits, self.module_wbits)
 
-    def layer_groupsize(self, name: str | None) -> int:
-        if name is not None and "mlp" in name and self.mlp_groupsize is not None:
-            return self.mlp_groupsize
-        return self.groupsize
+    def layer_groupsize(self, name: str) -> int:
+        return self.per_layer(name, self.groupsize, self.mlp_groupsize)
 
     def grid_spec(self, bits: int) -> GridSpec:
         # legacy v1 loaders add 1 to the stored zero without masking: keep zeros >= 1 there

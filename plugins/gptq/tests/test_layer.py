@@ -96,7 +96,7 @@ def test_forward_matches_dense_and_state_dict_loads_into_empty_layer() -> None:
     x = torch.randn(3, 40)
     dense = torch.nn.functional.linear(x, layer.dequantize().float(), bias.half().float())
     assert torch.allclose(layer(x), dense, atol=1e-5)
-    empty = GPTQLinear.empty(40, 24, 4, 32, bias=True)
+    empty = GPTQLinear.empty(40, 24, 4, 32, bias=True, cache_weight=True)
     assert {k: v.shape for k, v in empty.state_dict().items()} == {
         k: v.shape for k, v in layer.state_dict().items()
     }

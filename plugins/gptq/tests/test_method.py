@@ -34,9 +34,9 @@ def test_bits_follow_the_layer_name() -> None:
 
 def test_with_bits_sets_the_default_width_only() -> None:
     q = GPTQ(wbits=4, mlp_wbits=3, groupsize=32)
-    three = q.with_bits(3)
-    assert (three.wbits, three.mlp_wbits, three.groupsize, q.wbits) == (3, 3, 32, 4)
-    assert type(three.wbits) is int and type(q.with_bits(2.0).wbits) is int
+    two = q.with_bits(2)
+    assert (two.wbits, two.mlp_wbits, two.groupsize, q.wbits) == (2, 3, 32, 4)
+    assert type(two.wbits) is int and type(q.with_bits(2.0).wbits) is int
     with pytest.raises(ValueError, match="wbits=2.5"):
         q.with_bits(2.5)
 
