@@ -22,7 +22,7 @@ from typing import Any
 
 import pluggy
 
-from .contract import ConfigError, Method, Register
+from .contract import Method, Register
 from .contract import register as hooks
 
 logger = logging.getLogger(__name__)
@@ -198,16 +198,7 @@ def get_method(name: str) -> type[Method]:
 
 def create_method(name: str, **params: Any) -> Method:
     """Instantiate a method by name from user parameters; every problem in one ConfigError."""
-    cls = get_method(name)
-    allowed = cls.parameters()
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"unknown parameter(s) {unknown} for method {name!r}; allowed: {', '.join(allowed)}"
-        )
-    method = cls(**params)
-    method.validate()
-    return method
+    return get_method(name).from_user(params, f"method {name!r}")
 
 
 # -- calibration sources and formats ------------------------------------------------------

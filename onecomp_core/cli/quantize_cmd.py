@@ -89,15 +89,7 @@ def _qep_config(args: argparse.Namespace):
     settings = parse_settings(args.set_qep, option="--set-qep")
     if settings and not args.qep:
         raise ValueError("--set-qep needs --qep")
-    known = QEPConfig.parameters()
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise ValueError(
-            f"--set-qep: unknown setting(s) {unknown}; allowed: {', '.join(sorted(known))}"
-        )
-    config = QEPConfig(**settings)
-    config.validate()
-    return config
+    return QEPConfig.from_user(settings, "--set-qep")
 
 
 def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:

@@ -207,6 +207,22 @@ class Config:
             if f.init and (spec := spec_of(f)) is not None and not spec.internal
         }
 
+    @classmethod
+    def from_user(cls, params: dict[str, Any], what: str) -> Config:
+        """A validated config from user settings; unknown names are refused with the allowed ones.
+
+        ``what`` names the settings in the message ("method 'gptq'", "--set-qep").
+        """
+        allowed = cls.parameters()
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"unknown parameter(s) {unknown} for {what}; allowed: {', '.join(allowed)}"
+            )
+        config = cls(**params)
+        config.validate()
+        return config
+
     # -- serialization -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The parameters under their on-disk names, plus ``config_version``."""

@@ -120,3 +120,9 @@ def test_bad_qep_settings_are_listed():
         QEPConfig(perccorr=2, percdamp=-1).validate()
     assert "percdamp=-1: expected a number >= 0" in str(err.value)
     assert "perccorr=2: expected a number from 0 to 1" in str(err.value)
+
+
+def test_unknown_qep_settings_are_refused_naming_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['colour'\] for --set-qep; "):
+        QEPConfig.from_user({"colour": 1}, "--set-qep")
+    assert QEPConfig.from_user({"perccorr": 0.25}, "--set-qep").perccorr == 0.25
