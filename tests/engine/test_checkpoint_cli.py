@@ -112,7 +112,7 @@ def test_weights_changed_in_place_are_never_resumed(killed, tmp_path, capsys, mo
 
 
 def test_the_same_weights_at_another_path_resume_bit_identically(
-    killed, tmp_path, capsys, monkeypatch
+    killed, tmp_path, capsys, monkeypatch, one_thread
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     ckpt = tmp_path / "ckpt"
