@@ -23,6 +23,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,31 +66,39 @@ def file_digests(paths: list[Path], cache: Path | None = None) -> dict[str, str]
     """sha256 of each file's bytes, keyed by file name; cached by (size, inode, mtime, ctime).
 
     ``cache`` defaults to :func:`cache_file`; an unwritable cache only costs the re-hash.
+    Files not in the cache are read in parallel (hashlib releases the GIL; shards of a
+    large model then hash at the speed of the disk rather than of one core).
     """
     cache = cache_file() if cache is None else cache
     known = _read_cache(cache)
     digests: dict[str, str] = {}
-    changed = False
+    todo: list[tuple[Path, str, os.stat_result]] = []
     for path in paths:
         real = os.path.realpath(path)
         stat = os.stat(real)
         entry = known.get(real)
         if isinstance(entry, dict) and entry.get("stamp") == _stamp(stat):
             digests[path.name] = entry["sha256"]
-            continue
-        started = time.time_ns()
-        digests[path.name] = _sha256(real)
-        if os.stat(real).st_mtime_ns == stat.st_mtime_ns and (
-            started - stat.st_mtime_ns > _SETTLE_NS
-        ):
-            known[real] = {"stamp": _stamp(stat), "sha256": digests[path.name]}
-            changed = True
-    if changed:
+        else:
+            todo.append((path, real, stat))
+    if not todo:
+        return digests
+    started = time.time_ns()
+    workers = max(1, min(len(todo), os.cpu_count() or 1, 8))
+    with ThreadPoolExecutor(workers) as pool:
+        fresh = list(pool.map(_sha256, [real for _, real, _ in todo]))
+    settled = []
+    for (path, real, stat), digest in zip(todo, fresh, strict=True):
+        digests[path.name] = digest
+        if _stamp(os.stat(real)) == _stamp(stat) and started - stat.st_mtime_ns > _SETTLE_NS:
+            known[real] = {"stamp": _stamp(stat), "sha256": digest}
+            settled.append(real)
+    if settled:
         try:
             write_json(cache, known, indent=0)
         except OSError:
             pass
-    return digests
+    return {path.name: digests[path.name] for path in paths}
 
 
 def _sha256(path: str) -> str:
