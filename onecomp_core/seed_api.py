@@ -181,7 +181,11 @@ class Runner:
     def _model_key(self) -> dict[str, Any]:
         """The model's files by content; a model handed over in memory by its tensors."""
         if self._model_folder is not None:
-            return fingerprint.folder_key(self._model_folder)
+            key = fingerprint.folder_key(self._model_folder)
+            if key["model weights"]:
+                return key
+            # weights where we do not look for them: what was loaded is hashed instead
+            return {**key, **fingerprint.tensors_key(self.model.state_dict())}
         config = {k: v for k, v in self.model.config.to_dict().items() if k != "_name_or_path"}
         return {
             **fingerprint.tensors_key(self.model.state_dict()),

@@ -105,11 +105,14 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
         if args.restart:
             raise ValueError("--restart discards a checkpoint: it has no use with --no-checkpoint")
         return None
-    return (
+    folder = (
         Path(args.checkpoint_dir)
         if args.checkpoint_dir
         else out.with_name(out.name + ".checkpoint")
     )
+    if folder.resolve() == out.resolve():
+        raise ValueError(f"--checkpoint-dir {folder} is the output folder; choose another one")
+    return folder
 
 
 def run(args: argparse.Namespace) -> int:

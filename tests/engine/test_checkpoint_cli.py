@@ -182,3 +182,19 @@ def test_a_second_run_on_the_same_out_stops_at_once_naming_the_first(tmp_path, c
     finally:
         first.kill()
         first.wait()
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--restart", "--no-checkpoint"], "--restart discards a checkpoint"),
+        (["--checkpoint-dir", "{out}"], "is the output folder; choose another one"),
+    ],
+)
+def test_checkpoint_options_that_contradict_each_other(tmp_path, capsys, extra, expected):
+    out = tmp_path / "q"
+    extra = [arg.format(out=out) for arg in extra]
+    capsys.readouterr()
+    assert main(["quantize", str(STORIES), "--method", "rtn", "--out", str(out), *extra]) == 2
+    assert expected in _error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
