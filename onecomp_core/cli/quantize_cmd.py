@@ -12,8 +12,15 @@ from pathlib import Path
 from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
-from ..storage.atomic import check_free
-from .options import add_model_options, model_config, parse_settings
+from .checks import check_before_work
+from .options import (
+    add_context_option,
+    add_model_options,
+    model_config,
+    parse_settings,
+    quiet_requested,
+    silence_progress,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calibration",
         help="calibration text: a .txt/.jsonl/.json/.parquet path, a hub name, or what a plugin source reads (see `onecomp plugins`)",
     )
-    p.add_argument("--text-key", default="text")
+    p.add_argument("--text-key", default="text", help="column holding the text (jsonl/parquet)")
     p.add_argument("--strategy", default=STRATEGIES[0], choices=STRATEGIES)
     p.add_argument("--num-samples", type=int, default=128)
     p.add_argument("--max-length", type=int, default=512)
@@ -65,7 +72,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or table (also ONECOMP_QUIET=1)"
+    )
+    add_context_option(p)
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -105,8 +115,14 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from ..seed_api import Runner
 
-    out = check_free(args.out, args.overwrite)
+    quiet = quiet_requested(args.quiet)
+    if quiet:
+        silence_progress()
     method = _method(args)
+    qep_config = _qep_config(args)
+    model = model_config(args.model, args.dtype, args.device)
+    # every check that can fail, before the model is loaded (h13b: checks.py)
+    out, checkpoint_dir = check_before_work(args, method, model, _checkpoint_dir)
     calibration = CalibrationConfig(
         dataset=args.calibration,
         text_key=args.text_key,
@@ -116,20 +132,19 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
     )
-    checkpoint_dir = _checkpoint_dir(args, out)
     runner = Runner(
-        model_config=model_config(args.model, args.dtype, args.device),
+        model_config=model,
         quantizer=method,
         calibration_config=calibration,
         checkpoint_dir=checkpoint_dir,
-        show_progress=not args.quiet,
+        show_progress=not quiet,
         qep=args.qep,
-        qep_config=_qep_config(args),
+        qep_config=qep_config,
     )
     start = time.perf_counter()
     results = runner.run()
     elapsed = time.perf_counter() - start
-    if not args.quiet:
+    if not quiet:
         runner.print_quantization_results()
     runner.save_quantized_model(out, overwrite=args.overwrite)
     if checkpoint_dir is not None and args.checkpoint_dir is None:
