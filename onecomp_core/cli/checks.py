@@ -10,23 +10,22 @@ validated when the method is built (ranges declared in each plugin's
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
 from ..contract import Method
-from ..data.model import ModelConfig, check_context
-from ..storage.destination import check_destination, check_free_space, check_writable
+from ..data.model import check_context
+from ..storage.destination import check_free_space, check_writable
+from .options import model_config, silence_progress
 
 
 def check_before_work(
-    args: argparse.Namespace,
-    method: Method,
-    model: ModelConfig,
-    checkpoint_dir: Callable[[argparse.Namespace, Path], Path | None],
-) -> tuple[Path, Path | None]:
-    """(output folder, checkpoint folder or None) once every cheap check has passed."""
-    out = check_destination(args.out, args.overwrite)
-    checkpoint = checkpoint_dir(args, out)
+    args: argparse.Namespace, method: Method, out: Path, checkpoint: Path | None
+) -> None:
+    """Every cheap check of a quantize run beyond the output's name (done first) and the
+    method's parameters (done when it is built): checkpoint folder, model files and
+    context, free disk space. ``--quiet`` also silences the libraries' progress bars."""
+    if args.quiet:
+        silence_progress()
     if checkpoint is not None:
         option = "--checkpoint-dir" if args.checkpoint_dir else "--out (its checkpoint folder)"
         if checkpoint.resolve() == out.resolve():
@@ -34,7 +33,7 @@ def check_before_work(
         if checkpoint.exists() and not checkpoint.is_dir():
             raise NotADirectoryError(f"{option} {checkpoint}: is a file, not a folder")
         check_writable(checkpoint, option)
-    facts = model.facts()
+    facts = model_config(args.model, args.dtype, args.device).facts()
     if method.needs().calibration or args.qep:
         check_context(args.max_length, facts.context, "--max-length", args.allow_longer_context)
     if facts.parameters:
@@ -44,7 +43,6 @@ def check_before_work(
         if checkpoint is not None:
             targets["checkpoint"], sizes["checkpoint"] = checkpoint, need
         check_free_space(targets, sizes)
-    return out, checkpoint
 
 
 def _bits(method: Method) -> float:

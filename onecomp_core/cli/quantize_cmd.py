@@ -12,6 +12,7 @@ from pathlib import Path
 from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
+from ..storage.destination import check_destination
 from .checks import check_before_work
 from .options import (
     add_context_option,
@@ -19,7 +20,6 @@ from .options import (
     model_config,
     parse_settings,
     quiet_requested,
-    silence_progress,
 )
 
 
@@ -115,14 +115,9 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from ..seed_api import Runner
 
-    quiet = quiet_requested(args.quiet)
-    if quiet:
-        silence_progress()
+    args.quiet = quiet_requested(args.quiet)
+    out = check_destination(args.out, args.overwrite)
     method = _method(args)
-    qep_config = _qep_config(args)
-    model = model_config(args.model, args.dtype, args.device)
-    # every check that can fail, before the model is loaded (h13b: checks.py)
-    out, checkpoint_dir = check_before_work(args, method, model, _checkpoint_dir)
     calibration = CalibrationConfig(
         dataset=args.calibration,
         text_key=args.text_key,
@@ -132,19 +127,21 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
     )
+    checkpoint_dir = _checkpoint_dir(args, out)
+    check_before_work(args, method, out, checkpoint_dir)  # before the model is loaded
     runner = Runner(
-        model_config=model,
+        model_config=model_config(args.model, args.dtype, args.device),
         quantizer=method,
         calibration_config=calibration,
         checkpoint_dir=checkpoint_dir,
-        show_progress=not quiet,
+        show_progress=not args.quiet,
         qep=args.qep,
-        qep_config=qep_config,
+        qep_config=_qep_config(args),
     )
     start = time.perf_counter()
     results = runner.run()
     elapsed = time.perf_counter() - start
-    if not quiet:
+    if not args.quiet:
         runner.print_quantization_results()
     runner.save_quantized_model(out, overwrite=args.overwrite)
     if checkpoint_dir is not None and args.checkpoint_dir is None:

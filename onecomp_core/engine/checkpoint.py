@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..contract import LayerResult
 from ..storage.atomic import atomic_file, write_json
+from ..storage.reading import read_json_object
 from ..storage.results_io import load_results, save_results
 
 MANIFEST = "manifest.json"
@@ -42,7 +43,7 @@ class BlockCheckpoint:
         path = self.folder / MANIFEST
         if not path.is_file():
             return None
-        return json.loads(path.read_text())
+        return read_json_object(path)  # a damaged manifest is named (h13a's version supersedes)
 
     def finished_blocks(self) -> int:
         """How many blocks a previous run finished (0 for a fresh folder)."""
