@@ -10,7 +10,14 @@ from types import SimpleNamespace
 
 from ..data.model import check_context
 from ..storage.reading import read_json_object
-from .options import add_context_option, add_model_options, model_config, resolve_dtype
+from .options import (
+    add_context_option,
+    add_model_options,
+    model_config,
+    quiet_requested,
+    resolve_dtype,
+    silence_progress,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +61,8 @@ def load_any(model: str, dtype: str, device: str):
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import calculate_perplexity
 
+    if quiet_requested(False):
+        silence_progress()
     if not Path(args.ppl).is_file():
         raise FileNotFoundError(f"--ppl {args.ppl}: no such file")
     if args.seqlen < 2:
