@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..storage.hf_folder import read_quantized_config
-from ..storage.reading import check_tensor_file
+from ..storage.reading import check_tensor_file, pickle_message, pickle_only
 from ..table import format_table
 
 _BYTES = {
@@ -52,6 +52,9 @@ def build_report(folder: Path) -> dict:
     config, qc = read_quantized_config(folder)
     sizes = tensor_sizes(folder)
     if not sizes:
+        pickled = pickle_only(folder)
+        if pickled is not None:
+            raise ValueError(pickle_message(pickled))
         raise FileNotFoundError(f"{folder} holds no safetensors weights")
     rows, quantized_params, quantized_bytes = [], 0, 0
     for name, row in qc["layers"].items():

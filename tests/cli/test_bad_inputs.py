@@ -414,6 +414,10 @@ ROWS: dict[str, Row] = {
     ),
     # -- inspect and export --
     "inspect a truncated file (problem 4)": _truncated_inspect,
+    "inspect pickle weights": lambda p: (
+        ["inspect", str(_pickle_saved(p)[0][1])],
+        ["pytorch_model.bin", "never unpickles"],
+    ),
     "inspect a folder not saved by onecomp": lambda p: (
         ["inspect", str(STORIES)],
         ["no onecomp quantization_config"],
