@@ -7,11 +7,14 @@ import json
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
+from ..storage import lock
+from ..storage.atomic import remove_leftovers
 from ..storage.destination import check_destination
 from .checks import check_before_work
 from .options import (
@@ -65,6 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rerunning the same command resumes there; removed after a successful save",
     )
     p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint folder's progress and start over "
+        "(a checkpoint of another model or other settings is refused otherwise)",
+    )
+    p.add_argument(
         "--no-checkpoint",
         action="store_true",
         help="do not save progress per block (a crash loses the whole run)",
@@ -104,6 +113,8 @@ def _qep_config(args: argparse.Namespace):
 
 def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
     if args.no_checkpoint:
+        if args.restart:
+            raise ValueError("--restart discards a checkpoint: it has no use with --no-checkpoint")
         return None
     return (
         Path(args.checkpoint_dir)
@@ -128,18 +139,40 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     checkpoint_dir = _checkpoint_dir(args, out)
+    qep_config = _qep_config(args)
     check_before_work(args, method, out, checkpoint_dir)  # before the model is loaded
-    runner = Runner(
-        model_config=model_config(args.model, args.dtype, args.device),
-        quantizer=method,
-        calibration_config=calibration,
-        checkpoint_dir=checkpoint_dir,
-        show_progress=not args.quiet,
-        qep=args.qep,
-        qep_config=_qep_config(args),
-    )
+    with ExitStack() as held:
+        # a second run on the same --out (or checkpoint) stops here, naming this one
+        held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
+        remove_leftovers(out)
+        if checkpoint_dir is not None:
+            held.enter_context(
+                lock.holding(lock.inside(checkpoint_dir), f"checkpoint folder {checkpoint_dir}")
+            )
+        runner = Runner(
+            model_config=model_config(args.model, args.dtype, args.device),
+            quantizer=method,
+            calibration_config=calibration,
+            checkpoint_dir=checkpoint_dir,
+            show_progress=not args.quiet,
+            qep=args.qep,
+            qep_config=qep_config,
+            restart=args.restart,
+        )
+        return _quantize(args, out, runner, checkpoint_dir)
+
+
+def _quantize(args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path | None) -> int:
+    """Run, save, clean up (under the locks :func:`run` holds)."""
+    from ..engine.checkpoint import CheckpointMismatch
+
     start = time.perf_counter()
-    results = runner.run()
+    try:
+        results = runner.run()
+    except CheckpointMismatch as err:
+        raise ValueError(
+            f"{err.problem}; pass --restart to start over, or another --checkpoint-dir"
+        ) from None
     elapsed = time.perf_counter() - start
     if not args.quiet:
         runner.print_quantization_results()
@@ -148,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if args.summary_json:
         summary = runner.summary() | {"wall_time_s": round(elapsed, 3)}
+        floor = summary["timings"].get("one_forward_s", 0) + summary["timings"].get("solve_s", 0)
+        if floor > 0:  # issue 12's measure of passes: wall / (one forward + the solves)
+            summary["wall_over_forward_and_solves"] = round(elapsed / floor, 3)
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
     print(
         f"quantized {len(results)} layers with {args.method} in {elapsed:.1f} s; saved to {out}",
