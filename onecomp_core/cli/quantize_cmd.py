@@ -14,8 +14,16 @@ from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
 from ..storage import lock
-from ..storage.atomic import check_free, remove_leftovers
-from .options import add_model_options, model_config, parse_settings
+from ..storage.atomic import remove_leftovers
+from ..storage.destination import check_destination
+from .checks import check_before_work
+from .options import (
+    add_context_option,
+    add_model_options,
+    model_config,
+    parse_settings,
+    quiet_requested,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calibration",
         help="calibration text: a .txt/.jsonl/.json/.parquet path, a hub name, or what a plugin source reads (see `onecomp plugins`)",
     )
-    p.add_argument("--text-key", default="text")
+    p.add_argument("--text-key", default="text", help="column holding the text (jsonl/parquet)")
     p.add_argument("--strategy", default=STRATEGIES[0], choices=STRATEGIES)
     p.add_argument("--num-samples", type=int, default=128)
     p.add_argument("--max-length", type=int, default=512)
@@ -73,7 +81,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or table (also ONECOMP_QUIET=1)"
+    )
+    add_context_option(p)
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -118,7 +129,8 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from ..seed_api import Runner
 
-    out = check_free(args.out, args.overwrite)
+    args.quiet = quiet_requested(args.quiet)
+    out = check_destination(args.out, args.overwrite)
     method = _method(args)
     calibration = CalibrationConfig(
         dataset=args.calibration,
@@ -131,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     )
     checkpoint_dir = _checkpoint_dir(args, out)
     qep_config = _qep_config(args)
+    check_before_work(args, method, out, checkpoint_dir)  # before the model is loaded
     with ExitStack() as held:
         # a second run on the same --out (or checkpoint) stops here, naming this one
         held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
