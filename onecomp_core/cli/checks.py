@@ -28,8 +28,6 @@ def check_before_work(
         silence_progress()
     if checkpoint is not None:
         option = "--checkpoint-dir" if args.checkpoint_dir else "--out (its checkpoint folder)"
-        if checkpoint.resolve() == out.resolve():
-            raise ValueError(f"--checkpoint-dir {checkpoint}: must differ from --out")
         if checkpoint.exists() and not checkpoint.is_dir():
             raise NotADirectoryError(f"{option} {checkpoint}: is a file, not a folder")
         check_writable(checkpoint, option)

@@ -260,7 +260,7 @@ ROWS: dict[str, Row] = {
     ),
     "checkpoint equal to out": lambda p: (
         quantize("--checkpoint-dir", str(p.tmp / "o"), out=p.tmp / "o"),
-        ["must differ from --out"],
+        ["is the output folder"],
     ),
     "overwrite of the folder holding the cwd": _holds_cwd,
     "no free disk space": _no_space,
