@@ -30,6 +30,7 @@ from .engine.qep import QEPConfig
 from .engine.walk import Engine, choose_layers
 from .storage import artifact as saving
 from .storage import results_io
+from .storage.atomic import check_free
 from .storage.packed import apply_results, packed_model
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,15 @@ class Runner:
         self._load()
         self.layers = choose_layers(self.model, self.quantizer)
         logger.info("selected %d layers", len(self.layers))
+        self.results = self.engine().run()
+        self.quantized = True
+        return self.results
+
+    def engine(self, **streaming: Any) -> Engine:
+        """The engine for the loaded model and chosen layers, calibration built when needed.
+
+        ``streaming``: the engine's ``source``, ``writer`` and ``offload`` for a streamed run.
+        """
         needs = self.quantizer.needs()
         if self.qep:
             self._check_qep(needs.inputs)
@@ -114,7 +124,7 @@ class Runner:
             if self.calibration is not None
             else []
         )
-        engine = Engine(
+        return Engine(
             self.model,
             self.quantizer,
             self.layers,
@@ -124,10 +134,37 @@ class Runner:
             qep=self.qep_config if self.qep else None,
             show_progress=self.show_progress,
             block_callback=self.block_callback,
+            **streaming,
         )
-        self.results = engine.run()
+
+    # -- the streamed run: the model never whole in memory, the output written per block ----------
+    def quantize_to(
+        self,
+        out: str | Path,
+        overwrite: bool = False,
+        offload_activations: str | Path | None = None,
+    ) -> Path:
+        """Quantize and save to ``out``, streaming the model block by block from its folder.
+
+        A model that cannot be streamed (see :func:`~onecomp_core.streaming.whole_model_reason`)
+        is loaded whole, with a one-line notice, and saved as :meth:`save_quantized_model` does.
+        ``offload_activations``: a folder that holds the calibration activations between blocks.
+        """
+        from .streaming import StreamedRun, whole_model_reason
+
+        out = check_free(out, overwrite)
+        reason = whole_model_reason(self)
+        run = None
+        if reason is None:
+            run = StreamedRun(self, out, offload_activations)
+            reason = run.refusal
+        if reason is not None:
+            logger.warning("streaming off (%s): the whole model is loaded into memory", reason)
+            self.run()
+            return self.save_quantized_model(out, overwrite=overwrite)
+        self.results = run.run()
         self.quantized = True
-        return self.results
+        return run.save(overwrite)
 
     def _load(self) -> None:
         if self.model is None:

@@ -45,13 +45,31 @@ def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    move_into_place(tmp, out, overwrite=True)
+
+
+def move_into_place(folder: Path, out: Path, overwrite: bool) -> Path:
+    """Rename the finished ``folder`` to ``out``; a previous ``out`` is deleted only after.
+
+    ``folder`` on another filesystem (a checkpoint folder elsewhere) is first
+    copied beside ``out``, so the last step is always a rename.
+    """
+    out = check_free(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if os.stat(folder).st_dev != os.stat(out.parent).st_dev:
+        near = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        shutil.rmtree(near)
+        shutil.copytree(folder, near)
+        shutil.rmtree(folder)
+        folder = near
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / out.name)
-        os.replace(tmp, out)
+        os.replace(folder, out)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, out)
+        os.replace(folder, out)
+    return out
 
 
 @contextmanager
