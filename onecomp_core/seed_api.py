@@ -162,7 +162,15 @@ class Runner:
             logger.warning("streaming off (%s): the whole model is loaded into memory", reason)
             self.run()
             return self.save_quantized_model(out, overwrite=overwrite)
-        self.results = run.run()
+        try:
+            self.results = run.run()
+        except RuntimeError as exc:
+            if not run.reads_weights_early(exc):
+                raise
+            logger.warning("streaming off (%s): the whole model is loaded into memory", exc)
+            self.model = None
+            self.run()
+            return self.save_quantized_model(out, overwrite=overwrite)
         self.quantized = True
         return run.save(overwrite)
 

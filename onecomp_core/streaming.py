@@ -98,6 +98,12 @@ class StreamedRun:
                 shutil.rmtree(self.partial, ignore_errors=True)
             raise
 
+    def reads_weights_early(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says a planning step read weight values of the skeleton (AutoBit's
+        weight-error scores read every layer before the first block): then the whole model
+        is loaded instead. Only before any block was written."""
+        return "meta tensor" in str(exc) and self.writer.written == 0
+
     def save(self, overwrite: bool) -> Path:
         """Finish the folder (outer tensors, index, config, tokenizer) and rename it to ``out``."""
         runner = self.runner

@@ -210,7 +210,7 @@ class Engine:
         self._written(restored)
         for index in range(start):
             rest = checkpoint.load_rest(index)
-            if rest:
+            if rest and not self.source.streamed:  # a streamed block's rest is in its shard
                 blocks[index].load_state_dict(rest, strict=False)
         logger.info("resumed after block %d of %d", start, len(blocks))
 

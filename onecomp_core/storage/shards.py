@@ -43,6 +43,7 @@ class ShardWriter:
         self.folder, self.source, self.blocks = Path(folder), source, blocks
         self.outer = _outer_groups(source.model, blocks)
         self.total = count + len(self.outer)
+        self.written = 0
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def shard_name(self, number: int) -> str:
@@ -64,6 +65,7 @@ class ShardWriter:
         prefix = f"{self.blocks}.{index}"
         state = block_state(prefix, block, layers, results, method)
         self._write(index, state)
+        self.written += 1
 
     def _write(self, number: int, state: dict[str, torch.Tensor]) -> None:
         with atomic_file(self.folder / self.shard_name(number)) as tmp:
