@@ -20,7 +20,6 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -127,19 +126,19 @@ class StreamedModel:
             for _, key, tensor, _ in _direct_tensors(module)
             if tensor.device.type == "meta"
         }
-        self._handles: dict[str, Any] = {}
 
     # -- reading --------------------------------------------------------------------------------
     def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The tensor the model calls ``name``, from disk, on ``device`` in the run's dtype."""
-        key = self.keys[name]
-        handle = self._handles.get(self.files[key])
-        if handle is None:
-            from safetensors import safe_open
+        """The tensor the model calls ``name``, from disk, on ``device`` in the run's dtype.
 
-            handle = safe_open(str(self.folder / self.files[key]), framework="pt")
-            self._handles[self.files[key]] = handle
-        tensor = handle.get_tensor(key)
+        The file is opened for this read only: an open file keeps every page read
+        through it mapped into the process, so the whole model would stay resident.
+        """
+        from safetensors import safe_open
+
+        key = self.keys[name]
+        with safe_open(str(self.folder / self.files[key]), framework="pt") as handle:
+            tensor = handle.get_tensor(key)
         if name in self.transposed:
             tensor = tensor.t()
         if tensor.is_floating_point():
