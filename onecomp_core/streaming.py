@@ -14,7 +14,6 @@ with a one-line notice naming the reason (:func:`whole_model_reason`).
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from .engine import blocks as blockwise
 from .engine.offload import DiskStreams
 from .engine.walk import choose_layers
 from .storage.artifact import quantization_config
+from .storage.atomic import partial_name
 from .storage.packed import layer_table
 from .storage.shards import ShardWriter
 from .storage.skeleton import skeleton
@@ -77,6 +77,7 @@ class StreamedRun:
             self.refusal = f"layer {outside[0]} outside the blocks is selected"
             return
         runner.model, runner.layers = model, layers
+        runner._model_folder = self.folder  # the resume key: the model's files by content
         runner.tokenizer = config.load_tokenizer()
         runner.conv1d_linearized = len(self.source.transposed)
 
@@ -89,11 +90,11 @@ class StreamedRun:
         else:
             parent = self.out.parent
             parent.mkdir(parents=True, exist_ok=True)
-            self.partial = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=parent))
+            self.partial = partial_name(self.out)
         self.writer = ShardWriter(self.partial, self.source, self.prefix, self.count)
         offload = DiskStreams(self.offload) if self.offload is not None else None
         try:
-            return runner.engine(source=self.source, writer=self.writer, offload=offload).run()
+            return runner.run_engine(source=self.source, writer=self.writer, offload=offload)
         except BaseException:
             if checkpoint is None:
                 shutil.rmtree(self.partial, ignore_errors=True)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from onecomp_core import CalibrationConfig, ModelConfig, Runner, create_method
 from onecomp_core.cli import main
 from onecomp_core.storage import load_quantized_model
-from onecomp_core.testing import tiny_model
+from onecomp_core.testing import saved_tensors, tiny_model
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 STORIES = ASSETS / "stories260K"
@@ -41,15 +40,8 @@ CASES = {
 }
 
 
-def _tensors(folder: Path) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        tensors.update(load_file(str(path)))
-    return tensors
-
-
 def _assert_same_output(streamed: Path, whole: Path) -> None:
-    ours, theirs = _tensors(streamed), _tensors(whole)
+    ours, theirs = saved_tensors(streamed), saved_tensors(whole)
     assert sorted(ours) == sorted(theirs)
     for key, tensor in theirs.items():
         assert ours[key].dtype == tensor.dtype and torch.equal(ours[key], tensor), key

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..contract import LayerResult, Method
-from .atomic import atomic_file, move_into_place
+from .atomic import atomic_file, follow_umask, move_into_place
 from .hf_folder import INDEX_NAME
 from .packed import packers
 
@@ -112,6 +112,7 @@ class ShardWriter:
 
     def publish(self, out: str | Path, overwrite: bool) -> Path:
         """Rename the finished folder to ``out`` (the previous ``out`` removed only after)."""
+        follow_umask(self.folder)
         return move_into_place(self.folder, Path(out), overwrite)
 
 
