@@ -35,7 +35,6 @@ from .engine.qep import QEPConfig
 from .engine.walk import Engine, choose_layers
 from .storage import artifact as saving
 from .storage import results_io
-from .storage.atomic import check_free
 from .storage.packed import apply_results, packed_model
 
 logger = logging.getLogger(__name__)
@@ -166,26 +165,9 @@ class Runner:
         is loaded whole, with a one-line notice, and saved as :meth:`save_quantized_model` does.
         ``offload_activations``: a folder that holds the calibration activations between blocks.
         """
-        from .streaming import StreamedRun, whole_model_reason
+        from .streaming import quantize_to
 
-        out = check_free(out, overwrite)
-        reason = whole_model_reason(self)
-        run = None
-        if reason is None:
-            run = StreamedRun(self, out, offload_activations)
-            reason = run.refusal
-        if reason is None:
-            try:
-                run.run()
-                return run.save(overwrite)
-            except RuntimeError as exc:
-                if not run.reads_weights_early(exc):
-                    raise
-                reason = str(exc)
-                self.model = None
-        logger.warning("streaming off (%s): the whole model is loaded into memory", reason)
-        self.run()
-        return self.save_quantized_model(out, overwrite=overwrite)
+        return quantize_to(self, out, overwrite, offload_activations)
 
     def _load(self) -> None:
         if self.model is None:

@@ -13,6 +13,7 @@ with a one-line notice naming the reason (:func:`whole_model_reason`).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from .engine import blocks as blockwise
 from .engine.offload import DiskStreams
 from .engine.walk import choose_layers
 from .storage.artifact import quantization_config
-from .storage.atomic import partial_name
+from .storage.atomic import check_free, partial_name
 from .storage.packed import layer_table
 from .storage.shards import ShardWriter
 from .storage.skeleton import skeleton
@@ -31,8 +32,33 @@ from .storage.skeleton import skeleton
 if TYPE_CHECKING:
     from .seed_api import Runner
 
+logger = logging.getLogger(__name__)
+
 #: the partial output folder inside a checkpoint folder (so a resumed run keeps its shards)
 PARTIAL = "output.partial"
+
+
+def quantize_to(
+    runner: Runner, out: str | Path, overwrite: bool, offload: str | Path | None
+) -> Path:
+    """``runner`` quantized into ``out``: streamed when it can be, else with the whole model."""
+    out = check_free(out, overwrite)
+    reason = whole_model_reason(runner)
+    run = None
+    if reason is None:
+        run = StreamedRun(runner, out, offload)
+        reason = run.refusal
+    if reason is None:
+        try:
+            run.run()
+            return run.save(overwrite)
+        except RuntimeError as exc:
+            if not run.reads_weights_early(exc):
+                raise
+            reason, runner.model = str(exc), None
+    logger.warning("streaming off (%s): the whole model is loaded into memory", reason)
+    runner.run()
+    return runner.save_quantized_model(out, overwrite=overwrite)
 
 
 def whole_model_reason(runner: Runner) -> str | None:

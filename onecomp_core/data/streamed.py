@@ -66,12 +66,11 @@ class ResidentModel:
         module = self.model.get_submodule(prefix)
         if recurse:
             return module.to(device)
-        for _, key, tensor, _ in list(_direct_tensors(module)):
-            holder = module._parameters if key in module._parameters else module._buffers
-            if holder is module._parameters:
+        for kind, key, tensor, _ in list(_direct_tensors(module)):
+            if kind == "param":
                 tensor.data = tensor.data.to(device)
             else:
-                holder[key] = tensor.to(device)
+                module._buffers[key] = tensor.to(device)
         return module
 
     def release(self, prefix: str, recurse: bool = True) -> None:

@@ -68,10 +68,14 @@ class DiskStreams:
 
 
 def light_result(result: LayerResult) -> LayerResult:
-    """``result`` with its tensors replaced by meta tensors of the same shape and dtype."""
-    light = copy.copy(result)
+    """A copy of ``result`` whose tensors are meta tensors of the same shapes and dtypes."""
+    return drop_tensors(copy.copy(result))
+
+
+def drop_tensors(result: LayerResult) -> LayerResult:
+    """``result`` itself with its tensors replaced by meta tensors (their memory freed)."""
     for field in dataclasses.fields(result):
         value = getattr(result, field.name)
         if isinstance(value, torch.Tensor):
-            setattr(light, field.name, torch.empty_like(value, device="meta"))
-    return light
+            setattr(result, field.name, torch.empty_like(value, device="meta"))
+    return result

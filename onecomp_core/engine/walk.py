@@ -77,8 +77,7 @@ class Engine:
         offload: DiskStreams | None = None,
     ) -> None:
         self.model, self.method, self.layers = model, method, layers
-        # where block tensors come from (a StreamedModel reads them from disk), where each
-        # finished block is written (a ShardWriter), where activations wait (a folder)
+        # block tensors from memory or disk; finished blocks to a ShardWriter; activations on disk
         self.source = source if source is not None else ResidentModel(model)
         self.writer, self.offload = writer, offload
         self.batches, self.device, self.qep = batches, device, qep
@@ -172,8 +171,7 @@ class Engine:
     # -- results: the one place they are stored and written back ------------------------------
     def _store(self, name: str, result: LayerResult) -> None:
         self.results[name] = result
-        if self.layers[name].weight.device.type != "meta":  # a streamed layer not in memory
-            apply_results(self.layers, {name: result})
+        apply_results(self.layers, {name: result})
 
     def _update(self, changed: dict[str, LayerResult] | None) -> None:
         for name, result in (changed or {}).items():
@@ -218,10 +216,8 @@ class Engine:
         return {k: p for k, p in block.named_parameters() if id(p) not in quantized}
 
     def _restore(self, blocks: nn.ModuleList, checkpoint: BlockCheckpoint, start: int) -> None:
-        restored = checkpoint.load_results(start)
-        for name, result in restored.items():
-            self._store(name, result)
-        self._written(restored)
+        for name, result in checkpoint.load_results(start).items():
+            self._store(name, result if self.writer is None else light_result(result))
         for index in range(start):
             rest = checkpoint.load_rest(index)
             if rest and not self.source.streamed:  # a streamed block's rest is in its shard
@@ -284,7 +280,6 @@ class Engine:
                 saved["full_precision"] = streams.full_precision
             checkpoint.save_block(index, view.results, saved, self._block_rest(block, layers))
         self.source.release(name)
-        self._written(layers)
         if self.block_callback is not None:
             self.block_callback(view)
         return streams
@@ -293,12 +288,6 @@ class Engine:
         return self._keep(
             blockwise.run_block(block, x, kw) for x, kw in zip(inputs, streams.kwargs, strict=True)
         )
-
-    def _written(self, layers: dict[str, nn.Module]) -> None:
-        """A written block's results keep only their rows: nothing later reads their tensors."""
-        if self.writer is not None and not self.needs.model_pass:
-            for name in layers:
-                self.results[name] = light_result(self.results[name])
 
     def _groups(
         self, block: nn.Module, layers: dict[str, nn.Module], streams: Streams

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..contract import LayerResult, Method
+from ..engine.offload import drop_tensors
 from .atomic import atomic_file, follow_umask, move_into_place
 from .hf_folder import INDEX_NAME
 from .packed import packers
@@ -44,6 +45,7 @@ class ShardWriter:
         self.outer = _outer_groups(source.model, blocks)
         self.total = count + len(self.outer)
         self.written = 0
+        self._pending: list[LayerResult] = []
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def shard_name(self, number: int) -> str:
@@ -63,9 +65,18 @@ class ShardWriter:
             for stale in self.folder.glob("model-*.safetensors"):
                 stale.unlink()
         prefix = f"{self.blocks}.{index}"
+        self._drop_written()
         state = block_state(prefix, block, layers, results, method)
         self._write(index, state)
         self.written += 1
+        self._pending = list(results.values())
+
+    def _drop_written(self) -> None:
+        """Free the tensors of the last written block's results: only their rows are needed
+        from here on. Done one block late, once the checkpoint has saved them too."""
+        for result in self._pending:
+            drop_tensors(result)
+        self._pending = []
 
     def _write(self, number: int, state: dict[str, torch.Tensor]) -> None:
         with atomic_file(self.folder / self.shard_name(number)) as tmp:
@@ -80,6 +91,7 @@ class ShardWriter:
         model_folder: Path | None,
     ) -> None:
         """The tensors outside the blocks, the index, config.json, tokenizer, generation config."""
+        self._drop_written()
         start = self.total - len(self.outer)
         for number, (module_name, keys) in enumerate(self.outer.items(), start):
             module = self.source.materialize(module_name, "cpu", recurse=False)
