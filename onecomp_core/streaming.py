@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .contract import LayerResult
 from .data.streamed import NotStreamable, StreamedModel, open_streamed
@@ -29,8 +29,8 @@ from .storage.packed import layer_table
 from .storage.shards import ShardWriter
 from .storage.skeleton import skeleton
 
-if TYPE_CHECKING:
-    from .seed_api import Runner
+#: a seed_api.Runner (not imported: the Runner imports this module)
+Runner = Any
 
 logger = logging.getLogger(__name__)
 
