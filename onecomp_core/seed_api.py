@@ -113,6 +113,13 @@ class Runner:
         self._load()
         self.layers = choose_layers(self.model, self.quantizer)
         logger.info("selected %d layers", len(self.layers))
+        return self.run_engine()
+
+    def run_engine(self, **streaming: Any) -> dict[str, LayerResult]:
+        """Calibrate when needed and run the engine on the loaded model and chosen layers.
+
+        ``streaming``: the engine's ``source``, ``writer`` and ``offload`` for a streamed run.
+        """
         needs = self.quantizer.needs()
         if self.qep:
             self._check_qep(needs.inputs)
@@ -138,11 +145,29 @@ class Runner:
                 qep=self.qep_config if self.qep else None,
                 show_progress=self.show_progress,
                 block_callback=self.block_callback,
+                **streaming,
             )
             self.results = engine.run()
             self.timings = dict(engine.timings)
         self.quantized = True
         return self.results
+
+    # -- the streamed run: the model never whole in memory, the output written per block ----------
+    def quantize_to(
+        self,
+        out: str | Path,
+        overwrite: bool = False,
+        offload_activations: str | Path | None = None,
+    ) -> Path:
+        """Quantize and save to ``out``, streaming the model block by block from its folder.
+
+        A model that cannot be streamed (see :func:`~onecomp_core.streaming.whole_model_reason`)
+        is loaded whole, with a one-line notice, and saved as :meth:`save_quantized_model` does.
+        ``offload_activations``: a folder that holds the calibration activations between blocks.
+        """
+        from .streaming import quantize_to
+
+        return quantize_to(self, out, overwrite, offload_activations)
 
     def _load(self) -> None:
         if self.model is None:

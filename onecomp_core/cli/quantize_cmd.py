@@ -78,6 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="do not save progress per block (a crash loses the whole run)",
     )
+    p.add_argument(
+        "--offload-activations",
+        metavar="DIR",
+        help="keep the calibration activations between blocks as files under DIR "
+        "(for calibration sets larger than memory)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
@@ -171,15 +177,15 @@ def _quantize(args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path 
 
     start = time.perf_counter()
     try:
-        results = runner.run()
+        runner.quantize_to(out, args.overwrite, args.offload_activations)
     except CheckpointMismatch as err:
         raise ValueError(
             f"{err.problem}; pass --restart to start over, or another --checkpoint-dir"
         ) from None
+    results = runner.results
     elapsed = time.perf_counter() - start
     if not args.quiet:
         runner.print_quantization_results()
-    runner.save_quantized_model(out, overwrite=args.overwrite)
     if checkpoint_dir is not None and args.checkpoint_dir is None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if args.summary_json:

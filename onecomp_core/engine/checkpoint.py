@@ -37,7 +37,7 @@ from ..storage.results_io import load_results, save_results
 MANIFEST = "manifest.json"
 #: what a checkpoint folder may hold; --restart deletes nothing else
 _OURS = re.compile(
-    r"(manifest\.json|block_\d{4}|(rest|inputs)_\d{4}\.safetensors|\.lock|\..+\.(partial|old)-.+)"
+    r"(manifest\.json|output\.partial|block_\d{4}|(rest|inputs)_\d{4}\.safetensors|\.lock|\..+\.(partial|old)-.+)"
 )
 _ADVICE = "pass restart=True (CLI: --restart) to start over, or use another checkpoint folder"
 

@@ -39,6 +39,11 @@ def _temp_name(target: Path, kind: str) -> Path:
     return target.with_name(f".{target.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+def partial_name(target: Path) -> Path:
+    """A temporary name for a folder that becomes ``target`` (removed if its writer dies)."""
+    return _temp_name(target, "partial")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -143,13 +148,30 @@ def atomic_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    move_into_place(tmp, out, overwrite=True)
+
+
+def move_into_place(folder: Path, out: Path, overwrite: bool) -> Path:
+    """Rename the finished ``folder`` to ``out``; a previous ``out`` is deleted only after.
+
+    A ``folder`` on another filesystem (a checkpoint folder elsewhere) is
+    first copied beside ``out``, so the last step is always a rename.
+    """
+    out = check_free(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if os.stat(folder).st_dev != os.stat(out.parent).st_dev:
+        near = _temp_name(out, "partial")
+        shutil.copytree(folder, near)
+        shutil.rmtree(folder)
+        folder = near
     if out.exists() or out.is_symlink():
         old = _temp_name(out, "old")
         os.replace(out, old)
-        os.replace(tmp, out)
+        os.replace(folder, out)
         _remove(old)
     else:
-        os.replace(tmp, out)
+        os.replace(folder, out)
+    return out
 
 
 @contextmanager

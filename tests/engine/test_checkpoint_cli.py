@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from onecomp_core.cli import main
+from onecomp_core.testing import saved_tensors
 
 REPO = Path(__file__).resolve().parents[2]
 ASSETS = REPO.parent / "shared" / "assets"
@@ -108,7 +109,7 @@ def test_weights_changed_in_place_are_never_resumed(killed, tmp_path, capsys, mo
     # --restart starts over on the new weights
     assert main([*args, "--checkpoint-dir", str(ckpt), "--restart"]) == 0
     assert "resuming" not in capsys.readouterr().err
-    assert (tmp_path / "q" / "model.safetensors").is_file()
+    assert (tmp_path / "q" / "config.json").is_file()
 
 
 def test_the_same_weights_at_another_path_resume_bit_identically(
@@ -131,8 +132,8 @@ def test_the_same_weights_at_another_path_resume_bit_identically(
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "lock" in p.name]
 
     assert main(["quantize", str(STORIES), *RUN, "--out", str(tmp_path / "whole")]) == 0
-    whole = load_file(str(tmp_path / "whole" / "model.safetensors"))
-    resumed = load_file(str(tmp_path / "resumed" / "model.safetensors"))
+    whole = saved_tensors(tmp_path / "whole")
+    resumed = saved_tensors(tmp_path / "resumed")
     assert whole.keys() == resumed.keys()
     for key in whole:
         assert torch.equal(whole[key], resumed[key]), key
