@@ -117,12 +117,14 @@ class StreamedRun:
             parent = self.out.parent
             parent.mkdir(parents=True, exist_ok=True)
             self.partial = partial_name(self.out)
+        fresh = not self.partial.exists()
         self.writer = ShardWriter(self.partial, self.source, self.prefix, self.count)
         offload = DiskStreams(self.offload) if self.offload is not None else None
         try:
             return runner.run_engine(source=self.source, writer=self.writer, offload=offload)
         except BaseException:
-            if checkpoint is None:
+            # a checkpoint keeps its shards for the resume, unless this run made none
+            if checkpoint is None or (fresh and self.writer.written == 0):
                 shutil.rmtree(self.partial, ignore_errors=True)
             raise
 
