@@ -16,7 +16,11 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+#: ../shared/assets of the repository (or of the checkout a git worktree was made from)
+ASSETS = next(
+    (p / "shared" / "assets" for p in ROOT.parents if (p / "shared" / "assets").is_dir()),
+    ROOT.parent / "shared" / "assets",
+)
 STORIES = ASSETS / "stories260K"
 CALIBRATION = ASSETS / "text" / "wikitext2-valid.tokens.txt"
 TS_TEXT = ASSETS / "text" / "tinystories-valid-excerpt.txt"
