@@ -48,7 +48,14 @@ BIN = Path(sys.executable).parent
 
 
 def quantize_command(
-    model: Path, method: str, out: Path, summary: Path, samples: int, length: int, device: str
+    model: Path,
+    method: str,
+    out: Path,
+    summary: Path,
+    samples: int,
+    length: int,
+    device: str,
+    checkpoint: bool = True,
 ) -> list[str]:
     """The ``onecomp quantize`` arguments of one run (without the program)."""
     args = ["quantize", str(model), "--method", method]
@@ -56,7 +63,8 @@ def quantize_command(
         args += ["--set", setting]
     args += ["--calibration", str(CALIBRATION), "--num-samples", str(samples)]
     args += ["--max-length", str(length), "--seed", "0", "--strategy", "concat_chunk"]
-    args += ["--out", str(out), "--overwrite", "--no-checkpoint", "--quiet"]
+    args += ["--out", str(out), "--overwrite", "--quiet"]
+    args += ["--no-checkpoint"] if not checkpoint else []
     return args + ["--summary-json", str(summary), "--device", device]
 
 
@@ -80,11 +88,12 @@ def measure(
     ranks: int = 1,
     timeout: float | None = None,
     device: str = "auto",
+    checkpoint: bool = True,
 ) -> dict:
     """One quantize run of ``model`` through the CLI (under torchrun when ``ranks`` > 1)."""
     out, summary = work / f"{method}-{ranks}r", work / f"{method}-{ranks}r.summary.json"
     summary.unlink(missing_ok=True)
-    args = quantize_command(model, method, out, summary, samples, length, device)
+    args = quantize_command(model, method, out, summary, samples, length, device, checkpoint)
     if ranks > 1:
         program = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={ranks}"]
         program += ["--no-python", str(BIN / "onecomp")]
@@ -100,6 +109,7 @@ def measure(
         "samples": f"{samples}x{length}",
         "threads": threads or "default",
         "ranks": ranks,
+        "checkpoint": checkpoint,
         "status": "timeout" if run.timed_out else ("ok" if run.returncode == 0 else "failed"),
         "wall_s": round(run.wall_s, 1),
         "peak_tree_mb": round(run.peak_tree_rss_mb),
@@ -140,6 +150,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--distributed", type=int, default=0, metavar="N", help="torchrun ranks")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     parser.add_argument("--max-shard-mb", type=float, default=500, help="shard size of the model")
+    parser.add_argument(
+        "--no-checkpoint", action="store_true", help="pass --no-checkpoint (default: the CLI's)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the quantized outputs")
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default=str(RESULTS / "scale.jsonl"), help="'' = print only")
@@ -178,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 length=args.max_length,
                 timeout=args.timeout,
                 device=args.device,
+                checkpoint=not args.no_checkpoint,
             )
             base = {"benchmark": "scale", "label": args.label, "shape": args.shape}
             base["blocks"] = blocks
