@@ -125,6 +125,22 @@ def measure(
     return record
 
 
+def reference_forward(model: Path, samples: int, length: int, threads: int) -> float | str:
+    """One calibration forward through ``model``'s blocks, timed in a process of its own."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("reference_forward.py")), str(model)]
+        + ["--num-samples", str(samples), "--max-length", str(length)],
+        env=run_env(threads),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        return scale_report.NA
+    return json.loads(done.stdout.strip().splitlines()[-1])["forward_s"]
+
+
 def _emit(*parts: dict, out: str) -> None:
     record = {k: v for part in parts for k, v in part.items() if k != "output"}
     emit(record, out or None)
@@ -153,6 +169,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-checkpoint", action="store_true", help="pass --no-checkpoint (default: the CLI's)"
     )
+    parser.add_argument(
+        "--reference-forward",
+        action="store_true",
+        help="also time one calibration forward in a separate process (for engines without"
+        " timings)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the quantized outputs")
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default=str(RESULTS / "scale.jsonl"), help="'' = print only")
@@ -175,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     context = scale_report.context(argv if argv is not None else sys.argv[1:])
     Path(args.models).mkdir(parents=True, exist_ok=True)
+    forwards: dict[int, float | str] = {}
     for blocks, method in _cases(args):
         model = synthetic_model.cached(
             args.models,
@@ -197,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
             base["blocks"] = blocks
             if not args.distributed:
                 record = measure(model, method, work, threads=args.threads, **common)
+                if args.reference_forward:
+                    if blocks not in forwards:
+                        forwards[blocks] = reference_forward(
+                            model, args.num_samples, args.max_length, args.threads
+                        )
+                    record |= scale_report.reference_fields(record, forwards[blocks])
                 _emit(base, record, context, out=args.out)
                 continue
             single = measure(model, method, work, threads=1, **common)

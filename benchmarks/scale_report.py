@@ -53,6 +53,18 @@ def timing_fields(summary: dict, wall_s: float) -> dict:
     return fields
 
 
+def reference_fields(record: dict, forward_s: float | str) -> dict:
+    """Item 3's ratio with a forward timed apart (``reference_forward.py``), for old engines."""
+    fields = {"ref_forward_s": forward_s}
+    solve, engine = _num(record.get("solve_s")), _num(record.get("engine_s"))
+    if _num(forward_s) is None or solve is None or record.get("status") != "ok":
+        return fields | {"ratio_wall_ref": NA, "ratio_engine_ref": NA}
+    denominator = forward_s + solve
+    fields["ratio_wall_ref"] = round(record["wall_s"] / denominator, 2)
+    fields["ratio_engine_ref"] = round(engine / denominator, 2) if engine is not None else NA
+    return fields
+
+
 def git_commit() -> str:
     """Short commit of the working tree, with "+dirty" when files differ from it."""
 

@@ -121,6 +121,9 @@ def test_timing_fields_use_engine_timings_when_present() -> None:
         25.0,
     )
     assert (timed["solve_s"], timed["ratio_wall"], timed["ratio_engine"]) == (4.0, 5.0, 4.0)
+    # a forward timed apart gives the ratio for engines without timings
+    apart = scale_report.reference_fields(plain | {"status": "ok", "wall_s": 25.0}, 2.0)
+    assert (apart["ratio_wall_ref"], apart["ratio_engine_ref"]) == (5.0, 4.0)
 
 
 def test_scale_runs_the_real_cli_and_records_a_line(tiny: Path, tmp_path: Path) -> None:
