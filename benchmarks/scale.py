@@ -91,7 +91,8 @@ def measure(
     checkpoint: bool = True,
 ) -> dict:
     """One quantize run of ``model`` through the CLI (under torchrun when ``ranks`` > 1)."""
-    out, summary = work / f"{method}-{ranks}r", work / f"{method}-{ranks}r.summary.json"
+    out = work / f"{model.name}-{method}-{ranks}r"
+    summary = out.with_name(out.name + ".summary.json")
     summary.unlink(missing_ok=True)
     args = quantize_command(model, method, out, summary, samples, length, device, checkpoint)
     if ranks > 1:
@@ -99,6 +100,7 @@ def measure(
         program += ["--no-python", str(BIN / "onecomp")]
     else:
         program = [str(BIN / "onecomp")]
+    load_before = os.getloadavg()[0]
     run = run_tree(
         program + args, env=run_env(threads), timeout=timeout, log_dir=work / f"{out.name}.logs"
     )
@@ -121,6 +123,7 @@ def measure(
         record["error"] = run.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
     if summary.is_file():
         record |= scale_report.timing_fields(json.loads(summary.read_text()), run.wall_s)
+    record["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     record["output"] = str(out)
     return record
 

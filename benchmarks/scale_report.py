@@ -95,9 +95,8 @@ def machine() -> str:
 
 
 def context(argv: list[str]) -> dict:
-    """Fields every record carries: commit, machine, load average, the command."""
+    """Fields every record carries: commit, machine, the command."""
     return {
-        "load_average": round(os.getloadavg()[0], 1),
         "commit": git_commit(),
         "machine": machine(),
         "command": "python benchmarks/scale.py " + " ".join(argv),
