@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale_report  # noqa: E402
 import synthetic_model  # noqa: E402
-from common import CALIBRATION, RESULTS, STORIES, emit  # noqa: E402
+from common import CALIBRATION, RESULTS, ROOT, STORIES, emit  # noqa: E402
 from process_tree import MB, run_tree  # noqa: E402
 
 #: the protocol's settings per method (DBF: its defaults at 1.5 bits)
@@ -68,9 +68,31 @@ def quantize_command(
     return args + ["--summary-json", str(summary), "--device", device]
 
 
+def checkout_path() -> str:
+    """This checkout's core and plugins first on the path, whatever the interpreter has installed.
+
+    A venv made for one checkout and copied for another still maps ``onecomp_core``
+    and the plugins to the first; the benchmark measures the code it lives beside.
+    """
+    roots = [ROOT, *sorted((ROOT / "plugins").glob("*/")), *sorted(ROOT.glob("examples/*/"))]
+    return os.pathsep.join(str(r) for r in roots)
+
+
+def code_location(env: dict[str, str]) -> str:
+    """The checkout whose ``onecomp_core`` and GPTQ/DBF plugins the runs import ("mixed" if not one)."""
+    import subprocess
+
+    probe = "import onecomp_core, onecomp_gptq, onecomp_dbf as m, pathlib as p\n"
+    probe += "print(*{str(p.Path(x.__file__).parents[i]) for x, i in "
+    probe += "((onecomp_core, 1), (onecomp_gptq, 3), (m, 3))})"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    roots = done.stdout.split()
+    return roots[0] if len(roots) == 1 else f"mixed: {' '.join(roots) or done.stderr[-200:]}"
+
+
 def run_env(threads: int) -> dict[str, str]:
     """The child's environment: ``threads`` compute threads (0: leave torch's default)."""
-    env = {**os.environ, "ONECOMP_QUIET": "1"}
+    env = {**os.environ, "ONECOMP_QUIET": "1", "PYTHONPATH": checkout_path()}
     if threads:
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     else:
@@ -199,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--distributed {args.distributed}: {missing}", file=sys.stderr)
             return 2
     context = scale_report.context(argv if argv is not None else sys.argv[1:])
+    context["code"] = code_location(run_env(1))
     Path(args.models).mkdir(parents=True, exist_ok=True)
     forwards: dict[int, float | str] = {}
     for blocks, method in _cases(args):
