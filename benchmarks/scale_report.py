@@ -8,7 +8,6 @@ solve times and the quantize step's wall time are known and the rest is "n/a".
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import platform
 import subprocess
@@ -106,10 +105,11 @@ def context(argv: list[str]) -> dict:
 def distributed_missing() -> str | None:
     """Why this onecomp cannot quantize under torchrun, or None when it can.
 
-    The distributed engine lives in ``onecomp_core.engine.distributed`` (design
-    v2); without it every rank would run the whole job and write the same folder.
+    The distributed engine lives in ``onecomp_core/engine/distributed.py`` of this
+    checkout (design v2); without it every rank would run the whole job and write
+    the same folder.
     """
-    if importlib.util.find_spec("onecomp_core.engine.distributed") is None:
+    if not (ROOT / "onecomp_core" / "engine" / "distributed.py").is_file():
         return (
             "this onecomp has no distributed engine (onecomp_core.engine.distributed is "
             "missing): torchrun would run N independent copies; merge the distributed branch first"
