@@ -148,3 +148,21 @@ def test_distributed_mode_refuses_clearly_without_the_distributed_engine(capsys)
         pytest.skip("the distributed engine is there")
     assert scale.main(["--distributed", "2", "--out", ""]) == 2
     assert "no distributed engine" in capsys.readouterr().err
+
+
+def test_output_comparison_is_bit_exact(tiny: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    same = scale_report.tensors_equal(tiny, copy)
+    assert same["identical"] and same["tensors"] == len(_tensors(tiny))
+    shard = sorted(copy.glob("*.safetensors"))[-1]
+    tensors = load_file(shard)
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = torch.nextafter(tensors[name].view(-1)[0], torch.tensor(9.0))
+    save_file(tensors, shard)
+    assert scale_report.tensors_equal(tiny, copy)["differ"] == [name]
