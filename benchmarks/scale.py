@@ -142,7 +142,9 @@ def measure(
         "peak_over_model": round(run.peak_tree_rss_mb * MB / model_bytes, 3),
     }
     if record["status"] == "failed":
-        record["error"] = run.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+        lines = [x for x in run.stderr.splitlines() if x.strip() and set(x.strip()) != {"="}]
+        ours = [x for x in lines if x.startswith("onecomp")]  # the CLI's one-line errors
+        record["error"] = (ours or lines)[-3:] or ["(no stderr)"]
     if summary.is_file():
         record |= scale_report.timing_fields(json.loads(summary.read_text()), run.wall_s)
     record["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
