@@ -7,12 +7,14 @@ import json
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
-from ..storage.atomic import check_free
+from ..storage import lock
+from ..storage.atomic import check_free, remove_leftovers
 from .options import add_model_options, model_config, parse_settings
 
 
@@ -58,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rerunning the same command resumes there; removed after a successful save",
     )
     p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint folder's progress and start over "
+        "(a checkpoint of another model or other settings is refused otherwise)",
+    )
+    p.add_argument(
         "--no-checkpoint",
         action="store_true",
         help="do not save progress per block (a crash loses the whole run)",
@@ -94,6 +102,8 @@ def _qep_config(args: argparse.Namespace):
 
 def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
     if args.no_checkpoint:
+        if args.restart:
+            raise ValueError("--restart discards a checkpoint: it has no use with --no-checkpoint")
         return None
     return (
         Path(args.checkpoint_dir)
@@ -117,17 +127,39 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     checkpoint_dir = _checkpoint_dir(args, out)
-    runner = Runner(
-        model_config=model_config(args.model, args.dtype, args.device),
-        quantizer=method,
-        calibration_config=calibration,
-        checkpoint_dir=checkpoint_dir,
-        show_progress=not args.quiet,
-        qep=args.qep,
-        qep_config=_qep_config(args),
-    )
+    qep_config = _qep_config(args)
+    with ExitStack() as held:
+        # a second run on the same --out (or checkpoint) stops here, naming this one
+        held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
+        remove_leftovers(out)
+        if checkpoint_dir is not None:
+            held.enter_context(
+                lock.holding(lock.inside(checkpoint_dir), f"checkpoint folder {checkpoint_dir}")
+            )
+        runner = Runner(
+            model_config=model_config(args.model, args.dtype, args.device),
+            quantizer=method,
+            calibration_config=calibration,
+            checkpoint_dir=checkpoint_dir,
+            show_progress=not args.quiet,
+            qep=args.qep,
+            qep_config=qep_config,
+            restart=args.restart,
+        )
+        return _quantize(args, out, runner, checkpoint_dir)
+
+
+def _quantize(args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path | None) -> int:
+    """Run, save, clean up (under the locks :func:`run` holds)."""
+    from ..engine.checkpoint import CheckpointMismatch
+
     start = time.perf_counter()
-    results = runner.run()
+    try:
+        results = runner.run()
+    except CheckpointMismatch as err:
+        raise ValueError(
+            f"{err.problem}; pass --restart to start over, or another --checkpoint-dir"
+        ) from None
     elapsed = time.perf_counter() - start
     if not args.quiet:
         runner.print_quantization_results()
@@ -136,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if args.summary_json:
         summary = runner.summary() | {"wall_time_s": round(elapsed, 3)}
+        floor = summary["timings"].get("one_forward_s", 0) + summary["timings"].get("solve_s", 0)
+        if floor > 0:  # issue 12's measure of passes: wall / (one forward + the solves)
+            summary["wall_over_forward_and_solves"] = round(elapsed / floor, 3)
         Path(args.summary_json).write_text(json.dumps(summary, indent=1))
     print(
         f"quantized {len(results)} layers with {args.method} in {elapsed:.1f} s; saved to {out}",
