@@ -137,6 +137,9 @@ def test_scale_runs_the_real_cli_and_records_a_line(tiny: Path, tmp_path: Path) 
     assert record["peak_tree_mb"] > 100 and record["maxrss_mb"] > 100
     assert record["model_mb"] == round(synthetic_model.weight_bytes(tiny) / 1e6, 1)
     assert record["solve_s"] > 0 and record["engine_s"] < record["wall_s"]
+    # the engine's own timings are read: item 3's ratio comes from the same run
+    assert record["solve_source"] == "timings" and record["one_forward_s"] > 0
+    assert record["ratio_wall"] >= record["ratio_engine"] > 1
     assert record["code"] == str(BENCH.parent)  # this checkout's code ran, not a venv's
     assert record["commit"] and record["command"].startswith("python benchmarks/scale.py")
     # the model was reused from the cache, not rebuilt
