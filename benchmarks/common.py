@@ -7,6 +7,7 @@ Every script prints JSON lines and may append them to ``benchmarks/results/*.jso
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -16,7 +17,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
+#: $ONECOMP_ASSETS, or the nearest ../shared/assets above the checkout (worktrees sit deeper)
+ASSETS = Path(
+    os.environ.get("ONECOMP_ASSETS")
+    or next(
+        (p / "shared" / "assets" for p in ROOT.parents if (p / "shared" / "assets").is_dir()),
+        ROOT.parent / "shared" / "assets",
+    )
+)
 STORIES = ASSETS / "stories260K"
 CALIBRATION = ASSETS / "text" / "wikitext2-valid.tokens.txt"
 TS_TEXT = ASSETS / "text" / "tinystories-valid-excerpt.txt"
