@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contract.views import first_output
+from .tail import note_output
 
 # -- finding the blocks ------------------------------------------------------------------
 KNOWN_BLOCK_PATHS = (
@@ -100,7 +100,7 @@ def capture_inputs(
 
 
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    return first_output(block(hidden, **kwargs))
+    return note_output(block, block(hidden, **kwargs))
 
 
 # -- true-sequential sub-groups ----------------------------------------------------------
