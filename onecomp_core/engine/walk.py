@@ -144,6 +144,8 @@ class Engine:
             fisher_labels=spec.labels,
             samples=spec.samples,
             seed=spec.seed,
+            device=self.device,
+            scope=spec.scope,
         )
 
     # -- results: the one place they are stored and written back ------------------------------
