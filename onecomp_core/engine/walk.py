@@ -29,6 +29,7 @@ from . import blocks as blockwise
 from . import quant_error
 from .checkpoint import BlockCheckpoint
 from .gradients import collect_moments, limit_batches
+from .model_walk import Walk
 from .qep import PairedCollector, QEPConfig, correct_weight
 from .statistics import StatisticsCollector
 
@@ -82,7 +83,8 @@ class Engine:
     def run(self) -> dict[str, LayerResult]:
         """Quantize every selected layer; returns :attr:`results`."""
         self.moments = self._moments()
-        self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments))
+        walk = Walk(self.model, self.device)  # model-level steps run through the blocks
+        self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments, walk))
         self.needs = self.method.needs()
         keep_fp = self.needs.fp_stream or self.qep is not None
         self._needs_data = bool(self.batches) and (self.needs.inputs != "none" or keep_fp)
@@ -116,8 +118,9 @@ class Engine:
                 bar.update(1)
             self._outside_blocks(prefix)
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
-            self._update(self.method.on_model_done(view))
+            self._update(self.method.on_model_done(dataclasses.replace(view, walk=walk)))
         finally:
+            walk.close()
             self._layer_bar.close()
             bar.close()
         return self.results
