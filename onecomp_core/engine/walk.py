@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,11 +80,22 @@ class Engine:
         self.needs: Needs = method.needs()
         self.moments: dict[str, LayerMoments] | None = None
         self._layer_bar = None
+        #: seconds per phase: capture_s + forward_s is one calibration forward of the model
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, LayerResult]:
         """Quantize every selected layer; returns :attr:`results`."""
-        self.moments = self._moments()
+        with self._timed("moments_s"):
+            self.moments = self._moments()
         walk = Walk(self.model, self.device)  # model-level steps run through the blocks
         self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments, walk))
         self.needs = self.method.needs()
@@ -118,7 +131,8 @@ class Engine:
                 bar.update(1)
             self._outside_blocks(prefix)
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
-            self._update(self.method.on_model_done(dataclasses.replace(view, walk=walk)))
+            with self._timed("model_hooks_s"):
+                self._update(self.method.on_model_done(dataclasses.replace(view, walk=walk)))
         finally:
             walk.close()
             self._layer_bar.close()
@@ -171,7 +185,10 @@ class Engine:
         if not self._needs_data:
             return None
         self._outer_to(blocks, self.device)
-        inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], self.batches, self.device)
+        with self._timed("capture_s"):
+            inputs, kwargs = blockwise.capture_inputs(
+                self.model, blocks[0], self.batches, self.device
+            )
         self._outer_to(blocks, torch.device("cpu"))
         masks = [self._token_mask(mask) for _, mask in self.batches]
         fp = [x.clone() for x in inputs] if self._keep_fp else None
@@ -223,7 +240,7 @@ class Engine:
         layers = {n: m for n, m in self.layers.items() if n.startswith(name + ".")}
         block.to(self.device)
         fp_block = copy.deepcopy(block) if self.qep is not None else None
-        with torch.no_grad():
+        with torch.no_grad(), self._timed("fp_forward_s"):
             fp_out = (
                 self._run_all(block, streams.full_precision, streams)
                 if (streams and streams.full_precision is not None)
@@ -252,10 +269,11 @@ class Engine:
             fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
-        self._update(self.method.on_block_done(view))
+        with self._timed("block_hooks_s"):
+            self._update(self.method.on_block_done(view))
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         if streams is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self._timed("forward_s"):
                 outputs = self._run_all(block, streams.quantized, streams)
             streams = Streams(outputs, streams.kwargs, streams.token_masks, fp_out)
         block.to("cpu")
@@ -283,16 +301,18 @@ class Engine:
         return blockwise.sequential_groups(block, layers, streams.quantized[0], streams.kwargs[0])
 
     def _group(self, block: nn.Module, group: dict[str, nn.Module], streams: Streams) -> None:
+        """Statistics of one sub-group (each pass stops at its last layer), then its solves."""
         kind = self.needs.inputs
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(group)
         if kind != "none":
             collector = StatisticsCollector(group, kind, self.needs.precision)
-            with torch.no_grad(), collector.hooked():
+            stop = blockwise.StopAfter(list(group.values()))
+            with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop:
                 for x, kw, mask in zip(
                     streams.quantized, streams.kwargs, streams.token_masks, strict=True
                 ):
-                    collector.token_mask = mask
-                    blockwise.run_block(block, x, kw)
+                    collector.new_batch(mask)
+                    stop.run(block, x, kw, only=collector.owners())
             hessians = collector.hessians()
         for layer_name in group:
             self._quantize_one(layer_name, hessians[layer_name])
@@ -308,7 +328,9 @@ class Engine:
         """Pair each layer's full-precision and quantized-stream inputs, correct, quantize."""
         fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
         collector = PairedCollector(fp_group, group, self.needs.precision)
-        with torch.no_grad(), collector.hooked():
+        stop_fp = blockwise.StopAfter(list(fp_group.values()))
+        stop_q = blockwise.StopAfter(list(group.values()))
+        with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop_fp, stop_q:
             for xq, xf, kw, mask in zip(
                 streams.quantized,
                 streams.full_precision,
@@ -317,8 +339,8 @@ class Engine:
                 strict=True,
             ):
                 collector.token_mask = mask
-                blockwise.run_block(fp_block, xf, kw)
-                blockwise.run_block(block, xq, kw)
+                stop_fp.run(fp_block, xf, kw)
+                stop_q.run(block, xq, kw)
         config = self.qep
         for layer_name, module in group.items():
             hessian, cross = collector.stats[layer_name].matrices()
@@ -334,7 +356,10 @@ class Engine:
         module = self.layers[name]
         moments = (self.moments or {}).get(name)
         gradients = moments.b if moments is not None else None
-        result = self.method.quantize(LayerJob(name, module, hessian=hessian, gradients=gradients))
+        with self._timed("solve_s"):
+            result = self.method.quantize(
+                LayerJob(name, module, hessian=hessian, gradients=gradients)
+            )
         if self.method.calc_quant_error:
             self._fill_errors(module, result, hessian)
         if self._layer_bar is not None:
@@ -366,7 +391,7 @@ class Engine:
             self.model.to(self.device)
             with torch.no_grad(), collector.hooked():
                 for ids, mask in self.batches:
-                    collector.token_mask = self._token_mask(mask)
+                    collector.new_batch(self._token_mask(mask))
                     self.model(
                         input_ids=ids.to(self.device),
                         attention_mask=None if mask is None else mask.to(self.device),
