@@ -46,6 +46,9 @@ Batch = tuple[torch.Tensor, torch.Tensor | None]
 #: above this many bytes of sign-latent state (latents + two Adam moments, all blocks), the
 #: distillation trains the vectors only: the latents would not be bounded by one block
 SIGN_STATE_BYTES = 1 << 30
+#: logits computed at once at the model's end (sequences × length × vocab): a Llama batch of
+#: 8 × 256 tokens over 32,000 words would be 262 MB, and the KL makes several copies
+LOGIT_ELEMENTS = 1 << 22
 
 
 class Teacher:
@@ -55,17 +58,29 @@ class Teacher:
         self.hidden = [h.detach() for h in hidden]
 
 
+def _per_token(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    log_p = teacher.float().log_softmax(-1)
+    log_q = student.float().log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def kl_loss(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean over (unmasked) tokens of KL(softmax(teacher) ‖ softmax(student))."""
-    log_p = teacher.float().log_softmax(-1)
-    log_q = student.float().log_softmax(-1)
-    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
+    per_token = _per_token(student, teacher)
     if mask is None:
         return per_token.mean()
     weight = mask.to(per_token.dtype)
     return (per_token * weight).sum() / weight.sum().clamp_min(1)
+
+
+def kl_sum(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum over (unmasked) tokens of KL(softmax(teacher) ‖ softmax(student))."""
+    per_token = _per_token(student, teacher)
+    return per_token.sum() if mask is None else (per_token * mask.to(per_token.dtype)).sum()
 
 
 def sign_state_bytes(results: dict[str, DBFResult]) -> int:
@@ -139,6 +154,7 @@ class _Distillation:
     ) -> None:
         self.walk, self.layers, self.batches, self.teacher = walk, layers, batches, teacher
         self.first, self.device = first, walk.device
+        self.vocab = _vocab(walk, teacher, batches[0])
         self.twins: dict[str, TrainableDBF] = {}
         self.blocks: dict[int, dict[str, TrainableDBF]] = {}
         for index in range(first, len(walk)):
@@ -180,25 +196,45 @@ class _Distillation:
                     x = _run(block, x, self.kwargs[b])
         return x
 
-    def _kl(self, final: torch.Tensor, b: int) -> torch.Tensor:
-        batch = self.batches[b]
-        logits = next(self.walk.end([final], [batch]))
-        with torch.no_grad():
-            target = next(self.walk.end([self.teacher.hidden[b]], [batch]))
-        mask = batch[1]
-        return kl_loss(logits, target, None if mask is None else mask.to(logits.device))
+    def _kl(self, final: torch.Tensor, b: int, grad: torch.Tensor | None = None) -> float:
+        """KL of batch ``b`` at the model's end; ``grad`` (if given) gets d KL / d ``final``.
+
+        The end runs on a few sequences at a time (:data:`LOGIT_ELEMENTS`), so
+        no whole batch of (tokens × vocab) logits exists at once; each chunk's
+        KL sum is divided by the batch's token count, so the sum is the mean.
+        """
+        ids, mask = self.batches[b]
+        target = self.teacher.hidden[b]
+        tokens = ids.numel() if mask is None else int(mask.sum().clamp_min(1))
+        per_chunk = max(1, LOGIT_ELEMENTS // max(1, ids.shape[1] * self.vocab))
+        total, backward = 0.0, grad is not None
+        for s in range(0, ids.shape[0], per_chunk):
+            part = slice(s, s + per_chunk)
+            chunk = (ids[part], None if mask is None else mask[part])
+            x = final[part].detach().requires_grad_(backward)
+            with torch.set_grad_enabled(backward):
+                logits = next(self.walk.end([x], [chunk]))
+                with torch.no_grad():
+                    teacher = next(self.walk.end([target[part]], [chunk]))
+                keep = None if chunk[1] is None else chunk[1].to(logits.device)
+                loss = kl_sum(logits, teacher, keep) / tokens
+                if grad is not None:
+                    grad[part] = torch.autograd.grad(loss, x)[0]
+            total += loss.item()
+        return total
 
     def mean_loss(self, monitor: list[int]) -> float:
         with torch.no_grad():
-            return sum(self._kl(self._final(b, None), b).item() for b in monitor) / len(monitor)
+            return sum(self._kl(self._final(b, None), b) for b in monitor) / len(monitor)
 
     # -- one step: streamed forward, loss at the end, backward block by block ----------------------
     def step(self, b: int, update: bool = True) -> None:
         """One Adam step on batch ``b`` (``update=False``: only leave the gradients)."""
         boundaries: list[torch.Tensor] = []
-        final = self._final(b, boundaries).detach().requires_grad_(True)
+        final = self._final(b, boundaries)
+        grad = torch.zeros_like(final)
+        self._kl(final, b, grad)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(self._kl(final, b), final)
             for index in reversed(range(self.first, len(self.walk))):
                 with self._in_use(index) as block:
                     x = boundaries.pop().detach().requires_grad_(index > self.first)
@@ -254,6 +290,14 @@ class _BlockInUse:
         if self.index in run.optimizers:
             _move_state(run.optimizers[self.index][0], torch.device("cpu"))
         self._block.__exit__(*exc)
+
+
+def _vocab(walk: ModelWalk, teacher: Teacher, batch: Batch) -> int:
+    """The width of the logits (one token through the model's end)."""
+    ids, mask = batch
+    one = (ids[:1, :1], None if mask is None else mask[:1, :1])
+    with torch.no_grad():
+        return next(walk.end([teacher.hidden[0][:1, :1]], [one])).shape[-1]
 
 
 def _move_state(opt: torch.optim.Optimizer, device: torch.device) -> None:

@@ -12,7 +12,7 @@ from torch import nn
 from onecomp_core.contract import LayerJob, RunView
 from onecomp_core.engine.model_walk import Walk
 from onecomp_core.testing import tiny_model
-from onecomp_dbf import DBF
+from onecomp_dbf import DBF, distill
 from onecomp_dbf.distill import Teacher, _Distillation, distill_model, kl_loss
 from onecomp_dbf.trainable import swapped_in, trainable_twins
 
@@ -121,8 +121,12 @@ def test_streamed_distillation_lowers_kl_one_block_at_a_time():
     assert _kl(model, batches, logits) < 0.8 * before
 
 
-def test_streamed_backward_gives_the_whole_model_gradient():
-    """Backward block by block, recomputing each block, equals the whole model's backward."""
+@pytest.mark.parametrize("chunked", [False, True])
+def test_streamed_backward_gives_the_whole_model_gradient(chunked, monkeypatch):
+    """Backward block by block, recomputing each block, equals the whole model's backward
+    (also with the model's end applied one sequence at a time)."""
+    if chunked:
+        monkeypatch.setattr(distill, "LOGIT_ELEMENTS", 16 * 128)
     q = DBF(target_bits=1.0, iters=5, finetune_steps=0, flag_hessian=False)
     model, layers, results, batches, teacher, logits = _setup(q, mask=True)
     run = _Distillation(Walk(model, "cpu"), layers, results, batches, teacher, 0, 1, 1e-2, 0.1)
