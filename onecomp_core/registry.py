@@ -196,7 +196,7 @@ def get_method(name: str) -> type[Method]:
     return found[name]
 
 
-def create_method(name: str, **params: Any) -> Method:
+def create_method(name: str, /, **params: Any) -> Method:
     """Instantiate a method by name from user parameters; every problem in one ConfigError."""
     return get_method(name).from_user(params, f"method {name!r}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -72,6 +73,16 @@ def tiny_model(kind: str = "llama", seed: int = 0, vocab_size: int = 128) -> tor
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}")
     return tf.AutoModelForCausalLM.from_config(config).eval()
+
+
+def saved_tensors(folder: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a saved folder, whatever its sharding (one file or one per block)."""
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
 
 
 # -- a toy method that uses calibration statistics ----------------------------------------

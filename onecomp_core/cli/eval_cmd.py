@@ -6,8 +6,18 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from .options import add_model_options, model_config, resolve_dtype
+from ..data.model import check_context
+from ..storage.reading import read_json_object
+from .options import (
+    add_context_option,
+    add_model_options,
+    model_config,
+    quiet_requested,
+    resolve_dtype,
+    silence_progress,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +27,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--json", action="store_true", help="last line: a JSON object")
+    add_context_option(p)
     add_model_options(p)
     p.set_defaults(run=run)
+
+
+def _saved_by_onecomp(model: str) -> bool:
+    config = Path(model) / "config.json"
+    return config.is_file() and "quantization_config" in read_json_object(config)
+
+
+def context_of(model: str, dtype: str, device: str) -> int | None:
+    """The model's trained context (from its config only; a damaged weight file fails here)."""
+    from ..data.model import context_length
+
+    if _saved_by_onecomp(model):
+        config = read_json_object(Path(model) / "config.json")
+        return context_length(SimpleNamespace(**config))
+    return model_config(model, dtype, device).facts().context
 
 
 def load_any(model: str, dtype: str, device: str, compute: str | None = None):
@@ -29,10 +55,8 @@ def load_any(model: str, dtype: str, device: str, compute: str | None = None):
     from ..storage.hf_folder import load_quantized_model
 
     dtype = resolve_dtype(dtype, compute or device)
-    folder = Path(model)
-    config = folder / "config.json"
-    if config.is_file() and "quantization_config" in json.loads(config.read_text()):
-        return load_quantized_model(folder, device_map=device, dtype=dtype)
+    if _saved_by_onecomp(model):
+        return load_quantized_model(Path(model), device_map=device, dtype=dtype)
     mc = model_config(model, dtype, device)
     return mc.load_model(), mc.load_tokenizer()
 
@@ -40,12 +64,16 @@ def load_any(model: str, dtype: str, device: str, compute: str | None = None):
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import calculate_perplexity
 
+    if quiet_requested(False):
+        silence_progress()
     if not Path(args.ppl).is_file():
         raise FileNotFoundError(f"--ppl {args.ppl}: no such file")
     if args.seqlen < 2:
         raise ValueError(f"--seqlen {args.seqlen}: expected at least 2")
     from ..data.model import resolve_device
 
+    context = context_of(args.model, args.dtype, args.device)
+    check_context(args.seqlen, context, "--seqlen", args.allow_longer_context)
     device = resolve_device(args.device)  # the blocks go there one at a time (streamed)
     model, tokenizer = load_any(args.model, args.dtype, "cpu", compute=str(device))
     for module in model.modules():

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..registry import get_format
-from ..storage.atomic import check_free
+from ..storage.destination import check_destination
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from ..storage.hf_folder import load_artifact
 
     save = get_format(args.format)  # unknown formats and existing outputs fail before loading
-    out = check_free(args.out, args.overwrite)
-    if Path(args.folder).resolve() == out.resolve():
-        raise ValueError(f"export: the output {out} is the input folder; choose another path")
+    if Path(args.folder).resolve() == Path(args.out).resolve():
+        raise ValueError(f"export: the output {args.out} is the input folder; choose another path")
+    out = check_destination(args.out, args.overwrite, option="OUT")
     save(load_artifact(args.folder, device_map="cpu"), out)
     print(f"exported {args.folder} as {args.format} to {out}", file=sys.stderr)
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..storage.hf_folder import read_quantized_config
+from ..storage.reading import check_tensor_file, pickle_message, pickle_only
 from ..table import format_table
 
 _BYTES = {
@@ -36,6 +37,7 @@ def tensor_sizes(folder: Path) -> dict[str, tuple[int, int]]:
     """(elements, bytes) of every saved tensor, read from the safetensors headers only."""
     sizes = {}
     for path in sorted(folder.glob("*.safetensors")):
+        check_tensor_file(path)
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():
                 sl = f.get_slice(key)
@@ -49,6 +51,11 @@ def tensor_sizes(folder: Path) -> dict[str, tuple[int, int]]:
 def build_report(folder: Path) -> dict:
     config, qc = read_quantized_config(folder)
     sizes = tensor_sizes(folder)
+    if not sizes:
+        pickled = pickle_only(folder)
+        if pickled is not None:
+            raise ValueError(pickle_message(pickled))
+        raise FileNotFoundError(f"{folder} holds no safetensors weights")
     rows, quantized_params, quantized_bytes = [], 0, 0
     for name, row in qc["layers"].items():
         params = row["in_features"] * row["out_features"]

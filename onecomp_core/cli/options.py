@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,28 @@ def add_model_options(parser) -> None:
         help="auto (float16 on GPU, float32 on CPU), float32, float16, bfloat16",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+
+
+def quiet_requested(flag: bool) -> bool:
+    """``--quiet``, or ``ONECOMP_QUIET`` set to anything but empty or 0 (as the README says)."""
+    return flag or os.environ.get("ONECOMP_QUIET", "") not in ("", "0")
+
+
+def silence_progress() -> None:
+    """No progress bars from the libraries either (transformers' loading, the hub's downloads)."""
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as tf_logging
+
+        disable_progress_bars()
+        tf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def add_context_option(parser) -> None:
+    parser.add_argument(
+        "--allow-longer-context",
+        action="store_true",
+        help="run windows longer than the model's max_position_embeddings (normally refused)",
+    )

@@ -7,13 +7,23 @@ import json
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
-from ..storage.atomic import check_free
-from .options import add_model_options, model_config, parse_settings
+from ..storage import lock
+from ..storage.atomic import remove_leftovers
+from ..storage.destination import check_destination
+from .checks import check_before_work
+from .options import (
+    add_context_option,
+    add_model_options,
+    model_config,
+    parse_settings,
+    quiet_requested,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--calibration",
         help="calibration text: a .txt/.jsonl/.json/.parquet path, a hub name, or what a plugin source reads (see `onecomp plugins`)",
     )
-    p.add_argument("--text-key", default="text")
+    p.add_argument("--text-key", default="text", help="column holding the text (jsonl/parquet)")
     p.add_argument("--strategy", default=STRATEGIES[0], choices=STRATEGIES)
     p.add_argument("--num-samples", type=int, default=128)
     p.add_argument("--max-length", type=int, default=512)
@@ -58,14 +68,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rerunning the same command resumes there; removed after a successful save",
     )
     p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint folder's progress and start over "
+        "(a checkpoint of another model or other settings is refused otherwise)",
+    )
+    p.add_argument(
         "--no-checkpoint",
         action="store_true",
         help="do not save progress per block (a crash loses the whole run)",
     )
+    p.add_argument(
+        "--offload-activations",
+        metavar="DIR",
+        help="keep the calibration activations between blocks as files under DIR "
+        "(for calibration sets larger than memory)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or table")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars or table (also ONECOMP_QUIET=1)"
+    )
+    add_context_option(p)
     add_model_options(p)
     p.set_defaults(run=run)
 
@@ -94,18 +119,24 @@ def _qep_config(args: argparse.Namespace):
 
 def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
     if args.no_checkpoint:
+        if args.restart:
+            raise ValueError("--restart discards a checkpoint: it has no use with --no-checkpoint")
         return None
-    return (
+    folder = (
         Path(args.checkpoint_dir)
         if args.checkpoint_dir
         else out.with_name(out.name + ".checkpoint")
     )
+    if folder.resolve() == out.resolve():
+        raise ValueError(f"--checkpoint-dir {folder} is the output folder; choose another one")
+    return folder
 
 
 def run(args: argparse.Namespace) -> int:
     from ..seed_api import Runner
 
-    out = check_free(args.out, args.overwrite)
+    args.quiet = quiet_requested(args.quiet)
+    out = check_destination(args.out, args.overwrite)
     method = _method(args)
     calibration = CalibrationConfig(
         dataset=args.calibration,
@@ -117,21 +148,44 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     checkpoint_dir = _checkpoint_dir(args, out)
-    runner = Runner(
-        model_config=model_config(args.model, args.dtype, args.device),
-        quantizer=method,
-        calibration_config=calibration,
-        checkpoint_dir=checkpoint_dir,
-        show_progress=not args.quiet,
-        qep=args.qep,
-        qep_config=_qep_config(args),
-    )
+    qep_config = _qep_config(args)
+    check_before_work(args, method, out, checkpoint_dir)  # before the model is loaded
+    with ExitStack() as held:
+        # a second run on the same --out (or checkpoint) stops here, naming this one
+        held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
+        remove_leftovers(out)
+        if checkpoint_dir is not None:
+            held.enter_context(
+                lock.holding(lock.inside(checkpoint_dir), f"checkpoint folder {checkpoint_dir}")
+            )
+        runner = Runner(
+            model_config=model_config(args.model, args.dtype, args.device),
+            quantizer=method,
+            calibration_config=calibration,
+            checkpoint_dir=checkpoint_dir,
+            show_progress=not args.quiet,
+            qep=args.qep,
+            qep_config=qep_config,
+            restart=args.restart,
+        )
+        return _quantize(args, out, runner, checkpoint_dir)
+
+
+def _quantize(args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path | None) -> int:
+    """Run, save, clean up (under the locks :func:`run` holds)."""
+    from ..engine.checkpoint import CheckpointMismatch
+
     start = time.perf_counter()
-    results = runner.run()
+    try:
+        runner.quantize_to(out, args.overwrite, args.offload_activations)
+    except CheckpointMismatch as err:
+        raise ValueError(
+            f"{err.problem}; pass --restart to start over, or another --checkpoint-dir"
+        ) from None
+    results = runner.results
     elapsed = time.perf_counter() - start
     if not args.quiet:
         runner.print_quantization_results()
-    runner.save_quantized_model(out, overwrite=args.overwrite)
     if checkpoint_dir is not None and args.checkpoint_dir is None:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if args.summary_json:

@@ -86,7 +86,7 @@ class Method(Config):
         return Method._registry().get_method(name)
 
     @staticmethod
-    def create(name: str, **params: Any) -> Method:
+    def create(name: str, /, **params: Any) -> Method:
         """A registered method from user parameters, validated (how routers build candidates)."""
         return Method._registry().create_method(name, **params)
 

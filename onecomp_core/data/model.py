@@ -10,6 +10,7 @@ to ``path=`` instead of waiting through minutes of retries.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -30,6 +31,18 @@ _DTYPES = {
     "float": torch.float32,
 }
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+#: config keys that hold the number of positions a model was trained for, by architecture
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What is known of a model before it is loaded (for checks before long work)."""
+
+    #: positions the model was trained for (None when its config does not say)
+    context: int | None
+    #: number of stored weights, from the safetensors headers of a local folder (else None)
+    parameters: int | None
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -109,11 +122,29 @@ class ModelConfig:
         """The compute device: "auto" means the first GPU when there is one, else the CPU."""
         return resolve_device(self.device)
 
+    def facts(self) -> ModelFacts:
+        """The model's context length and size, read from its config and file headers only.
+
+        A local folder's weight files are checked on the way: a truncated
+        safetensors file or a folder holding only pickle weights fails here, in
+        one line naming the file, before any long work.
+        """
+        import transformers as tf
+
+        kwargs = self._load_kwargs()
+        config = self._call(tf.AutoConfig.from_pretrained, **kwargs)
+        local = Path(kwargs["pretrained_model_name_or_path"])
+        parameters = check_weight_files(local) if local.is_dir() else None
+        return ModelFacts(context_length(config), parameters)
+
     def load_model(self) -> torch.nn.Module:
         """The model on the CPU in ``dtype``, in eval mode with ``use_cache`` off."""
         import transformers as tf
 
         kwargs = self._load_kwargs()
+        local = Path(kwargs["pretrained_model_name_or_path"])
+        if local.is_dir():
+            check_weight_files(local)
         config = self._call(tf.AutoConfig.from_pretrained, **kwargs)
         loader = tf.AutoModelForCausalLM if is_causal(config) else tf.AutoModel
         model = self._call(loader.from_pretrained, dtype=resolve_dtype(self.dtype), **kwargs)
@@ -160,6 +191,47 @@ class ModelConfig:
                 f"could not load model {self.source!r}: {reason}; "
                 "pass a local folder instead (ModelConfig(path=...))"
             ) from None
+
+
+def context_length(config: Any) -> int | None:
+    """Positions the model was trained for, from a transformers config (None when unknown)."""
+    for key in _CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_context(length: int, context: int | None, option: str, allow_longer: bool) -> None:
+    """Refuse windows longer than the model's context, unless the user allows it explicitly."""
+    if context is None or length <= context or allow_longer:
+        return
+    raise ValueError(
+        f"{option} {length}: the model was trained for {context} positions; use "
+        f"{option} {context} or less (or --allow-longer-context to run anyway)"
+    )
+
+
+def check_weight_files(folder: Path) -> int:
+    """Read the header of every safetensors file in ``folder``; the number of stored weights.
+
+    Refuses a folder whose weights are only pickle files (onecomp never
+    unpickles) and any truncated or foreign safetensors file, naming it.
+    """
+    from safetensors import safe_open
+
+    from ..storage.reading import check_tensor_file, pickle_message, pickle_only
+
+    pickled = pickle_only(folder)
+    if pickled is not None:
+        raise ValueError(pickle_message(pickled))
+    count = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        check_tensor_file(path)
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                count += math.prod(f.get_slice(key).get_shape())
+    return count
 
 
 def _valid_device(device: str) -> bool:

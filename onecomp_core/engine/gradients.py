@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..contract.needs import GRADIENT_LABELS as FISHER_LABELS
-from ..contract.needs import GRADIENT_SCOPES
+from ..contract.needs import GRADIENT_SCOPES, GradientMoments
 from ..contract.views import LayerMoments
 from . import blocks as blockwise
 from .model_walk import Walk, open_walk
@@ -160,6 +160,7 @@ def collect_moments(
     *,
     device: torch.device | str | None = None,
     scope: str = "model",
+    source: Any = None,
 ) -> dict[str, LayerMoments]:
     """a (and b when ``gradients``, XᵀX/N and GᵀG/N when ``full``) of every layer.
 
@@ -183,13 +184,15 @@ def collect_moments(
         raise ValueError(f"scope={scope!r}: expected one of {', '.join(GRADIENT_SCOPES)}")
     generator = torch.Generator().manual_seed(seed)
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device.type == "meta":
+        device = torch.device("cpu")
     accs = {name: _Accumulator(module, gradients, full) for name, module in layers.items()}
     flags = [(p, p.requires_grad) for p in model.parameters()]
     try:
         for p, _ in flags:
             p.requires_grad_(False)
         with ExitStack() as stack:
-            walk = stack.enter_context(open_walk(model, device))
+            walk = stack.enter_context(open_walk(model, device, source))
             if gradients and scope == "model" and not walk.has_head:
                 logger.warning("the model returns no logits: using input moments only")
                 gradients = False
@@ -306,3 +309,27 @@ def _detached(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _detached(v) for k, v in value.items()}
     return value
+
+
+def moments_for(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[Batch],
+    spec: GradientMoments,
+    device: torch.device | str | None = None,
+    source: Any = None,
+) -> dict[str, LayerMoments]:
+    """What ``spec`` (a method's :class:`GradientMoments`) asks for, on its share of ``batches``."""
+    return collect_moments(
+        model,
+        layers,
+        limit_batches(batches, spec.max_sequences, spec.max_tokens),
+        gradients=spec.gradients,
+        full=spec.full,
+        fisher_labels=spec.labels,
+        samples=spec.samples,
+        seed=spec.seed,
+        device=device,
+        scope=spec.scope,
+        source=source,
+    )

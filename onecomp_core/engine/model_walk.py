@@ -36,10 +36,14 @@ def _home(module: nn.Module) -> torch.device:
 class Walk(ModelWalk):
     """A model's blocks one at a time on ``device`` (see module docstring)."""
 
-    def __init__(self, model: nn.Module, device: torch.device | str) -> None:
+    def __init__(self, model: nn.Module, device: torch.device | str, source: Any = None) -> None:
         self.model = model
         self.device = torch.device(device)
+        #: a streamed model (``data.streamed.StreamedModel``): blocks and the modules outside
+        #: them are read from disk when used and freed after; None: the model is in memory
+        self.source = source if source is not None and source.streamed else None
         prefix, self.blocks = blockwise.find_blocks(model)
+        self.prefix = prefix
         self.names = [f"{prefix}.{i}" for i in range(len(self.blocks))]
         inside = {id(t) for t in [*self.blocks.parameters(), *self.blocks.buffers()]}
         params = {id(p): p for p in model.parameters() if id(p) not in inside}  # tied: once
@@ -80,11 +84,20 @@ class Walk(ModelWalk):
 
     # -- the walk ----------------------------------------------------------------------------------
     def start(self, batches: list[Batch]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        if self.source is not None:
+            with self.source.outside(self.prefix, self.device):
+                return blockwise.capture_inputs(self.model, self.blocks[0], batches, self.device)
         self._outer_on_device()
         return blockwise.capture_inputs(self.model, self.blocks[0], batches, self.device)
 
     @contextmanager
     def block(self, index: int) -> Iterator[nn.Module]:
+        if self.source is not None:
+            try:
+                yield self.source.materialize(self.names[index], self.device)
+            finally:
+                self.source.release(self.names[index])
+            return
         block = self.blocks[index]
         home = _home(block)
         block.to(self.device)
@@ -94,8 +107,14 @@ class Walk(ModelWalk):
             block.to(home)
 
     def end(self, finals: list[torch.Tensor], batches: list[Batch]) -> Iterator[torch.Tensor]:
+        if self.source is not None:
+            return self._streamed_end(finals, batches)
         self._outer_on_device()
         return run_end(self.model, self.blocks, finals, batches, self.device)
+
+    def _streamed_end(self, finals: list[torch.Tensor], batches: list[Batch]):
+        with self.source.outside(self.prefix, self.device):
+            yield from run_end(self.model, self.blocks, finals, batches, self.device)
 
     def run(
         self, hidden: list[torch.Tensor], kwargs: list[dict[str, Any]], first: int = 0
@@ -112,9 +131,9 @@ class Walk(ModelWalk):
 
 
 @contextmanager
-def open_walk(model: nn.Module, device: torch.device | str) -> Iterator[Walk]:
+def open_walk(model: nn.Module, device: torch.device | str, source: Any = None) -> Iterator[Walk]:
     """A :class:`Walk` over ``model``; the modules outside the blocks go home afterwards."""
-    walk = Walk(model, device)
+    walk = Walk(model, device, source)
     try:
         yield walk
     finally:

@@ -26,12 +26,14 @@ from tqdm.auto import tqdm
 
 from ..contract import BlockView, LayerJob, LayerMoments, LayerResult, Method, Needs, RunView
 from ..contract.selection import select_layers
+from ..data.streamed import ResidentModel
 from ..storage.packed import apply_results
 from . import blocks as blockwise
 from . import quant_error
 from .checkpoint import BlockCheckpoint
-from .gradients import collect_moments, limit_batches
+from .gradients import moments_for
 from .model_walk import Walk
+from .offload import DiskStreams, light_result
 from .qep import PairedCollector, QEPConfig, correct_weight
 from .statistics import StatisticsCollector
 
@@ -71,8 +73,14 @@ class Engine:
         qep: QEPConfig | None = None,
         show_progress: bool = False,
         block_callback: Callable[[BlockView], None] | None = None,
+        source: Any = None,
+        writer: Any = None,
+        offload: DiskStreams | None = None,
     ) -> None:
         self.model, self.method, self.layers = model, method, layers
+        # block tensors from memory or disk; finished blocks to a ShardWriter; activations on disk
+        self.source = source if source is not None else ResidentModel(model)
+        self.writer, self.offload = writer, offload
         self.batches, self.device, self.qep = batches, device, qep
         self._checkpoint_factory = checkpoint
         self.show_progress, self.block_callback = show_progress, block_callback
@@ -96,7 +104,7 @@ class Engine:
         """Quantize every selected layer; returns :attr:`results`."""
         with self._timed("moments_s"):
             self.moments = self._moments()
-        walk = Walk(self.model, self.device)  # model-level steps run through the blocks
+        walk = Walk(self.model, self.device, self.source)  # model-level steps: through the blocks
         self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments, walk))
         self.needs = self.method.needs()
         keep_fp = self.needs.fp_stream or self.qep is not None
@@ -105,7 +113,7 @@ class Engine:
         prefix, blocks = blockwise.find_blocks(self.model)
         checkpoint = self._checkpoint_factory() if self._checkpoint_factory else None
         start = checkpoint.finished_blocks() if checkpoint else 0
-        streams = self._start_streams(blocks, checkpoint, start)
+        streams = self._start_streams(prefix, blocks, checkpoint, start)
         bar = tqdm(
             total=len(blocks),
             desc="blocks",
@@ -151,19 +159,7 @@ class Engine:
         if not self.batches:
             logger.warning("no calibration batches: output-gradient moments are not collected")
             return None
-        used = limit_batches(self.batches, spec.max_sequences, spec.max_tokens)
-        return collect_moments(
-            self.model,
-            self.layers,
-            used,
-            gradients=spec.gradients,
-            full=spec.full,
-            fisher_labels=spec.labels,
-            samples=spec.samples,
-            seed=spec.seed,
-            device=self.device,
-            scope=spec.scope,
-        )
+        return moments_for(self.model, self.layers, self.batches, spec, self.device, self.source)
 
     # -- results: the one place they are stored and written back ------------------------------
     def _store(self, name: str, result: LayerResult) -> None:
@@ -178,39 +174,32 @@ class Engine:
 
     # -- streams and resume ----------------------------------------------------------------------
     def _start_streams(
-        self, blocks: nn.ModuleList, checkpoint: BlockCheckpoint | None, start: int
+        self, prefix: str, blocks: nn.ModuleList, checkpoint: BlockCheckpoint | None, start: int
     ) -> Streams | None:
         if start:
             self._restore(blocks, checkpoint, start)
         if not self._needs_data:
             return None
-        self._outer_to(blocks, self.device)
-        with self._timed("capture_s"):
+        with self.source.outside(prefix, self.device), self._timed("capture_s"):
             inputs, kwargs = blockwise.capture_inputs(
                 self.model, blocks[0], self.batches, self.device
             )
-        self._outer_to(blocks, torch.device("cpu"))
+        inputs = self._keep(inputs)
         masks = [self._token_mask(mask) for _, mask in self.batches]
-        fp = [x.clone() for x in inputs] if self._keep_fp else None
+        fp = self._keep(x.clone() for x in inputs) if self._keep_fp else None
         if start:
             saved = checkpoint.load_streams(start, self.device)
-            inputs, fp = saved["quantized"], saved.get("full_precision")
+            inputs = self._keep(saved["quantized"])
+            fp = self._keep(saved["full_precision"]) if "full_precision" in saved else None
         return Streams(inputs, kwargs, masks, fp)
 
     @staticmethod
     def _token_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
         return None if mask is None or bool(mask.all()) else mask
 
-    def _outer_to(self, blocks: nn.ModuleList, device: torch.device) -> None:
-        """Move everything but the blocks (embeddings, rotary tables, final norm)."""
-        inside = {id(t) for t in [*blocks.parameters(), *blocks.buffers()]}
-        for module in self.model.modules():
-            for _, p in module.named_parameters(recurse=False):
-                if id(p) not in inside:
-                    p.data = p.data.to(device)
-            for key, b in list(module._buffers.items()):
-                if b is not None and id(b) not in inside:
-                    module._buffers[key] = b.to(device)
+    def _keep(self, tensors) -> list[torch.Tensor]:
+        """A stream of activations: a list, or files on disk with ``--offload-activations``."""
+        return self.offload.stream(tensors) if self.offload is not None else list(tensors)
 
     def _block_rest(
         self, block: nn.Module, layers: dict[str, nn.Module]
@@ -221,10 +210,10 @@ class Engine:
 
     def _restore(self, blocks: nn.ModuleList, checkpoint: BlockCheckpoint, start: int) -> None:
         for name, result in checkpoint.load_results(start).items():
-            self._store(name, result)
+            self._store(name, result if self.writer is None else light_result(result))
         for index in range(start):
             rest = checkpoint.load_rest(index)
-            if rest:
+            if rest and not self.source.streamed:  # a streamed block's rest is in its shard
                 blocks[index].load_state_dict(rest, strict=False)
         logger.info("resumed after block %d of %d", start, len(blocks))
 
@@ -238,7 +227,7 @@ class Engine:
         checkpoint: BlockCheckpoint | None,
     ) -> Streams | None:
         layers = {n: m for n, m in self.layers.items() if n.startswith(name + ".")}
-        block.to(self.device)
+        block = self.source.materialize(name, self.device)
         fp_block = copy.deepcopy(block) if self.qep is not None else None
         with torch.no_grad(), self._timed("fp_forward_s"):
             fp_out = (
@@ -276,20 +265,22 @@ class Engine:
             with torch.no_grad(), self._timed("forward_s"):
                 outputs = self._run_all(block, streams.quantized, streams)
             streams = Streams(outputs, streams.kwargs, streams.token_masks, fp_out)
-        block.to("cpu")
+        if self.writer is not None:  # before the checkpoint: a finished block has its shard
+            self.writer.write_block(index, block, layers, view.results, self.method)
         if checkpoint is not None:
             saved = {"quantized": streams.quantized} if streams else {}
             if streams and streams.full_precision is not None:
                 saved["full_precision"] = streams.full_precision
             checkpoint.save_block(index, view.results, saved, self._block_rest(block, layers))
+        self.source.release(name)
         if self.block_callback is not None:
             self.block_callback(view)
         return streams
 
     def _run_all(self, block: nn.Module, inputs: list[torch.Tensor], streams: Streams):
-        return [
+        return self._keep(
             blockwise.run_block(block, x, kw) for x, kw in zip(inputs, streams.kwargs, strict=True)
-        ]
+        )
 
     def _groups(
         self, block: nn.Module, layers: dict[str, nn.Module], streams: Streams

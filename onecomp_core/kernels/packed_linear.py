@@ -87,6 +87,9 @@ class PackedIntLinear(nn.Module):
     @classmethod
     def from_row(cls, row: dict[str, Any], **options: Any) -> PackedIntLinear:
         """:meth:`empty` from a saved per-layer row (in/out_features, bits, groupsize, bias)."""
+        bits = row["bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
+            raise ValueError(f"bits={bits!r}: packed integer layers hold 1 to 8 bits")
         return cls.empty(
             row["in_features"],
             row["out_features"],
@@ -95,6 +98,29 @@ class PackedIntLinear(nn.Module):
             bool(row.get("bias", False)),
             **options,
         )
+
+    def state_problems(self) -> list[str]:
+        """What is wrong with the loaded tensors beyond shape and dtype (empty when sound).
+
+        ``g_idx`` must name existing groups, and the zero bits that pad the
+        last word of ``qweight`` (per column) and of ``qzeros`` (per row) must
+        be zero: codes packed with more bits than the table says spill there.
+        """
+        found = []
+        groups = self.scales.shape[0]
+        g = self.g_idx
+        if g.numel() and (int(g.min()) < 0 or int(g.max()) >= groups):
+            found.append(
+                f"g_idx: values from {int(g.min())} to {int(g.max())}, "
+                f"expected 0 to {groups - 1} ({groups} groups)"
+            )
+        for label, words, n in (
+            ("qweight", self.qweight, self.in_features),
+            ("qzeros", self.qzeros.t(), self.out_features),
+        ):
+            if _padding_used(words, n, self.bits):
+                found.append(f"{label}: codes wider than {self.bits} bits (padding bits are set)")
+        return found
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         self._cached = None  # new tensors: forget a cached dense weight
@@ -129,3 +155,12 @@ class PackedIntLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bits={self.bits}, groups={self.scales.shape[0]}"
         )
+
+
+def _padding_used(words: torch.Tensor, n: int, bits: int) -> bool:
+    """Whether any padding bit after the ``n`` codes of the last word (along dim 0) is set."""
+    used = n * bits - (words.shape[0] - 1) * 32
+    if words.numel() == 0 or used >= 32:
+        return False
+    last = words[-1].to(torch.int64) & 0xFFFFFFFF
+    return bool((last >> used).any())

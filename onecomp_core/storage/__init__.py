@@ -4,7 +4,10 @@
 - :mod:`.results_io` — layer results as safetensors + JSON;
 - :mod:`.packed` — the write-back of dense weights, and packed models from results;
 - :mod:`.artifact` — a run as an Artifact, saved through a registered format;
-- :mod:`.hf_folder` — the built-in "hf" format: save and load Hugging Face folders.
+- :mod:`.hf_folder` — the built-in "hf" format: save and load Hugging Face folders;
+- :mod:`.verify` — the strict load: every saved tensor checked against its module;
+- :mod:`.reading` — JSON and safetensors read back, a damaged file named in one line;
+- :mod:`.destination` — output folders checked before any long work (name, writable, space).
 """
 
 from .artifact import (

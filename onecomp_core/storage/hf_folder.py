@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .. import registry
@@ -25,7 +24,9 @@ from ..contract import Artifact
 from ..data import adapters
 from ..data.model import resolve_device, resolve_dtype
 from .atomic import atomic_folder
+from .reading import pickle_message, pickle_only, read_json_object, read_tensors
 from .skeleton import finish, skeleton
+from .verify import layer_problems, state_problems
 
 FORMAT_VERSION = 1
 MAX_SHARD_SIZE = "5GB"
@@ -97,9 +98,9 @@ def read_quantized_config(folder: str | Path) -> tuple[dict[str, Any], dict[str,
         raise FileNotFoundError(f"model folder {folder} does not exist")
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
-    config = json.loads(path.read_text())
+    config = read_json_object(path)
     qc = config.pop("quantization_config", None)
-    if not isinstance(qc, dict) or "layers" not in qc:
+    if not isinstance(qc, dict) or not isinstance(qc.get("layers"), dict):
         raise ValueError(
             f"{path} has no onecomp quantization_config: this is not a model "
             "saved by onecomp (load it with transformers directly)"
@@ -140,12 +141,16 @@ def _load(
     model = skeleton(config_dict)
     if qc.get("conv1d_as_linear"):
         adapters.linearize_conv1d(model)
-    for name, row in qc["layers"].items():
-        layer = registry.get_method(row["method"]).empty_layer(row)
-        adapters.set_submodule(model, name, layer)
+    rows = qc["layers"]
+    for name, row in rows.items():
+        adapters.set_submodule(model, name, _empty_layer(folder, name, row))
     tensors = _read_tensors(folder)
-    _check_state(model, tensors)
-    model.load_state_dict(tensors, strict=False, assign=True)
+    problems = state_problems(model, tensors, rows)
+    if not problems:
+        model.load_state_dict(tensors, strict=False, assign=True)
+        problems = layer_problems(model, rows)
+    if problems:
+        raise ValueError(f"{folder}: saved tensors do not fit the model: " + "; ".join(problems))
     finish(model, config_dict)
     if dtype not in (None, "auto"):
         model.to(resolve_dtype(dtype))
@@ -153,47 +158,40 @@ def _load(
     return model.eval(), _tokenizer(folder), qc
 
 
+def _empty_layer(folder: Path, name: str, row: Any) -> nn.Module:
+    """The method's empty module for one table row; a bad row is named with its layer."""
+    try:
+        if not isinstance(row, dict):
+            raise ValueError("expected a JSON object")
+        return registry.get_method(row["method"]).empty_layer(row)
+    except registry.UnknownMethodError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(
+            f"{folder / 'config.json'}: layer {name} of quantization_config is invalid ({what})"
+        ) from None
+
+
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     index = folder / INDEX_NAME
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        if index.is_file()
-        else [WEIGHTS_NAME]
-    )
+    if index.is_file():
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map")
+        files = sorted(set(weight_map.values()))
+    else:
+        files = [WEIGHTS_NAME]
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
         path = folder / name
         if not path.is_file():
+            pickled = pickle_only(folder)
+            if pickled is not None:
+                raise ValueError(pickle_message(pickled))
             raise FileNotFoundError(f"{folder} is missing its weights file {name}")
-        try:
-            tensors.update(load_file(str(path)))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ValueError(
-                f"cannot read {path}: the file is corrupt or truncated ({exc})"
-            ) from exc
+        tensors.update(read_tensors(path))
     return tensors
-
-
-def _check_state(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """One error listing missing, unexpected and wrongly shaped tensors."""
-    expected = model.state_dict()
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    problems = {
-        "missing": [k for k in expected if k not in tensors and k not in tied],
-        "unexpected": [k for k in tensors if k not in expected],
-        "wrong shape": [
-            f"{k}: saved {tuple(tensors[k].shape)}, expected {tuple(expected[k].shape)}"
-            for k in tensors
-            if k in expected and tensors[k].shape != expected[k].shape
-        ],
-    }
-    lines = []
-    for label, items in problems.items():
-        if items:
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-            lines.append(f"{label}: {', '.join(items[:5])}{more}")
-    if lines:
-        raise ValueError("saved tensors do not fit the model: " + "; ".join(lines))
 
 
 def _tokenizer(folder: Path) -> Any:

@@ -32,7 +32,8 @@ def apply_results(
     modules = target if isinstance(target, Mapping) else dict(target.named_modules())
     for name, result in results.items():
         weight = modules[name].weight
-        weight.data = result.dequantize(weight.device).to(weight.dtype)
+        if weight.device.type != "meta":  # a streamed layer not in memory: nothing to write
+            weight.data = result.dequantize(weight.device).to(weight.dtype)
     return target
 
 

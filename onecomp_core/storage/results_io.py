@@ -13,11 +13,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .. import registry
 from ..contract import LayerResult
 from .atomic import atomic_folder
+from .reading import read_json_object, read_tensors
 
 FORMAT_VERSION = 1
 TENSORS = "results.safetensors"
@@ -59,26 +60,39 @@ def load_results(path: str | Path) -> dict[str, LayerResult]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{path} holds no saved results ({MANIFEST} is missing)")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_json_object(manifest_path)
     version = manifest.get("format_version", 1)
-    if version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ValueError(
             f"{manifest_path}: results format_version {version} is newer than this onecomp "
             f"reads ({FORMAT_VERSION}); upgrade onecomp-core"
         )
+    layers = manifest.get("layers")
+    if not isinstance(layers, dict):
+        raise ValueError(f"{manifest_path} names no layers; the file is damaged")
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in load_file(str(path / TENSORS)).items():
+    for key, tensor in read_tensors(path / TENSORS).items():
         layer, _, field = key.partition("::")
         tensors.setdefault(layer, {})[field] = tensor
     results: dict[str, LayerResult] = {}
-    for name, entry in manifest["layers"].items():
+    for name, entry in layers.items():
+        if not isinstance(entry, dict) or not {"method", "class", "fields"} <= set(entry):
+            raise ValueError(
+                f"{manifest_path}: the entry of layer {name} lacks method, class or fields; "
+                "the file is damaged"
+            )
         cls = registry.get_method(entry["method"]).result_type
         if cls.__name__ != entry["class"]:
             raise ValueError(
                 f"{name}: saved as {entry['class']}, but method "
                 f"{entry['method']!r} now produces {cls.__name__}"
             )
-        result = cls.from_state(tensors.get(name, {}), entry["fields"])
+        try:
+            result = cls.from_state(tensors.get(name, {}), entry["fields"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{path}: the saved result of layer {name} does not fit {cls.__name__} ({exc})"
+            ) from None
         result.method = entry["method"]
         results[name] = result
     return results

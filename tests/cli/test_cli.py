@@ -152,7 +152,7 @@ def test_truncated_weights(rtn4, tmp_path, capsys):
 
     broken = tmp_path / "broken"
     shutil.copytree(rtn4, broken)
-    weights = broken / "model.safetensors"
+    weights = sorted(broken.glob("*.safetensors"))[0]
     weights.write_bytes(weights.read_bytes()[:1000])
     err = _error(["eval", str(broken), "--ppl", TS], capsys)
     assert "corrupt or truncated" in err

@@ -38,7 +38,7 @@ class AutoBitConfig(Method):
 
     quantizers: list = param(factory=list, saved=False, doc="the candidates")
     assignment_strategy: str = param("activation_aware", choices=STRATEGIES)
-    target_bit: float | None = param(None, float, gt=0, optional=True)
+    target_bit: float | None = param(None, float, gt=0, le=16, optional=True)
     target_bit_is_effective: bool = param(False)
     num_calib_samples: int | None = param(
         None, int, ge=1, optional=True, saved=False,

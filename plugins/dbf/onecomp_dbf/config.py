@@ -52,9 +52,12 @@ class DBFConfig(FitSettings, Method):
     ``mlp_target_bits`` (names containing "mlp") beats ``target_bits``.
     """
 
-    target_bits: float = param(1.5, gt=0, doc="sign-matrix bits per weight (k·(n+m) = t·n·m)")
+    #: at most 16: beyond, the factors take more room than the fp16 weight they replace
+    target_bits: float = param(
+        1.5, gt=0, le=16, doc="sign-matrix bits per weight (k·(n+m) = t·n·m)"
+    )
     mlp_target_bits: float | None = param(
-        None, float, ge=1.0, optional=True, doc="bits of MLP layers"
+        None, float, ge=1.0, le=16, optional=True, doc="bits of MLP layers"
     )
     module_target_bits: dict | None = param(
         None, dict, optional=True, doc="exact layer name → bits"
@@ -94,7 +97,7 @@ class DBFConfig(FitSettings, Method):
                 found.append(f"module_target_bits key {key!r}: expected a layer name")
             label = f"module_target_bits[{key!r}]"
             found.append(
-                f"{label}=None: expected a number >= 1"
+                f"{label}=None: expected {rule.describe().removesuffix(' or null')}"
                 if value is None
                 else rule.problem(label, value)
             )

@@ -67,6 +67,23 @@ class DoubleBinaryLinear(nn.Module):
             layer.bias.copy_(bias.detach().reshape(-1).to(torch.float16))
         return layer
 
+    def state_problems(self) -> list[str]:
+        """What is wrong with the loaded tensors beyond shape and dtype (empty when sound).
+
+        The bits that pad the last byte of each sign matrix are always written
+        as +1 (bit 1); anything else means the bytes were packed for another
+        shape than the saved table says.
+        """
+        found = []
+        for label, packed, rows, cols in (
+            ("bp1", self.bp1, self.mid_features, self.in_features),
+            ("bp3", self.bp3, self.out_features, self.mid_features),
+        ):
+            pad = (-rows * cols) % 8
+            if pad and packed.numel() and int(packed[-1]) & ((1 << pad) - 1) != (1 << pad) - 1:
+                found.append(f"{label}: padding bits are not +1 (packed for another shape)")
+        return found
+
     def signs(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """(S_A (n × k), S_B (k × m)) as ±1 in ``dtype``."""
         cached = self._signs

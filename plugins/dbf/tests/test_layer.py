@@ -58,3 +58,21 @@ def test_half_precision_forward():
     x = torch.randn(4, 11)
     assert layer(x.half()).dtype == torch.float16
     assert torch.allclose(layer(x.half()).float(), layer(x), atol=5e-2, rtol=1e-2)
+
+
+def test_loaded_signs_padded_for_another_shape_are_named():
+    """The strict load: a sign matrix whose last byte's padding is not +1 was packed for
+    another shape than the table says; the layer names it (tested through state_problems,
+    which the HF-folder loader calls for every packed layer)."""
+    import torch
+
+    from onecomp_dbf.layer import DoubleBinaryLinear
+
+    torch.manual_seed(0)
+    n, k, m = 5, 3, 7  # 21 and 15 signs: both matrices end in a padded byte
+    layer = DoubleBinaryLinear.from_parts(
+        torch.rand(n), torch.randn(n, k), torch.rand(k), torch.randn(k, m), torch.rand(m)
+    )
+    assert layer.state_problems() == []
+    layer.bp3[-1] &= 0xFE  # clear the last padding bit
+    assert layer.state_problems() == ["bp3: padding bits are not +1 (packed for another shape)"]

@@ -93,9 +93,13 @@ def inverse_cholesky(
         hd = flipped.clone()
         hd.diagonal().add_(damp * mean_diag)
         lower, info = torch.linalg.cholesky_ex(hd)
+        del hd  # (in × in) copies are the peak memory of a run: each is dropped when done
         if info.item() != 0:
             continue
-        upper = torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
+        inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+        del lower
+        upper = inverse.flip(0, 1)
+        del inverse
         if bool(torch.isfinite(upper).all()):
             return upper, damp
     return None, None
@@ -139,7 +143,9 @@ def gptq_quantize(
     gs = _group_size(groupsize, n)
     diag = torch.diagonal(h).clone()
     perm = torch.argsort(diag, descending=True) if actorder else torch.arange(n, device=w.device)
-    upper, damp = inverse_cholesky(h[perm][:, perm], percdamp)
+    # act-order permutes H; without it the copy is skipped (the same values)
+    upper, damp = inverse_cholesky(h[perm][:, perm] if actorder else h, percdamp)
+    del h
     if upper is None:
         return rtn_quantize(weight, diag, spec, groupsize, reason="H not positive definite")
 

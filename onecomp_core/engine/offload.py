@@ -1,0 +1,81 @@
+"""What leaves memory once used: calibration activations on disk, written results' tensors.
+
+With ``--offload-activations DIR`` the streams between blocks (one hidden
+state per calibration batch) are safetensors files under ``DIR``, read back
+one batch at a time; a stream's files are deleted as soon as nothing holds
+the stream any more (the block after it has consumed it). A result whose
+block is written to the output keeps only its JSON fields and the shapes of
+its tensors (meta tensors), enough for the summary and the per-layer table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..contract import LayerResult
+
+
+class DiskStream(Sequence):
+    """A list of tensors kept as one safetensors file each; read on access."""
+
+    def __init__(self, folder: Path, tensors: Iterable[torch.Tensor]) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True)
+        weakref.finalize(self, shutil.rmtree, folder, True)
+        self._devices: list[torch.device] = []
+        for i, tensor in enumerate(tensors):
+            save_file(
+                {"t": tensor.detach().cpu().contiguous()}, str(folder / f"{i:06d}.safetensors")
+            )
+            self._devices.append(tensor.device)
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def __getitem__(self, index: int) -> torch.Tensor:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        tensor = load_file(str(self.folder / f"{index:06d}.safetensors"))["t"]
+        return tensor.to(self._devices[index])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self[i] for i in range(len(self)))
+
+
+class DiskStreams:
+    """Makes :class:`DiskStream` s in a private folder under ``root``."""
+
+    def __init__(self, root: str | Path) -> None:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="onecomp-activations-", dir=root))
+        weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self._count = itertools.count()
+
+    def stream(self, tensors: Iterable[torch.Tensor]) -> DiskStream:
+        return DiskStream(self.folder / f"stream-{next(self._count):05d}", tensors)
+
+
+def light_result(result: LayerResult) -> LayerResult:
+    """A copy of ``result`` whose tensors are meta tensors of the same shapes and dtypes."""
+    return drop_tensors(copy.copy(result))
+
+
+def drop_tensors(result: LayerResult) -> LayerResult:
+    """``result`` itself with its tensors replaced by meta tensors (their memory freed)."""
+    for field in dataclasses.fields(result):
+        value = getattr(result, field.name)
+        if isinstance(value, torch.Tensor):
+            setattr(result, field.name, torch.empty_like(value, device="meta"))
+    return result
