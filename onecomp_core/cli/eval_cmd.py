@@ -47,13 +47,16 @@ def context_of(model: str, dtype: str, device: str) -> int | None:
     return model_config(model, dtype, device).facts().context
 
 
-def load_any(model: str, dtype: str, device: str):
-    """A onecomp folder through the registry, anything else through transformers."""
+def load_any(model: str, dtype: str, device: str, compute: str | None = None):
+    """A onecomp folder through the registry, anything else through transformers.
+
+    The model is loaded on ``device``; ``compute`` (default ``device``) picks the dtype.
+    """
     from ..storage.hf_folder import load_quantized_model
 
+    dtype = resolve_dtype(dtype, compute or device)
     if _saved_by_onecomp(model):
-        folder = Path(model)
-        return load_quantized_model(folder, device_map=device, dtype=resolve_dtype(dtype, device))
+        return load_quantized_model(Path(model), device_map=device, dtype=dtype)
     mc = model_config(model, dtype, device)
     return mc.load_model(), mc.load_tokenizer()
 
@@ -67,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--ppl {args.ppl}: no such file")
     if args.seqlen < 2:
         raise ValueError(f"--seqlen {args.seqlen}: expected at least 2")
+    from ..data.model import resolve_device
+
     context = context_of(args.model, args.dtype, args.device)
     check_context(args.seqlen, context, "--seqlen", args.allow_longer_context)
-    model, tokenizer = load_any(args.model, args.dtype, args.device)
+    device = resolve_device(args.device)  # the blocks go there one at a time (streamed)
+    model, tokenizer = load_any(args.model, args.dtype, "cpu", compute=str(device))
     for module in model.modules():
         if hasattr(module, "cache_weight"):
             module.cache_weight = True  # unpack once: evaluation runs many windows
@@ -77,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} has no tokenizer files; cannot tokenize {args.ppl}")
     start = time.perf_counter()
     result = calculate_perplexity(
-        model, tokenizer, Path(args.ppl), seqlen=args.seqlen, max_tokens=args.max_tokens
+        model,
+        tokenizer,
+        Path(args.ppl),
+        seqlen=args.seqlen,
+        max_tokens=args.max_tokens,
+        device=device,
     )
     seconds = time.perf_counter() - start
     if result.tokens < args.seqlen - 1:

@@ -9,6 +9,7 @@ private to the core. This package imports nothing else of the core.
 - :class:`Needs` / :class:`GradientMoments` — what the method asks of the engine;
 - :class:`LayerJob` / :class:`LayerResult` — one layer in, one result out;
 - :class:`BlockView` / :class:`RunView` / :class:`LayerMoments` — what lifecycle hooks see;
+- :class:`ModelWalk` — the model as its blocks, one at a time, for model-level steps;
 - :class:`Register` / :func:`hookimpl` / :class:`Artifact` — registration.
 """
 
@@ -17,7 +18,7 @@ from .method import Method
 from .needs import GradientMoments, Needs
 from .register import Artifact, Register, hookimpl
 from .result import LayerResult
-from .views import BlockView, LayerJob, LayerMoments, RunView
+from .views import BlockView, LayerJob, LayerMoments, ModelWalk, RunView
 
 __all__ = [
     "Artifact",
@@ -29,6 +30,7 @@ __all__ = [
     "LayerMoments",
     "LayerResult",
     "Method",
+    "ModelWalk",
     "Needs",
     "Register",
     "RunView",

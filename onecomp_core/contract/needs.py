@@ -15,6 +15,7 @@ import torch
 
 INPUT_STATISTICS = ("none", "diag", "full")
 GRADIENT_LABELS = ("model", "data")
+GRADIENT_SCOPES = ("model", "block")
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,10 @@ class GradientMoments:
     ``labels``: "model" draws the labels of the backward pass from the model
     itself (true Fisher), "data" uses the calibration text's next tokens.
     ``full`` also keeps XᵀX/N and GᵀG/N per layer. ``max_sequences`` and
-    ``max_tokens`` cap the calibration used for this pass.
+    ``max_tokens`` cap the calibration used for this pass. ``scope``: "model"
+    backpropagates the loss at the head through every block (streamed, block
+    by block), "block" uses block-local probes of each block's relative output
+    error instead (no model end, no backward across blocks).
     """
 
     labels: str = "model"
@@ -34,6 +38,7 @@ class GradientMoments:
     max_tokens: int | None = None
     seed: int = 0
     gradients: bool = True
+    scope: str = "model"
 
 
 @dataclass(frozen=True)

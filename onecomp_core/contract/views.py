@@ -6,6 +6,9 @@ and the engine writes them back, so state lives in one place.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,45 @@ class BlockView:
         return first_output(self.block(x.to(self.device), **self.kwargs[batch]))
 
 
+class ModelWalk(ABC):
+    """The model as its blocks, one at a time: how a model-level step runs the model.
+
+    A model-level step (DBF's distillation, AutoBit's gradient moments, a
+    streamed evaluation) never puts the whole model on one device: it embeds
+    the batches (:meth:`start`), runs each block inside ``with walk.block(i)``
+    (the block sits on :attr:`device` inside, and is released after), and
+    applies what follows the last block, the final norm and head (:meth:`end`).
+    Everything is differentiable when gradients are enabled, so a step may
+    keep only block-boundary activations and backpropagate block by block,
+    recomputing each block.
+    """
+
+    #: the compute device blocks are put on
+    device: torch.device
+    #: dotted name of each block ("model.layers.3"); a layer belongs to the block its name extends
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @abstractmethod
+    def start(self, batches: list[Batch]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Per batch, block 0's input hidden states and the keyword arguments of every block."""
+
+    @abstractmethod
+    def block(self, index: int) -> AbstractContextManager[nn.Module]:
+        """Block ``index`` on :attr:`device` inside the ``with``; released afterwards."""
+
+    @abstractmethod
+    def end(self, finals: list[torch.Tensor], batches: list[Batch]) -> Iterator[torch.Tensor]:
+        """Per batch, the logits of the model's end applied to the last block's output."""
+
+    @property
+    @abstractmethod
+    def has_head(self) -> bool:
+        """Whether :meth:`end` gives logits (False for a model without an output head)."""
+
+
 @dataclass
 class RunView:
     """The run as ``prepare`` (full-precision model) and ``on_model_done`` (quantized) see it.
@@ -100,7 +142,8 @@ class RunView:
     ``layers`` are the selected layers by name; ``batches`` the calibration
     (input_ids, attention_mask) pairs (empty without calibration);
     ``results`` the layers' results so far; ``moments`` the output-gradient
-    moments when the method's Needs ask for them.
+    moments when the method's Needs ask for them; ``walk`` the model as its
+    blocks, one at a time, for a model-level step (set by the engine).
     """
 
     model: nn.Module
@@ -108,3 +151,4 @@ class RunView:
     batches: list[Batch] = field(default_factory=list)
     results: dict[str, LayerResult] = field(default_factory=dict)
     moments: dict[str, LayerMoments] | None = None
+    walk: ModelWalk | None = None

@@ -31,7 +31,8 @@ from ..storage.packed import apply_results
 from . import blocks as blockwise
 from . import quant_error
 from .checkpoint import BlockCheckpoint
-from .gradients import collect_moments, limit_batches
+from .gradients import moments_for
+from .model_walk import Walk
 from .offload import DiskStreams, light_result
 from .qep import PairedCollector, QEPConfig, correct_weight
 from .statistics import StatisticsCollector
@@ -103,7 +104,8 @@ class Engine:
         """Quantize every selected layer; returns :attr:`results`."""
         with self._timed("moments_s"):
             self.moments = self._moments()
-        self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments))
+        walk = Walk(self.model, self.device, self.source)  # model-level steps: through the blocks
+        self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments, walk))
         self.needs = self.method.needs()
         keep_fp = self.needs.fp_stream or self.qep is not None
         self._needs_data = bool(self.batches) and (self.needs.inputs != "none" or keep_fp)
@@ -138,8 +140,9 @@ class Engine:
             self._outside_blocks(prefix)
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
             with self._timed("model_hooks_s"):
-                self._update(self.method.on_model_done(view))
+                self._update(self.method.on_model_done(dataclasses.replace(view, walk=walk)))
         finally:
+            walk.close()
             self._layer_bar.close()
             bar.close()
         return self.results
@@ -156,17 +159,7 @@ class Engine:
         if not self.batches:
             logger.warning("no calibration batches: output-gradient moments are not collected")
             return None
-        used = limit_batches(self.batches, spec.max_sequences, spec.max_tokens)
-        return collect_moments(
-            self.model,
-            self.layers,
-            used,
-            gradients=spec.gradients,
-            full=spec.full,
-            fisher_labels=spec.labels,
-            samples=spec.samples,
-            seed=spec.seed,
-        )
+        return moments_for(self.model, self.layers, self.batches, spec, self.device, self.source)
 
     # -- results: the one place they are stored and written back ------------------------------
     def _store(self, name: str, result: LayerResult) -> None:

@@ -3,6 +3,12 @@
 Tokenize the whole text once (BOS first), cut it into non-overlapping windows
 of ``seqlen`` tokens (the last, partial window included), and take exp of the
 mean next-token NLL over every predicted token.
+
+A Hugging Face model is evaluated streamed (:mod:`.streamed`): the windows
+are embedded, each block runs over all of them while it alone is on the
+device, and the model's end turns the last block's outputs into logits. The
+numbers equal the whole-model forward's to float rounding; any other module
+that maps input_ids to logits is called whole.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch
 from torch import nn
 
 from .scoring import model_device, token_logprobs
+from .streamed import streamed_logprobs
 
 
 @dataclass
@@ -50,8 +57,9 @@ def calculate_perplexity(
 ) -> PerplexityResult:
     """Perplexity of ``model`` on a text by the project protocol (see module docstring).
 
-    ``max_tokens`` keeps only the first tokens of the stream; ``device`` moves
-    the model there (default: where it already is).
+    ``max_tokens`` keeps only the first tokens of the stream; ``device`` is
+    where the blocks run, one at a time (default: where the model is); a
+    module that is not a Hugging Face model is moved there whole.
     """
     if seqlen < 2 or batch_size < 1:
         raise ValueError(f"need seqlen >= 2 and batch_size >= 1, got {seqlen} and {batch_size}")
@@ -62,9 +70,6 @@ def calculate_perplexity(
         raise ValueError(
             f"the evaluation text has {ids.numel()} token(s); perplexity needs at least 2"
         )
-    if device is not None:
-        model.to(device)
-    device = model_device(model)
     windows = [ids[start : start + seqlen] for start in range(0, ids.numel(), seqlen)]
     if windows[-1].numel() < 2:  # a lone trailing token predicts nothing
         windows.pop()
@@ -74,12 +79,24 @@ def calculate_perplexity(
 
     total_nll, total_tokens = 0.0, 0
     with torch.inference_mode():
-        for batch in _progress(batches, show_progress):
-            logprobs = token_logprobs(model, batch.to(device))
+        for logprobs in _logprobs(model, batches, device, show_progress):
             total_nll -= logprobs.double().sum().item()
             total_tokens += logprobs.numel()
     nll = total_nll / total_tokens
     return PerplexityResult(ppl=math.exp(nll), tokens=total_tokens, nll=nll, windows=len(windows))
+
+
+def _logprobs(model: nn.Module, batches: list[torch.Tensor], device, show: bool):
+    """Per batch, the log-probabilities of its next tokens: streamed when the model allows."""
+    streamed = streamed_logprobs(model, batches, device, show)
+    if streamed is not None:
+        yield from streamed
+        return
+    if device is not None:
+        model.to(device)
+    device = model_device(model)
+    for batch in _progress(batches, show):
+        yield token_logprobs(model, batch.to(device))
 
 
 def _progress(items: list[Any], show: bool) -> Any:

@@ -25,5 +25,10 @@ def token_logprobs(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     logits = output.logits if hasattr(output, "logits") else output
     if isinstance(logits, tuple):
         logits = logits[0]
+    return next_token_logprobs(logits, input_ids)
+
+
+def next_token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """log p(token t+1 | tokens ≤ t) from (B, L, V) logits → (B, L-1), float32."""
     logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)
     return logprobs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)

@@ -107,3 +107,105 @@ def test_limit_batches_caps_samples_and_length():
     batches = [(torch.zeros(3, 10, dtype=torch.long), None)] * 3
     limited = limit_batches(batches, max_samples=4, seqlen=6)
     assert [b[0].shape for b in limited] == [(3, 6), (1, 6)]
+
+
+# -- streamed through the blocks: the same moments as the whole model's backward -------------
+def _whole_model_moments(model, layers, batches, labels, samples, seed):
+    """The moments the pre-streamed code computed: hooks on the whole model's forward and
+    backward (one backward per label draw); the test's oracle."""
+    sums = {n: [0.0, 0.0, 0, 0] for n in layers}
+    gen = torch.Generator().manual_seed(seed)
+    handles = []
+
+    def hook_for(name):
+        def hook(_m, args, out):
+            keep = masks[0]
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            x = x if keep is None else x[keep]
+            sums[name][0] += x.pow(2).sum(0)
+            sums[name][2] += x.shape[0]
+
+            def grad_hook(g):
+                g = g.reshape(-1, g.shape[-1]).double()
+                g = g if keep is None else g[keep]
+                sums[name][1] += g.pow(2).sum(0)
+                sums[name][3] += g.shape[0]
+
+            out.register_hook(grad_hook)
+
+        return hook
+
+    for name, module in layers.items():
+        handles.append(module.register_forward_hook(hook_for(name)))
+    embed = model.get_input_embeddings()
+    handles.append(embed.register_forward_hook(lambda _m, _a, o: o.detach().requires_grad_(True)))
+    masks = [None]
+    try:
+        for ids, mask in batches:
+            masks[0] = None if mask is None or bool(mask.all()) else mask.reshape(-1).bool()
+            logits = model(input_ids=ids, attention_mask=mask).logits.float()
+            flat = logits.reshape(-1, logits.shape[-1])
+            if labels == "data":
+                nll = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, flat.shape[-1]),
+                    ids[:, 1:].reshape(-1),
+                    reduction="none",
+                )
+                if mask is not None:
+                    nll = nll * (mask[:, 1:] * mask[:, :-1]).reshape(-1)
+                nll.sum().backward()
+                continue
+            probs = flat.detach().softmax(-1)
+            for k in range(samples):
+                drawn = torch.multinomial(probs, 1, generator=gen).reshape(-1)
+                nll = torch.nn.functional.cross_entropy(flat, drawn, reduction="none")
+                if mask is not None:
+                    nll = nll * mask.reshape(-1)
+                nll.sum().backward(retain_graph=k < samples - 1)
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    return {n: (s[0] / s[2], s[1] / s[3]) for n, s in sums.items()}
+
+
+@pytest.mark.parametrize(("labels", "samples"), [("model", 2), ("data", 1)])
+def test_streamed_moments_equal_the_whole_model_backward(model_and_batches, labels, samples):
+    model, batches = model_and_batches
+    masked = torch.ones(2, 24, dtype=torch.long)
+    masked[1, :5] = 0  # left padding
+    batches = [batches[0], (batches[1][0], masked)]
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    layers.pop("lm_head")
+    streamed = collect_moments(
+        model, layers, batches, fisher_labels=labels, samples=samples, seed=5
+    )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        whole = _whole_model_moments(model, layers, batches, labels, samples, seed=5)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    for name, (a, b) in whole.items():
+        torch.testing.assert_close(streamed[name].a, a, rtol=1e-12, atol=0)
+        torch.testing.assert_close(streamed[name].b, b, rtol=1e-5, atol=1e-12)
+
+
+def test_block_local_moments_are_probes_of_each_block(model_and_batches):
+    """scope="block": the same input moments, and b from each block alone (no model end)."""
+    model, batches = model_and_batches
+    layers = {
+        n: model.get_submodule(n)
+        for n in ("model.layers.0.mlp.down_proj", "model.layers.4.mlp.down_proj")
+    }
+    local = collect_moments(model, layers, batches, scope="block", seed=1)
+    end_to_end = collect_moments(model, layers, batches, seed=1)
+    again = collect_moments(model, layers, batches, scope="block", seed=1)
+    for name in layers:
+        torch.testing.assert_close(local[name].a, end_to_end[name].a, rtol=1e-12, atol=0)
+        assert torch.isfinite(local[name].b).all() and (local[name].b > 0).all()
+        assert not torch.allclose(local[name].b, end_to_end[name].b, rtol=0.5)
+        assert torch.equal(local[name].b, again[name].b)  # seeded probes
+    with pytest.raises(ValueError, match="scope='wide'"):
+        collect_moments(model, layers, batches, scope="wide")

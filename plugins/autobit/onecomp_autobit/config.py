@@ -55,6 +55,11 @@ class AutoBitConfig(Method):
         'Fisher: curvature of the KL to the original model), "data" = the calibration text',
     )  # fmt: skip
     fisher_samples: int = param(1, int, ge=1, doc='label draws per token with "model" labels')
+    fisher_scope: str = param(
+        "model", choices=("model", "block"), saved=False,
+        doc='b from the loss at the head backpropagated through every block ("model"), or from '
+        'block-local probes of each block\'s relative output error ("block")',
+    )  # fmt: skip
     save_path: Any = param(None, optional=True, saved=False, doc="heatmap PNG or its folder")
     auto_dbf: bool = param(True, saved=False)
     dbf_threshold: float = param(2.0, float, gt=0, saved=False)

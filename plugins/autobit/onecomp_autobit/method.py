@@ -82,6 +82,7 @@ class AutoBitQuantizer(AutoBitConfig):
             max_sequences=self.num_calib_samples,
             max_tokens=self.calib_seqlen,
             gradients=self.use_curvature_b,
+            scope=self.fisher_scope,
         )
 
     # -- planning ----------------------------------------------------------------------------------

@@ -76,6 +76,10 @@ class DBFConfig(FitSettings, Method):
     distill_steps: int | None = param(
         None, int, ge=0, optional=True, doc="model-level KL steps; null = 400 with fine-tuning"
     )
+    distill_blocks: int | None = param(
+        None, int, ge=1, optional=True,
+        doc="distil only the last N blocks (block-local); null = every block, streamed end to end",
+    )  # fmt: skip
     distill_lr: float = param(1e-2, gt=0, doc="Adam learning rate of the vectors")
     distill_sign_lr: float = param(0.02, ge=0, doc="sign learning rate of the distillation")
     #: the full H refits the vectors on the exact output error (diag(H) alone: False);

@@ -1,87 +1,110 @@
-"""Model-level distillation of the DBF vectors after the last block.
+"""Model-level distillation of the DBF vectors after the last block, streamed through the blocks.
 
 Block fine-tuning matches each block's output in isolation; the errors of
 the five (or fifty) blocks still add up. Once every layer is factorized,
-this step trains the scale vectors of every DBF layer of the whole model
-(and, through the straight-through estimator, the signs) so the model's
-next-token distribution matches the full-precision model's on the
-calibration batches (KL(teacher ‖ student), temperature 1). The model is
-left as it was; the new results are returned for the engine to write back.
+this step trains the scale vectors of the DBF layers (and, through the
+straight-through estimator, the signs) so the model's next-token
+distribution matches the full-precision model's on the calibration batches
+(KL(teacher ‖ student), temperature 1).
 
-The teacher is recorded by :class:`TeacherRecorder` in ``prepare()``, while
-the model is still full precision: the inputs of the output head (one
-(tokens × hidden) tensor per batch, far smaller than the logits) plus a
-frozen copy of the head, so teacher logits are recomputed per step.
+Never the whole model on one device: each Adam step runs one batch forward
+block by block (:class:`~onecomp_core.contract.ModelWalk`), keeping only the
+block-boundary activations, takes the KL at the model's end, then goes
+backward block by block, recomputing each block from its saved input
+(activation checkpointing at block granularity). A block's trainable state
+(vectors, sign latents, Adam moments) is on the device only while the block
+is; its Adam step is taken right after its backward, which is the same
+update as one optimizer over the whole model (Adam is per parameter).
+
+``last_blocks`` gives the block-local variant: only the last N blocks train,
+from their inputs computed once, so a step costs N blocks, not the model.
+
+The teacher is the engine's full-precision stream after the last block
+(:class:`Teacher`, recorded in ``on_block_done``): per batch the fp model's
+last hidden states before the final norm; teacher logits are recomputed per
+step through the model's end, so no (tokens × vocab) tensor is kept.
 """
 
 from __future__ import annotations
 
-import copy
+import logging
+import math
+from typing import Any
 
 import torch
-from torch import nn
+
+from onecomp_core.contract import ModelWalk
 
 from .result import DBFResult
-from .trainable import TrainableDBF, adam_with_cosine, train_twins
+from .threads import small_problem_threads
+from .trainable import TrainableDBF, adam_with_cosine, kept, swapped_in, trained_results
+
+logger = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor | None]
+
+#: above this many bytes of sign-latent state (latents + two Adam moments, all blocks), the
+#: distillation trains the vectors only: the latents would not be bounded by one block
+SIGN_STATE_BYTES = 1 << 30
+#: logits computed at once at the model's end (sequences × length × vocab): a Llama batch of
+#: 8 × 256 tokens over 32,000 words would be 262 MB, and the KL makes several copies
+LOGIT_ELEMENTS = 1 << 22
 
 
-class TeacherRecorder:
-    """The full-precision model's head inputs on the calibration batches, and a copy of the head."""
+class Teacher:
+    """The full-precision model's last-block outputs (the fp stream after the last block)."""
 
-    def __init__(self) -> None:
-        self.hidden: list[torch.Tensor] = []
-        self.head: nn.Module | None = None
+    def __init__(self, hidden: list[torch.Tensor]) -> None:
+        self.hidden = [h.detach() for h in hidden]
 
-    @torch.no_grad()
-    def record(
-        self, model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]]
-    ) -> bool:
-        """Run ``model`` on every batch; False (nothing kept) if it has no output head."""
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if not isinstance(head, nn.Module) or not batches:
-            return False
-        seen: list[torch.Tensor] = []
-        handle = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
-        try:
-            device = next(model.parameters()).device
-            for ids, mask in batches:
-                mask = None if mask is None else mask.to(device)
-                model(input_ids=ids.to(device), attention_mask=mask, use_cache=False)
-        finally:
-            handle.remove()
-        self.hidden = [h.float().cpu() for h in seen]
-        self.head = copy.deepcopy(head).float().requires_grad_(False)
-        return len(self.hidden) == len(batches)
 
-    def logits(self, index: int, device: torch.device | None = None) -> torch.Tensor:
-        return self.head.to(device or "cpu")(self.hidden[index].to(device or "cpu"))
+def _per_token(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    log_p = teacher.float().log_softmax(-1)
+    log_q = student.float().log_softmax(-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def kl_loss(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean over (unmasked) tokens of KL(softmax(teacher) ‖ softmax(student))."""
-    log_p = teacher.float().log_softmax(-1)
-    log_q = student.float().log_softmax(-1)
-    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
+    per_token = _per_token(student, teacher)
     if mask is None:
         return per_token.mean()
     weight = mask.to(per_token.dtype)
     return (per_token * weight).sum() / weight.sum().clamp_min(1)
 
 
+def kl_sum(
+    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Sum over (unmasked) tokens of KL(softmax(teacher) ‖ softmax(student))."""
+    per_token = _per_token(student, teacher)
+    return per_token.sum() if mask is None else (per_token * mask.to(per_token.dtype)).sum()
+
+
+def sign_state_bytes(results: dict[str, DBFResult]) -> int:
+    """Bytes the sign latents of ``results`` and their Adam moments take (fp32, three copies)."""
+    return sum(
+        12 * r.mid_features * (r.out_features + r.in_features)
+        for r in results.values()
+        if isinstance(r, DBFResult) and r.is_dbf_quantized
+    )
+
+
 def distill_model(
-    model: nn.Module,
-    layers: dict[str, nn.Module],
+    walk: ModelWalk,
+    layers: dict[str, torch.nn.Module],
     results: dict[str, DBFResult],
-    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
-    teacher: TeacherRecorder,
+    batches: list[Batch],
+    teacher: Teacher,
     steps: int,
     lr: float,
     sign_lr: float,
     seed: int,
+    last_blocks: int | None = None,
 ) -> tuple[dict[str, DBFResult], dict[str, float]]:
-    """Train the DBF layers of ``model`` against ``teacher``: (their new results, KL before/after).
+    """Train the DBF layers against ``teacher``: (their new results, KL before/after).
 
     ``layers`` maps names to the model's Linear modules (dequantized weights
     written in) and ``results`` to their results. The results are empty when
@@ -89,65 +112,212 @@ def distill_model(
     """
     if not batches or steps <= 0:
         return {}, {}
-    hidden = teacher.hidden[0].shape[-1]
-    return train_twins(
-        model,
-        layers,
-        results,
-        next(model.parameters()).device,
-        sign_lr,
-        teacher.hidden[0].shape[:-1].numel() * hidden * hidden,
-        "model distillation KL",
-        lambda twins: _train(model, twins, batches, teacher, steps, lr, sign_lr, seed),
-    )
+    first = 0 if last_blocks is None else max(0, len(walk) - last_blocks)
+    trained = {
+        n: r
+        for n, r in results.items()
+        if n in layers and any(n.startswith(b + ".") for b in walk.names[first:])
+    }
+    if sign_lr > 0 and sign_state_bytes(trained) > SIGN_STATE_BYTES:
+        logger.warning(
+            "DBF distillation: the sign latents would take %.1f GB; training the vectors only",
+            sign_state_bytes(trained) / 2**30,
+        )
+        sign_lr = 0.0
+    run = _Distillation(walk, layers, trained, batches, teacher, first, steps, lr, sign_lr)
+    if not run.twins:
+        return {}, {}
+    hidden = teacher.hidden[0]
+    with small_problem_threads(hidden.shape[:-1].numel() * hidden.shape[-1] ** 2):
+        before, after = run.train(seed)
+    if not kept(before, after, "model distillation KL"):
+        return {}, {"before": before, "after": before}
+    for twin in run.twins.values():
+        twin.unpark("cpu")
+    return trained_results(trained, run.twins), {"before": before, "after": after}
 
 
-def _batch_loss(model: nn.Module, batches, teacher: TeacherRecorder, index: int) -> torch.Tensor:
-    ids, mask = batches[index]
-    device = next(model.parameters()).device
-    logits = model(
-        input_ids=ids.to(device),
-        attention_mask=None if mask is None else mask.to(device),
-        use_cache=False,
-    ).logits
-    with torch.no_grad():
-        target = teacher.logits(index, device)
-    return kl_loss(logits, target, None if mask is None else mask.to(device))
+class _Distillation:
+    """The per-block trainable state and the streamed forward/backward of one batch."""
 
-
-def _train(
-    model: nn.Module,
-    layers: dict[str, TrainableDBF],
-    batches,
-    teacher: TeacherRecorder,
-    steps: int,
-    lr: float,
-    sign_lr: float,
-    seed: int,
-) -> tuple[float, float]:
-    count = len(batches)
-    gen = torch.Generator().manual_seed(seed + 7919)
-    monitor = list(range(min(count, 2)))
-
-    def mean_loss() -> float:
+    def __init__(
+        self,
+        walk: ModelWalk,
+        layers: dict[str, torch.nn.Module],
+        results: dict[str, DBFResult],
+        batches: list[Batch],
+        teacher: Teacher,
+        first: int,
+        steps: int,
+        lr: float,
+        sign_lr: float,
+    ) -> None:
+        self.walk, self.layers, self.batches, self.teacher = walk, layers, batches, teacher
+        self.first, self.device = first, walk.device
+        self.vocab = _vocab(walk, teacher, batches[0])
+        self.twins: dict[str, TrainableDBF] = {}
+        self.blocks: dict[int, dict[str, TrainableDBF]] = {}
+        for index in range(first, len(walk)):
+            prefix = walk.names[index] + "."
+            own = {
+                n: TrainableDBF(r, getattr(layers[n], "bias", None), self.device, sign_lr > 0)
+                for n, r in results.items()
+                if n.startswith(prefix) and r.is_dbf_quantized
+            }
+            for twin in own.values():
+                twin.park("cpu")
+            self.twins.update(own)
+            self.blocks[index] = own
+        self.optimizers = {
+            i: adam_with_cosine(own, steps, lr, sign_lr) for i, own in self.blocks.items() if own
+        }
+        self.steps = steps
         with torch.no_grad():
-            return sum(_batch_loss(model, batches, teacher, i).item() for i in monitor) / len(
-                monitor
-            )
+            hidden, kwargs = walk.start(batches)
+            for index in range(first):
+                with walk.block(index) as block:
+                    hidden = [_run(block, x, kw) for x, kw in zip(hidden, kwargs, strict=True)]
+        self.inputs = [h.detach() for h in hidden]
+        self.kwargs = [_detached(kw) for kw in kwargs]
 
-    was_training = model.training
-    model.eval()  # no dropout: the teacher ran in eval mode too
-    before = mean_loss()
-    opt, sched = adam_with_cosine(layers, steps, lr, sign_lr)
-    order: list[int] = []
-    with torch.enable_grad():
-        for _ in range(steps):
+    # -- one block in use ----------------------------------------------------------------------
+    def _in_use(self, index: int):
+        return _BlockInUse(self, index)
+
+    # -- the loss ----------------------------------------------------------------------------------
+    def _final(self, b: int, keep: list[torch.Tensor] | None) -> torch.Tensor:
+        """Batch ``b`` through the trained blocks without gradients; ``keep`` gets the inputs."""
+        x = self.inputs[b]
+        with torch.no_grad():
+            for index in range(self.first, len(self.walk)):
+                if keep is not None:
+                    keep.append(x)
+                with self._in_use(index) as block:
+                    x = _run(block, x, self.kwargs[b])
+        return x
+
+    def _kl(self, final: torch.Tensor, b: int, grad: torch.Tensor | None = None) -> float:
+        """KL of batch ``b`` at the model's end; ``grad`` (if given) gets d KL / d ``final``.
+
+        The end runs on a few sequences at a time (:data:`LOGIT_ELEMENTS`), so
+        no whole batch of (tokens × vocab) logits exists at once; each chunk's
+        KL sum is divided by the batch's token count, so the sum is the mean.
+        """
+        ids, mask = self.batches[b]
+        target = self.teacher.hidden[b]
+        tokens = ids.numel() if mask is None else int(mask.sum().clamp_min(1))
+        per_chunk = max(1, LOGIT_ELEMENTS // max(1, ids.shape[1] * self.vocab))
+        total, backward = 0.0, grad is not None
+        for s in range(0, ids.shape[0], per_chunk):
+            part = slice(s, s + per_chunk)
+            chunk = (ids[part], None if mask is None else mask[part])
+            x = final[part].detach().requires_grad_(backward)
+            with torch.set_grad_enabled(backward):
+                logits = next(self.walk.end([x], [chunk]))
+                with torch.no_grad():
+                    teacher = next(self.walk.end([target[part]], [chunk]))
+                keep = None if chunk[1] is None else chunk[1].to(logits.device)
+                loss = kl_sum(logits, teacher, keep) / tokens
+                if grad is not None:
+                    grad[part] = torch.autograd.grad(loss, x)[0]
+            total += loss.item()
+        return total
+
+    def mean_loss(self, monitor: list[int]) -> float:
+        with torch.no_grad():
+            return sum(self._kl(self._final(b, None), b) for b in monitor) / len(monitor)
+
+    # -- one step: streamed forward, loss at the end, backward block by block ----------------------
+    def step(self, b: int, update: bool = True) -> None:
+        """One Adam step on batch ``b`` (``update=False``: only leave the gradients)."""
+        boundaries: list[torch.Tensor] = []
+        final = self._final(b, boundaries)
+        grad = torch.zeros_like(final)
+        self._kl(final, b, grad)
+        with torch.enable_grad():
+            for index in reversed(range(self.first, len(self.walk))):
+                with self._in_use(index) as block:
+                    x = boundaries.pop().detach().requires_grad_(index > self.first)
+                    y = _run(block, x, self.kwargs[b])
+                    y.backward(grad)
+                    grad = x.grad
+                    if update and index in self.optimizers:
+                        opt, sched = self.optimizers[index]
+                        opt.step()
+                        sched.step()
+                        opt.zero_grad(set_to_none=True)
+                del x, y
+
+    def train(self, seed: int) -> tuple[float, float]:
+        gen = torch.Generator().manual_seed(seed + 7919)
+        monitor = list(range(min(len(self.batches), 2)))
+        before = self.mean_loss(monitor)
+        order: list[int] = []
+        for _ in range(self.steps):
             if not order:
-                order = torch.randperm(count, generator=gen).tolist()
-            opt.zero_grad(set_to_none=True)
-            _batch_loss(model, batches, teacher, order.pop()).backward()
-            opt.step()
-            sched.step()
-    after = mean_loss()
-    model.train(was_training)
-    return before, after
+                order = torch.randperm(len(self.batches), generator=gen).tolist()
+            self.step(order.pop())
+        after = self.mean_loss(monitor)
+        if not math.isfinite(after):
+            logger.warning("DBF distillation: the KL is not finite after training")
+        return before, after
+
+
+class _BlockInUse:
+    """Block ``index`` on the device with its twins swapped in; released (and parked) after."""
+
+    def __init__(self, run: _Distillation, index: int) -> None:
+        self.run, self.index = run, index
+        self.twins = run.blocks.get(index, {})
+
+    def __enter__(self) -> torch.nn.Module:
+        run = self.run
+        self._block = run.walk.block(self.index)
+        block = self._block.__enter__()
+        for twin in self.twins.values():
+            twin.unpark(run.device)
+        if self.index in run.optimizers:
+            _move_state(run.optimizers[self.index][0], run.device)
+        self._swap = swapped_in(block, run.layers, self.twins)
+        self._swap.__enter__()
+        return block
+
+    def __exit__(self, *exc: object) -> None:
+        run = self.run
+        self._swap.__exit__(*exc)
+        for twin in self.twins.values():
+            twin.park("cpu")
+        if self.index in run.optimizers:
+            _move_state(run.optimizers[self.index][0], torch.device("cpu"))
+        self._block.__exit__(*exc)
+
+
+def _vocab(walk: ModelWalk, teacher: Teacher, batch: Batch) -> int:
+    """The width of the logits (one token through the model's end)."""
+    ids, mask = batch
+    one = (ids[:1, :1], None if mask is None else mask[:1, :1])
+    with torch.no_grad():
+        return next(walk.end([teacher.hidden[0][:1, :1]], [one])).shape[-1]
+
+
+def _move_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    for state in opt.state.values():
+        for key, value in state.items():
+            if key != "step" and isinstance(value, torch.Tensor) and value.device != device:
+                state[key] = value.to(device)
+
+
+def _run(block: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = block(hidden, **kwargs)
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def _detached(value: Any) -> Any:
+    """Plain (autograd-usable) copies of the tensors in a kwargs structure."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    if isinstance(value, tuple | list):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value

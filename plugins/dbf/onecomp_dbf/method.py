@@ -7,9 +7,10 @@
 - ``quantize_layer(job)``: the weighted fit of one layer (a dense fallback
   when it is not finite);
 - ``on_block_done(view)``: block fine-tuning (:mod:`onecomp_dbf.finetune`);
-- ``prepare(view)`` records the full-precision teacher and
-  ``on_model_done(view)`` distils every DBF layer against it
-  (:mod:`onecomp_dbf.distill`).
+- the last block's ``on_block_done`` keeps the full-precision stream after
+  the last block as the teacher, and ``on_model_done(view)`` distils every
+  DBF layer against it through the engine's block walk
+  (:mod:`onecomp_dbf.distill`): never the whole model on one device.
 
 The hooks return new results; the engine writes their weights back.
 """
@@ -35,7 +36,7 @@ from onecomp_core.contract import (
 from onecomp_core.kernels import pack_signs
 
 from .config import DBFConfig
-from .distill import TeacherRecorder, distill_model
+from .distill import Teacher, distill_model
 from .factorization import factorize
 from .factors import middle_dim, total_bits
 from .finetune import finetune_block
@@ -58,18 +59,29 @@ class DBF(DBFConfig):
     result_type: ClassVar[type[LayerResult]] = DBFResult
     bits_param: ClassVar[str] = "target_bits"
 
-    #: the full-precision model's head inputs, from ``prepare`` until ``on_model_done``
-    _teacher: TeacherRecorder | None = field(default=None, init=False, repr=False, compare=False)
+    #: the full-precision stream after the last block, from its ``on_block_done`` until
+    #: ``on_model_done``
+    _teacher: Teacher | None = field(default=None, init=False, repr=False, compare=False)
+    #: blocks of the run (from ``prepare``); None: no block walk, so no distillation
+    _blocks: int | None = field(default=None, init=False, repr=False, compare=False)
     _prepared: bool = field(default=False, init=False, repr=False, compare=False)
 
     def needs(self) -> Needs:
-        """After ``prepare``, a model pass only if a teacher was recorded."""
+        """After ``prepare``, a model pass only if the run can distil (a walk with a head)."""
         inputs = "none" if self.weighting == "none" else "full" if self.flag_hessian else "diag"
         gradients = GradientMoments() if self.weighting == "activation_gradient" else None
-        distils = self._teacher is not None if self._prepared else self.resolved_distill_steps() > 0
+        distils = self._distils()
         return Needs(
-            inputs=inputs, moments=gradients, fp_stream=self.fine_tunes(), model_pass=distils
+            inputs=inputs,
+            moments=gradients,
+            fp_stream=self.fine_tunes() or distils,
+            model_pass=distils,
         )
+
+    def _distils(self) -> bool:
+        if self.resolved_distill_steps() <= 0:
+            return False
+        return self._blocks is not None if self._prepared else True
 
     # -- bits ---------------------------------------------------------------------------
     def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
@@ -172,6 +184,7 @@ class DBF(DBFConfig):
 
     # -- lifecycle: fine-tune each block, record the teacher, distil at the end ----------------
     def on_block_done(self, view: BlockView) -> dict[str, LayerResult]:
+        self._keep_teacher(view)
         if not self.fine_tunes() or view.fp_outputs is None:
             return {}
         results, _ = finetune_block(
@@ -180,23 +193,27 @@ class DBF(DBFConfig):
         return results
 
     def prepare(self, view: RunView) -> None:
-        """Record the full-precision model's head inputs when distillation is on."""
-        self._teacher, self._prepared = None, True
+        """Note the run's blocks: the teacher is the fp stream after the last of them."""
+        self._teacher, self._prepared, self._blocks = None, True, None
         if self.resolved_distill_steps() <= 0 or not view.batches:
             return
-        teacher = TeacherRecorder()
-        if teacher.record(view.model, view.batches):
-            self._teacher = teacher
-        else:
+        if view.walk is None or not view.walk.has_head:
             logger.warning("DBF: the model has no output head to distil from; distillation off")
+            return
+        self._blocks = len(view.walk)
+
+    def _keep_teacher(self, view: BlockView) -> None:
+        if self._blocks is not None and view.index == self._blocks - 1 and view.fp_outputs:
+            self._teacher = Teacher(view.fp_outputs)
 
     def on_model_done(self, view: RunView) -> dict[str, LayerResult]:
-        """Distil the vectors (and signs) of every DBF layer against the recorded teacher."""
+        """Distil the vectors (and signs) of every DBF layer against the teacher, streamed."""
         teacher, self._teacher, self._prepared = self._teacher, None, False
-        if teacher is None or not view.batches:
+        self._blocks = None
+        if teacher is None or not view.batches or view.walk is None:
             return {}
         results, losses = distill_model(
-            view.model,
+            view.walk,
             view.layers,
             view.results,
             view.batches,
@@ -205,6 +222,7 @@ class DBF(DBFConfig):
             self.distill_lr,
             self.distill_sign_lr,
             self.seed,
+            self.distill_blocks,
         )
         logger.info("DBF model distillation: %s", losses)
         return results

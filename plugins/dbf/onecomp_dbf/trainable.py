@@ -42,8 +42,8 @@ class TrainableDBF(nn.Module):
         train_signs: bool = False,
     ):
         super().__init__()
-        s_a, s_b = result.signs()
-        s_a_t, s_b_t = s_a.t().contiguous().to(device), s_b.t().contiguous().to(device)
+        self.result, self.train_signs = result, train_signs
+        s_a_t, s_b_t = self._unpacked(device)
         if train_signs:
             self.sign_a_t = nn.Parameter(s_a_t)
             self.sign_b_t = nn.Parameter(s_b_t)
@@ -53,10 +53,29 @@ class TrainableDBF(nn.Module):
         self.register_buffer("a0", result.dbf_Da.float().to(device))
         self.register_buffer("c0", result.dbf_mid.float().to(device))
         self.register_buffer("b0", result.dbf_Db.float().to(device))
-        self.bias = None if bias is None else bias.detach().float().to(device)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().to(device))
         self.theta_a = nn.Parameter(torch.ones_like(self.a0))
         self.theta_c = nn.Parameter(torch.ones_like(self.c0))
         self.theta_b = nn.Parameter(torch.ones_like(self.b0))
+
+    def _unpacked(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        s_a, s_b = self.result.signs()
+        return s_a.t().contiguous().to(device), s_b.t().contiguous().to(device)
+
+    def park(self, device: torch.device | str) -> None:
+        """Between uses: move to ``device``; fixed signs are dropped (re-unpacked by ``unpark``).
+
+        What persists is what trains: the vectors (and the sign latents when they train).
+        """
+        self.to(device)
+        if not self.train_signs:
+            self.sign_a_t = self.sign_b_t = None
+
+    def unpark(self, device: torch.device | str) -> None:
+        """Ready for use on ``device`` (fixed signs unpacked again from the packed result)."""
+        self.to(device)
+        if self.sign_a_t is None:
+            self.sign_a_t, self.sign_b_t = self._unpacked(torch.device(device))
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.a0 * self.theta_a, self.c0 * self.theta_c, self.b0 * self.theta_b

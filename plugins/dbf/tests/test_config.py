@@ -27,6 +27,7 @@ SEED_KEYS = {
     "hessian_admm",
     "hessian_damp",
     "distill_steps",
+    "distill_blocks",
     "distill_lr",
     "distill_sign_lr",
 }

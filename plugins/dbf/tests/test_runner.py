@@ -10,7 +10,7 @@ import torch
 from onecomp_core import CalibrationConfig, ModelConfig, Runner, load_quantized_model
 from onecomp_core.data.calibration import batches
 from onecomp_dbf import DBF, DoubleBinaryLinear
-from onecomp_dbf.distill import TeacherRecorder, kl_loss
+from onecomp_dbf.distill import kl_loss
 
 STORIES = Path(__file__).resolve().parents[4] / "shared" / "assets" / "stories260K"
 CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"
@@ -56,12 +56,11 @@ def _runner_kl(distill_steps: int) -> tuple[float, DBF, Runner]:
     runner = _runner(method)
     runner.run()
     data = list(batches(runner.calibration, runner.calibration_config.batch_size))
-    teacher = TeacherRecorder()
-    teacher.record(runner.model_config.load_model(), data)
+    original = runner.model_config.load_model()
     with torch.no_grad():
         kl = sum(
-            kl_loss(runner.model(input_ids=ids).logits, teacher.logits(i)).item()
-            for i, (ids, _) in enumerate(data)
+            kl_loss(runner.model(input_ids=ids).logits, original(input_ids=ids).logits).item()
+            for ids, _ in data
         )
     return kl, method, runner
 
