@@ -103,8 +103,9 @@ def test_sampler_sees_the_memory_of_grandchildren(tmp_path: Path) -> None:
     assert run.returncode == 0 and not run.timed_out
     assert run.peak_processes == 2
     assert 400 < run.peak_tree_rss_mb < 600, run
-    # the kernel's figure is the largest single process: the 300 MB grandchild
-    assert 300 < run.maxrss_largest_mb < 400, run
+    # the kernel's figure is the largest single process, at least the 300 MB grandchild (Linux
+    # keeps a forked child's high-water mark across exec, so a large parent raises it)
+    assert run.maxrss_largest_mb > 300, run
 
 
 def test_sampler_stops_a_run_at_its_timeout(tmp_path: Path) -> None:
