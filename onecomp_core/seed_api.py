@@ -280,9 +280,9 @@ class Runner:
     def _timings(self) -> dict[str, float]:
         """Seconds per engine phase; ``one_forward_s`` is one calibration forward of the model."""
         timings = getattr(self, "timings", None) or {}
-        out = {key: round(value, 3) for key, value in sorted(timings.items())}
+        out = {key: round(value, 6) for key, value in sorted(timings.items())}
         if "forward_s" in timings:
-            out["one_forward_s"] = round(timings.get("capture_s", 0) + timings["forward_s"], 3)
+            out["one_forward_s"] = round(timings.get("capture_s", 0) + timings["forward_s"], 6)
         return out
 
     def print_quantization_results(self) -> None:
