@@ -21,6 +21,11 @@ def _num(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _rounded(seconds: float) -> float:
+    """Two decimals, or three significant digits below 1 s (a tiny model's forward is not 0)."""
+    return round(seconds, 2) if seconds >= 1 else float(f"{seconds:.3g}")
+
+
 def timing_fields(summary: dict, wall_s: float) -> dict:
     """Forwards vs solves and item 3's ratio from a summary JSON; "n/a" where not reported."""
     timings = summary.get("timings") or {}
@@ -29,12 +34,12 @@ def timing_fields(summary: dict, wall_s: float) -> dict:
     fields = {
         "engine_s": summary.get("wall_time_s", NA),
         "layers": len(summary.get("layers", [])),
-        "solve_s": round(solve if solve is not None else layer_solves, 2),
+        "solve_s": _rounded(solve if solve is not None else layer_solves),
         "solve_source": "timings" if solve is not None else "layer table",
     }
     for key in ("forward_s", "one_forward_s", "capture_s", "statistics_s"):
         value = _num(timings.get(key))
-        fields[key] = round(value, 2) if value is not None else NA
+        fields[key] = _rounded(value) if value is not None else NA
     fields |= {f"timings.{k}": v for k, v in timings.items() if k not in fields}
     engine = _num(fields["engine_s"])
     if engine is not None and fields["forward_s"] == NA:
