@@ -134,6 +134,22 @@ class ModelWalk(ABC):
     def has_head(self) -> bool:
         """Whether :meth:`end` gives logits (False for a model without an output head)."""
 
+    @staticmethod
+    def run(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """One block's hidden-state output, whatever structure the block returns."""
+        return first_output(block(hidden, **kwargs))
+
+    @staticmethod
+    def detached(value: Any) -> Any:
+        """The tensors of a kwargs structure detached (captured under no_grad, reused with grad)."""
+        if isinstance(value, torch.Tensor):
+            return value.detach()
+        if isinstance(value, tuple | list):
+            return type(value)(ModelWalk.detached(v) for v in value)
+        if isinstance(value, dict):
+            return {k: ModelWalk.detached(v) for k, v in value.items()}
+        return value
+
 
 @dataclass
 class RunView:

@@ -48,7 +48,7 @@ from torch import nn
 
 from ..contract.needs import GRADIENT_LABELS as FISHER_LABELS
 from ..contract.needs import GRADIENT_SCOPES, GradientMoments
-from ..contract.views import LayerMoments
+from ..contract.views import LayerMoments, ModelWalk
 from . import blocks as blockwise
 from .model_walk import Walk, open_walk
 
@@ -205,7 +205,7 @@ def collect_moments(
                 for acc in accs.values():
                     acc.mask = token_mask
                 hidden, kwargs = walk.start([(ids, mask)])
-                one = _OneBatch(walk, hidden[0], _detached(kwargs[0]), (ids, mask))
+                one = _OneBatch(walk, hidden[0], ModelWalk.detached(kwargs[0]), (ids, mask))
                 if gradients and scope == "model":
                     one.end_to_end(accs, fisher_labels, samples, generator)
                     continue
@@ -298,17 +298,6 @@ def _grads(
 
 def _on(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     return None if mask is None else mask.to(like.device)
-
-
-def _detached(value: Any) -> Any:
-    """The block's keyword arguments as plain tensors (captured under no_grad already)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple | list):
-        return type(value)(_detached(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    return value
 
 
 def moments_for(

@@ -24,13 +24,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from onecomp_core.cli import main
-from onecomp_core.contract import LayerJob
-from onecomp_core.data.model import ModelConfig
-from onecomp_core.rtn import RTN
-from onecomp_core.storage import apply_results, build_artifact, save_quantized_model
 
 ASSETS = Path(__file__).resolve().parents[3] / "shared" / "assets"
 STORIES = ASSETS / "stories260K"
@@ -40,23 +35,6 @@ ROOT = os.geteuid() == 0
 
 
 # -- fixtures: a model folder and a saved quantized folder, made once --------------------------
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    """stories260K with RTN 4-bit, saved through the storage API (a real onecomp folder)."""
-    config = ModelConfig(path=str(STORIES), dtype="float32", device="cpu")
-    model, method = config.load_model(), RTN(wbits=4)
-    results = {
-        name: method.quantize(LayerJob(name, module))
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name != "lm_head"
-    }
-    apply_results(model, results)
-    artifact = build_artifact(
-        model, method, results, config.load_tokenizer(), {"calibration_hash": None, "qep": None}
-    )
-    return save_quantized_model(artifact, tmp_path_factory.mktemp("saved") / "rtn4")
-
-
 @dataclass
 class Place:
     """What a row may use: its own folder, the shared model and a saved quantized folder."""

@@ -7,14 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from onecomp_core.cli import main
-from onecomp_core.contract import LayerJob, Method, hookimpl
+from onecomp_core.contract import Method, hookimpl
 from onecomp_core.data.calibration import STRATEGIES
-from onecomp_core.data.model import ModelConfig
-from onecomp_core.rtn import RTN
-from onecomp_core.storage import apply_results, build_artifact, save_quantized_model
 from onecomp_core.testing import registered_plugin
 
 ASSETS = Path(__file__).resolve().parents[3] / "shared" / "assets"
@@ -278,23 +274,6 @@ def test_qep_is_refused_for_a_method_without_statistics(tmp_path, capsys):
 
 
 # -- export ---------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory) -> Path:
-    """stories260K with RTN 4-bit, saved through the storage API (no engine needed)."""
-    config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    model, method = config.load_model(), RTN(wbits=4)
-    results = {
-        name: method.quantize(LayerJob(name, module))
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name != "lm_head"
-    }
-    apply_results(model, results)
-    artifact = build_artifact(
-        model, method, results, config.load_tokenizer(), {"calibration_hash": None, "qep": None}
-    )
-    return save_quantized_model(artifact, tmp_path_factory.mktemp("export") / "rtn4")
-
-
 def test_export_to_the_hf_format_writes_the_same_model(saved, tmp_path, capsys):
     from safetensors.torch import load_file
 

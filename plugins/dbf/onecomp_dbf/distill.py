@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import torch
 
@@ -176,9 +175,11 @@ class _Distillation:
             hidden, kwargs = walk.start(batches)
             for index in range(first):
                 with walk.block(index) as block:
-                    hidden = [_run(block, x, kw) for x, kw in zip(hidden, kwargs, strict=True)]
+                    hidden = [
+                        ModelWalk.run(block, x, kw) for x, kw in zip(hidden, kwargs, strict=True)
+                    ]
         self.inputs = [h.detach() for h in hidden]
-        self.kwargs = [_detached(kw) for kw in kwargs]
+        self.kwargs = [ModelWalk.detached(kw) for kw in kwargs]
 
     # -- one block in use ----------------------------------------------------------------------
     def _in_use(self, index: int):
@@ -193,7 +194,7 @@ class _Distillation:
                 if keep is not None:
                     keep.append(x)
                 with self._in_use(index) as block:
-                    x = _run(block, x, self.kwargs[b])
+                    x = ModelWalk.run(block, x, self.kwargs[b])
         return x
 
     def _kl(self, final: torch.Tensor, b: int, grad: torch.Tensor | None = None) -> float:
@@ -238,7 +239,7 @@ class _Distillation:
             for index in reversed(range(self.first, len(self.walk))):
                 with self._in_use(index) as block:
                     x = boundaries.pop().detach().requires_grad_(index > self.first)
-                    y = _run(block, x, self.kwargs[b])
+                    y = ModelWalk.run(block, x, self.kwargs[b])
                     y.backward(grad)
                     grad = x.grad
                     if update and index in self.optimizers:
@@ -305,19 +306,3 @@ def _move_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
         for key, value in state.items():
             if key != "step" and isinstance(value, torch.Tensor) and value.device != device:
                 state[key] = value.to(device)
-
-
-def _run(block: torch.nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    out = block(hidden, **kwargs)
-    return out if isinstance(out, torch.Tensor) else out[0]
-
-
-def _detached(value: Any) -> Any:
-    """Plain (autograd-usable) copies of the tensors in a kwargs structure."""
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, tuple | list):
-        return type(value)(_detached(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detached(v) for k, v in value.items()}
-    return value
