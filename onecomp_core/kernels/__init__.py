@@ -1,4 +1,5 @@
-"""Plugin-facing kernels: integer grids and their result type, the GPTQ solve, bit packing, packed inference layers.
+"""Plugin-facing kernels: integer grids and their result type, the GPTQ solve, bit packing,
+packed inference layers, seeded orthogonal transforms.
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
@@ -18,6 +19,12 @@ from .grid import (
 )
 from .grid_result import GridResult
 from .grid_search import fit_grid
+from .orthogonal import (
+    OrthogonalTransform,
+    hadamard_transform,
+    kronecker_factors,
+    orthogonal_transform,
+)
 from .packed_linear import PackedIntLinear
 from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_dim1
 from .signs import pack_signs, packed_size, unpack_signs
@@ -26,6 +33,7 @@ __all__ = [
     "GPTQOutput",
     "GridResult",
     "GridSpec",
+    "OrthogonalTransform",
     "PackedIntLinear",
     "dequantize",
     "dequantize_codes",
@@ -34,8 +42,11 @@ __all__ = [
     "gptq_quantize",
     "grid_params",
     "group_index",
+    "hadamard_transform",
+    "kronecker_factors",
     "max_code",
     "num_groups",
+    "orthogonal_transform",
     "pack_dim0",
     "pack_dim1",
     "pack_signs",
