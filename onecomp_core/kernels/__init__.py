@@ -1,10 +1,12 @@
-"""Plugin-facing kernels: integer grids and their result type, bit packing, packed inference layers.
+"""Plugin-facing kernels: integer grids and their result type, the GPTQ solve, bit packing,
+packed inference layers, seeded orthogonal transforms.
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
 plugin copies another's packing or grid arithmetic.
 """
 
+from .gptq_solve import GPTQOutput, GridSpec, dequantize, gptq_quantize, rtn_quantize
 from .grid import (
     dequantize_codes,
     gptq_effective_bits,
@@ -16,19 +18,35 @@ from .grid import (
     round_scale,
 )
 from .grid_result import GridResult
+from .grid_search import fit_grid
+from .orthogonal import (
+    OrthogonalTransform,
+    hadamard_transform,
+    kronecker_factors,
+    orthogonal_transform,
+)
 from .packed_linear import PackedIntLinear
 from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_dim1
 from .signs import pack_signs, packed_size, unpack_signs
 
 __all__ = [
+    "GPTQOutput",
     "GridResult",
+    "GridSpec",
+    "OrthogonalTransform",
     "PackedIntLinear",
+    "dequantize",
     "dequantize_codes",
+    "fit_grid",
     "gptq_effective_bits",
+    "gptq_quantize",
     "grid_params",
     "group_index",
+    "hadamard_transform",
+    "kronecker_factors",
     "max_code",
     "num_groups",
+    "orthogonal_transform",
     "pack_dim0",
     "pack_dim1",
     "pack_signs",
@@ -36,6 +54,7 @@ __all__ = [
     "packed_size",
     "quantize_codes",
     "round_scale",
+    "rtn_quantize",
     "unpack_dim0",
     "unpack_dim1",
     "unpack_signs",

@@ -181,7 +181,7 @@ def test_row_search_keeps_per_row_best_output_error(actorder: bool) -> None:
 
 def test_row_slices_bound_memory_without_changing_the_result(monkeypatch) -> None:
     """Large layers run the stacked candidates in slices of rows; rows are independent."""
-    import onecomp_gptq.gptq as gptq_module
+    import onecomp_core.kernels.gptq_solve as gptq_module
 
     w, _, h = _problem(out_f=20, n=48, seed=3)
     spec = GridSpec(bits=3, sym=False, clip_grid=20)
