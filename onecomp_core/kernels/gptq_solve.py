@@ -115,15 +115,34 @@ def inverse_cholesky_flipped(
             del lower
             continue
         del flipped, diagonal
-        eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
-        inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
-        del lower, eye
-        upper = inverse.flip(0, 1)
-        del inverse
+        upper = _flipped_inverse(lower)
+        del lower
         if bool(torch.isfinite(upper).all()):
             return upper, damp
         return None, None
     return None, None
+
+
+#: columns of the identity solved against the Cholesky factor at once
+_INVERSE_COLUMNS = 512
+
+
+def _flipped_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """J·L⁻¹·J, solved a slice of columns at a time straight into place.
+
+    The same triangular solves as one solve against the whole identity (each
+    column of L⁻¹ is its own solve; the results are bit-identical), but
+    neither the identity nor L⁻¹ exists whole beside the result.
+    """
+    n = lower.shape[0]
+    upper = torch.empty_like(lower)
+    for j in range(0, n, _INVERSE_COLUMNS):
+        k = min(_INVERSE_COLUMNS, n - j)
+        eye = torch.zeros(n, k, dtype=lower.dtype, device=lower.device)
+        eye[j : j + k].diagonal().fill_(1.0)
+        solved = torch.linalg.solve_triangular(lower, eye, upper=False)
+        upper[:, n - j - k : n - j] = solved.flip(0, 1)
+    return upper
 
 
 def _flipped_hessian(
