@@ -13,11 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..contract import Config, param
+from . import blocks as blockwise
 
 
 @dataclass
@@ -123,3 +125,47 @@ class PairedCollector:
             self.stats[name].add(self._held.pop(name), args[0].detach(), self.token_mask)
 
         return hook
+
+
+def paired_statistics(
+    block: nn.Module,
+    fp_block: nn.Module,
+    fp_group: dict[str, nn.Module],
+    group: dict[str, nn.Module],
+    streams: Any,
+    needs: Any,
+) -> PairedCollector:
+    """H and C of every layer of ``group`` over the calibration batches.
+
+    Each batch runs through the full-precision copy of the block (inputs X)
+    and the block being quantized (inputs X̂), each pass stopping after the
+    group's last layer. ``streams``: the engine's activations (``quantized``,
+    ``full_precision``, ``kwargs``, ``token_masks``); ``needs``: the method's.
+    """
+    collector = PairedCollector(fp_group, group, needs.precision)
+    stop_fp = blockwise.StopAfter(list(fp_group.values()))
+    stop_q = blockwise.StopAfter(list(group.values()))
+    with torch.no_grad(), collector.hooked(), stop_fp, stop_q:
+        for xq, xf, kw, mask in zip(
+            streams.quantized,
+            streams.full_precision,
+            streams.kwargs,
+            streams.token_masks,
+            strict=True,
+        ):
+            collector.token_mask = mask
+            stop_fp.run(fp_block, xf, kw)
+            stop_q.run(block, xq, kw)
+    return collector
+
+
+def corrected_hessian(
+    module: nn.Module, stats: PairedStatistics, config: QEPConfig, name: str
+) -> torch.Tensor:
+    """The layer's H, after moving its weight by QEP's correction (unless excluded)."""
+    hessian, cross = stats.matrices()
+    if config.perccorr > 0 and config.corrects(name):
+        module.weight.data = correct_weight(
+            module.weight.data, hessian, cross, config.perccorr, config.percdamp
+        )
+    return hessian

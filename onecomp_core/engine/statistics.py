@@ -120,3 +120,31 @@ class StatisticsCollector:
                 raise RuntimeError(f"no calibration token reached layer {name!r}")
             out[name] = self.stats[owner].hessian()
         return out
+
+
+def model_statistics(
+    model: nn.Module,
+    layers: dict[str, nn.Module],
+    batches: list[tuple[torch.Tensor, torch.Tensor | None]],
+    kind: str,
+    precision: torch.dtype,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Input statistics of ``layers`` from whole-model forwards (layers outside the blocks,
+    such as a selected ``lm_head``). ``batches``: (ids, attention mask or None)."""
+    collector = StatisticsCollector(layers, kind, precision)
+    model.to(device)
+    with torch.no_grad(), collector.hooked():
+        for ids, mask in batches:
+            collector.new_batch(token_mask(mask))
+            model(
+                input_ids=ids.to(device),
+                attention_mask=None if mask is None else mask.to(device),
+            )
+    model.to("cpu")
+    return collector.hessians()
+
+
+def token_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The tokens statistics count: None (all of them) unless some are padding."""
+    return None if mask is None or bool(mask.all()) else mask

@@ -34,8 +34,8 @@ from .checkpoint import BlockCheckpoint
 from .gradients import moments_for
 from .model_walk import Walk
 from .offload import DiskStreams, light_result
-from .qep import PairedCollector, QEPConfig, correct_weight
-from .statistics import StatisticsCollector
+from .qep import QEPConfig, corrected_hessian, paired_statistics
+from .statistics import StatisticsCollector, model_statistics, token_mask
 
 logger = logging.getLogger(__name__)
 
@@ -216,17 +216,13 @@ class Engine:
                 self.model, blocks[0], self.batches, self.device
             )
         inputs = self._keep(inputs)
-        masks = [self._token_mask(mask) for _, mask in self.batches]
+        masks = [token_mask(mask) for _, mask in self.batches]
         fp = self._keep(x.clone() for x in inputs) if self._keep_fp else None
         if start:
             saved = checkpoint.load_streams(start, self.device)
             inputs = self._keep(saved["quantized"])
             fp = self._keep(saved["full_precision"]) if "full_precision" in saved else None
         return Streams(inputs, kwargs, masks, fp)
-
-    @staticmethod
-    def _token_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-        return None if mask is None or bool(mask.all()) else mask
 
     def _keep(self, tensors) -> list[torch.Tensor]:
         """A stream of activations: a list, or files on disk with ``--offload-activations``."""
@@ -350,27 +346,10 @@ class Engine:
     ) -> None:
         """Pair each layer's full-precision and quantized-stream inputs, correct, quantize."""
         fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
-        collector = PairedCollector(fp_group, group, self.needs.precision)
-        stop_fp = blockwise.StopAfter(list(fp_group.values()))
-        stop_q = blockwise.StopAfter(list(group.values()))
-        with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop_fp, stop_q:
-            for xq, xf, kw, mask in zip(
-                streams.quantized,
-                streams.full_precision,
-                streams.kwargs,
-                streams.token_masks,
-                strict=True,
-            ):
-                collector.token_mask = mask
-                stop_fp.run(fp_block, xf, kw)
-                stop_q.run(block, xq, kw)
-        config = self.qep
+        with self._timed("statistics_s"):
+            paired = paired_statistics(block, fp_block, fp_group, group, streams, self.needs)
         for layer_name, module in group.items():
-            hessian, cross = collector.stats[layer_name].matrices()
-            if config.perccorr > 0 and config.corrects(layer_name):
-                module.weight.data = correct_weight(
-                    module.weight.data, hessian, cross, config.perccorr, config.percdamp
-                )
+            hessian = corrected_hessian(module, paired.stats[layer_name], self.qep, layer_name)
             if self.needs.inputs == "diag":
                 hessian = hessian.diagonal().clone()
             self._quantize_one(layer_name, hessian)
@@ -410,16 +389,8 @@ class Engine:
         kind = self.needs.inputs if self._needs_data else "none"
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(outside)
         if kind != "none":
-            collector = StatisticsCollector(outside, kind, self.needs.precision)
-            self.model.to(self.device)
-            with torch.no_grad(), collector.hooked():
-                for ids, mask in self.batches:
-                    collector.new_batch(self._token_mask(mask))
-                    self.model(
-                        input_ids=ids.to(self.device),
-                        attention_mask=None if mask is None else mask.to(self.device),
-                    )
-            self.model.to("cpu")
-            hessians = collector.hessians()
+            hessians = model_statistics(
+                self.model, outside, self.batches, kind, self.needs.precision, self.device
+            )
         for name in outside:
             self._quantize_one(name, hessians[name])
