@@ -35,6 +35,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "model"
         record = {"benchmark": "frontier", "config": label, "method": args.method}
+        record["command"] = " ".join(
+            ["python benchmarks/frontier.py --method", args.method]
+            + [f"--set {s}" for s in args.set]
+            + (["--", *args.extra] if args.extra else [])
+        )
         record |= {"settings": args.set + args.extra}
         record |= quantize(folder, args.method, args.set, extra=args.extra)
         record |= {k: round(v, 4) for k, v in perplexities(folder).items()}

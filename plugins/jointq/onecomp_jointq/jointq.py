@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from onecomp_core.kernels import GridSpec, gptq_quantize, max_code
-from onecomp_core.kernels.gptq_solve import prepare_hessian
+from onecomp_core.kernels import GridSpec, gptq_quantize, max_code, prepare_hessian
 
 from .search import best_scale, joint_scales, local_search, row_errors
 

@@ -23,8 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from onecomp_core.kernels import GridSpec, OrthogonalTransform, gptq_quantize
-from onecomp_core.kernels.gptq_solve import prepare_hessian
+from onecomp_core.kernels import GridSpec, OrthogonalTransform, gptq_quantize, prepare_hessian
 
 #: d is kept within this factor of its geometric mean (fp16 holds it; dead columns stay sane)
 _SCALE_RANGE = 1e4
