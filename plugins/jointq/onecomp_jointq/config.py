@@ -39,6 +39,7 @@ class JointQConfig(Method):
     mse: bool = param(True, doc="clipping search for the GPTQ start's grids")
     clip_candidates: int = param(5, ge=0, doc="row range factors tried by the GPTQ start")
     percdamp: float = param(0.01, gt=0, lt=10, disk="damp_percent", doc="GPTQ start's damping")
+    multistart: bool = param(False, doc="search from every clipping candidate's GPTQ start")
     max_passes: int = param(20, ge=0, doc="passes over all groups (each row stops on its own)")
     moves_per_column: int = param(10, ge=1, doc="local-search steps per group, × its width")
     checkpoint_format: str = param(
