@@ -61,7 +61,7 @@ def jointq_quantize(
     spec: GridSpec,
     groupsize: int = -1,
     actorder: bool = False,
-    lam: float = 0.1,
+    lam: float = 0.3,
     mode: str = "diagonal",
     gamma: float = 0.5,
     percdamp: float = 0.01,
