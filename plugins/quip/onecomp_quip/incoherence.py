@@ -104,7 +104,8 @@ def quip_quantize(
     del w, h
     w_r = rotate(w64, u, v).float()
     h_r = rotate(h64, v, v).float()  # Vᵀ H' V
-    h_r = (h_r + h_r.t()) / 2
+    if v is not None:  # rounding in the transform may leave it a hair off symmetric
+        h_r = (h_r + h_r.t()) / 2
     del w64, h64
     out = gptq_quantize(w_r, h_r, spec, groupsize, actorder, percdamp, row_shrinks=row_shrinks)
     return QuIPOutput(
