@@ -64,11 +64,6 @@ def quantize_to(
 def whole_model_reason(runner: Runner) -> str | None:
     """Why this run cannot stream its model (None: it can)."""
     needs = runner.quantizer.needs()
-    name = runner.quantizer.method
-    if needs.moments is not None:
-        return f"{name}'s output-gradient moments take a backward pass through the whole model"
-    if needs.model_pass:
-        return f"{name}'s model-level step runs the whole model"
     if (needs.calibration or runner.qep) and runner.calibration_config.dataset is None:
         return "the calibration text is sampled from the model itself"
     if runner.model is not None:

@@ -28,6 +28,17 @@ CASES = {
     "gptq": ["--method", "gptq", "--set", "wbits=3", "--set", "groupsize=32"],
     # block fine-tuning on (the full-precision stream), model distillation off
     "dbf": ["--method", "dbf", "--set", "distill_steps=0", "--set", "finetune_steps=3"],
+    # block fine-tuning and the model-level distillation, both through the streamed blocks
+    "dbf_distilled": [
+        "--method",
+        "dbf",
+        "--set",
+        "distill_steps=3",
+        "--set",
+        "finetune_steps=2",
+    ],
+    # the plan scores every layer block by block (weight errors by the streamed moments)
+    "autobit_planned": ["--method", "autobit", "--set", "target_bit=3"],
     "autobit": [
         "--method",
         "autobit",
@@ -142,8 +153,9 @@ def test_a_killed_run_resumes_to_the_same_output(tmp_path, one_thread):
 
 
 def test_a_whole_model_step_loads_the_model_whole_with_a_notice(tmp_path, caplog):
-    # DBF's default model distillation runs the whole model: not streamed (yet)
-    case = ["--method", "dbf", "--set", "finetune_steps=1", "--set", "distill_steps=1"]
-    files = _streamed(STORIES, case, tmp_path / "out")
-    assert "streaming off (dbf's model-level step runs the whole model)" in caplog.text
-    assert "model.safetensors" in files
+    # without calibration text the text is sampled from the model: the whole model is needed
+    case = ["--method", "gptq", "--set", "wbits=4", "--num-samples", "2", "--max-length", "16"]
+    args = ["quantize", str(STORIES), *case, "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0
+    assert "streaming off (the calibration text is sampled from the model itself)" in caplog.text
+    assert "model.safetensors" in sorted(p.name for p in (tmp_path / "out").iterdir())

@@ -14,7 +14,7 @@ the walk is closed (``with open_walk(...) as walk``), so a step that calls
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,12 +36,21 @@ def _home(module: nn.Module) -> torch.device:
 class Walk(ModelWalk):
     """A model's blocks one at a time on ``device`` (see module docstring)."""
 
-    def __init__(self, model: nn.Module, device: torch.device | str, source: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device | str,
+        source: Any = None,
+        fill: Callable[[str, nn.Module], None] | None = None,
+    ) -> None:
         self.model = model
         self.device = torch.device(device)
         #: a streamed model (``data.streamed.StreamedModel``): blocks and the modules outside
         #: them are read from disk when used and freed after; None: the model is in memory
         self.source = source if source is not None and source.streamed else None
+        #: writes the results known so far into a block just read from disk (its name, the
+        #: block): a streamed block comes back with its original weights
+        self.fill = fill
         prefix, self.blocks = blockwise.find_blocks(model)
         self.prefix = prefix
         self.names = [f"{prefix}.{i}" for i in range(len(self.blocks))]
@@ -94,7 +103,10 @@ class Walk(ModelWalk):
     def block(self, index: int) -> Iterator[nn.Module]:
         if self.source is not None:
             try:
-                yield self.source.materialize(self.names[index], self.device)
+                block = self.source.materialize(self.names[index], self.device)
+                if self.fill is not None:
+                    self.fill(self.names[index], block)
+                yield block
             finally:
                 self.source.release(self.names[index])
             return

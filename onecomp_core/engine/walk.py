@@ -104,12 +104,15 @@ class Engine:
         """Quantize every selected layer; returns :attr:`results`."""
         with self._timed("moments_s"):
             self.moments = self._moments()
-        walk = Walk(self.model, self.device, self.source)  # model-level steps: through the blocks
+        # model-level steps go through the blocks; a streamed block is refilled with the results
+        walk = Walk(self.model, self.device, self.source, fill=self._fill_block)
         self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments, walk))
         self.needs = self.method.needs()
         keep_fp = self.needs.fp_stream or self.qep is not None
         self._needs_data = bool(self.batches) and (self.needs.inputs != "none" or keep_fp)
         self._keep_fp = keep_fp
+        if self.writer is not None and self.needs.model_pass:
+            self.writer.keep_results = True  # on_model_done reads (and may change) every result
         prefix, blocks = blockwise.find_blocks(self.model)
         checkpoint = self._checkpoint_factory() if self._checkpoint_factory else None
         start = checkpoint.finished_blocks() if checkpoint else 0
@@ -140,7 +143,9 @@ class Engine:
             self._outside_blocks(prefix)
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
             with self._timed("model_hooks_s"):
-                self._update(self.method.on_model_done(dataclasses.replace(view, walk=walk)))
+                changed = self.method.on_model_done(dataclasses.replace(view, walk=walk))
+                self._update(changed)
+                self._rewrite_shards(prefix, changed)
         finally:
             walk.close()
             self._layer_bar.close()
@@ -171,6 +176,32 @@ class Engine:
             if name not in self.layers:
                 raise RuntimeError(f"method {self.method.method!r} returned unknown layer {name!r}")
             self._store(name, result)
+
+    def _block_layers(self, block_name: str) -> dict[str, nn.Module]:
+        return {n: m for n, m in self.layers.items() if n.startswith(block_name + ".")}
+
+    def _fill_block(self, block_name: str, block: nn.Module) -> None:
+        """Write the results of a streamed block's layers into it (just read from disk)."""
+        layers = self._block_layers(block_name)
+        apply_results(layers, {n: self.results[n] for n in layers if n in self.results})
+
+    def _rewrite_shards(self, prefix: str, changed: dict[str, LayerResult] | None) -> None:
+        """Shards already written whose results a model-level step changed: written again."""
+        if self.writer is None or not changed or not self.source.streamed:
+            return
+        count = len(blockwise.find_blocks(self.model)[1])
+        for index in range(count):
+            name = f"{prefix}.{index}"
+            layers = self._block_layers(name)
+            if not any(n in changed for n in layers):
+                continue
+            block = self.source.materialize(name, self.device)
+            try:
+                self._fill_block(name, block)
+                results = {n: self.results[n] for n in layers}
+                self.writer.rewrite_block(index, block, layers, results, self.method)
+            finally:
+                self.source.release(name)
 
     # -- streams and resume ----------------------------------------------------------------------
     def _start_streams(
@@ -210,7 +241,8 @@ class Engine:
 
     def _restore(self, blocks: nn.ModuleList, checkpoint: BlockCheckpoint, start: int) -> None:
         for name, result in checkpoint.load_results(start).items():
-            self._store(name, result if self.writer is None else light_result(result))
+            light = self.writer is not None and not self.needs.model_pass
+            self._store(name, light_result(result) if light else result)
         for index in range(start):
             rest = checkpoint.load_rest(index)
             if rest and not self.source.streamed:  # a streamed block's rest is in its shard

@@ -90,23 +90,75 @@ def inverse_cholesky(
     U = J L'⁻¹ J: one Cholesky and one triangular inverse, without forming H⁻¹.
     """
     mean_diag = torch.diagonal(h).mean()
-    flipped = h.flip(0, 1)
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    return inverse_cholesky_flipped([h.flip(0, 1)], percdamp, mean_diag, retries)
+
+
+def inverse_cholesky_flipped(
+    box: list[torch.Tensor], percdamp: float, mean_diag: torch.Tensor, retries: int = 3
+) -> tuple[torch.Tensor | None, float | None]:
+    """:func:`inverse_cholesky` of H given JHJ, taken out of ``box`` and overwritten.
+
+    The (in × in) matrices are the peak memory of a whole quantization run
+    (a 5632-wide ``down_proj``: 127 MB each in fp32), so this keeps at most
+    three at once: JHJ is damped in place (its diagonal restored exactly
+    before a retry) and freed once factored. The list hands the matrix over,
+    so no caller's name keeps it alive. A factor whose inverse is not finite
+    ends the tries (JHJ is gone by then): the caller rounds to nearest.
+    """
+    flipped = box.pop()
+    diagonal = flipped.diagonal().clone()
     for attempt in range(retries + 1):
         damp = percdamp * 10**attempt
-        hd = flipped.clone()
-        hd.diagonal().add_(damp * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(hd)
-        del hd  # (in × in) copies are the peak memory of a run: each is dropped when done
+        flipped.diagonal().copy_(diagonal).add_(damp * mean_diag)
+        lower, info = torch.linalg.cholesky_ex(flipped)
         if info.item() != 0:
+            del lower
             continue
-        inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+        del flipped, diagonal
+        upper = _flipped_inverse(lower)
         del lower
-        upper = inverse.flip(0, 1)
-        del inverse
         if bool(torch.isfinite(upper).all()):
             return upper, damp
+        return None, None
     return None, None
+
+
+#: columns of the identity solved against the Cholesky factor at once
+_INVERSE_COLUMNS = 512
+
+
+def _flipped_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """J·L⁻¹·J, solved a slice of columns at a time straight into place.
+
+    The same triangular solves as one solve against the whole identity (each
+    column of L⁻¹ is its own solve; the results are bit-identical), but
+    neither the identity nor L⁻¹ exists whole beside the result.
+    """
+    n = lower.shape[0]
+    upper = torch.empty_like(lower)
+    for j in range(0, n, _INVERSE_COLUMNS):
+        k = min(_INVERSE_COLUMNS, n - j)
+        eye = torch.zeros(n, k, dtype=lower.dtype, device=lower.device)
+        eye[j : j + k].diagonal().fill_(1.0)
+        solved = torch.linalg.solve_triangular(lower, eye, upper=False)
+        upper[:, n - j - k : n - j] = solved.flip(0, 1)
+    return upper
+
+
+def _flipped_hessian(
+    hessian: torch.Tensor, order: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """J·Hₚ·J in float32, Hₚ = H in ``order`` with dead inputs' H_jj set to 1.
+
+    One (in × in) copy where :func:`prepare_hessian` and a permutation took three.
+    """
+    h = hessian.detach().to(device, torch.float32)  # a copy only from another dtype/device
+    dead = torch.diagonal(h) == 0
+    rev = order.flip(0).to(device)
+    flipped = h[rev][:, rev]
+    del h
+    flipped.diagonal()[dead[rev]] = 1.0
+    return flipped
 
 
 #: float elements of the stacked row candidates in one GPTQ pass (512 MB in fp32):
@@ -142,14 +194,17 @@ def gptq_quantize(
     back to round-to-nearest when H cannot be made positive definite or the
     result is not finite, and says so in ``fallback``.
     """
-    w, h = prepare_hessian(weight, hessian)
+    w = weight.detach().float().clone()
+    w[:, torch.diagonal(hessian).to(w.device) == 0] = 0.0  # dead inputs (see prepare_hessian)
     out_f, n = w.shape
     gs = _group_size(groupsize, n)
-    diag = torch.diagonal(h).clone()
+    diag = torch.diagonal(hessian).to(w.device, torch.float32).clone()
+    diag[diag == 0] = 1.0
     perm = torch.argsort(diag, descending=True) if actorder else torch.arange(n, device=w.device)
-    # act-order permutes H; without it the copy is skipped (the same values)
-    upper, damp = inverse_cholesky(h[perm][:, perm] if actorder else h, percdamp)
-    del h
+    # J·P·H·Pᵀ·J in one copy, handed over (see inverse_cholesky_flipped); mean(diag) is
+    # summed in processing order, as on the permuted matrix
+    box = [_flipped_hessian(hessian, perm, w.device)]
+    upper, damp = inverse_cholesky_flipped(box, percdamp, diag[perm].mean())
     if upper is None:
         return rtn_quantize(weight, diag, spec, groupsize, reason="H not positive definite")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 
 _SHIFTS = torch.arange(32, dtype=torch.int64)
+#: int64 elements of the bit stream packed at once (32 MB)
+_STREAM_ELEMENTS = 1 << 22
 
 
 def packed_length(n: int, bits: int) -> int:
@@ -22,6 +24,11 @@ def pack_dim0(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if not 1 <= bits <= 8:
         raise ValueError(f"bits={bits}: packing supports 1 to 8 bits")
     n, m = codes.shape
+    # the bit stream is 64·b bytes per code: a 5632 × 2048 layer at 4 bits would take
+    # 370 MB at once (twice, with the shifts), so columns are packed in slices
+    step = max(1, _STREAM_ELEMENTS // max(1, n * bits))
+    if m > step:
+        return torch.cat([pack_dim0(codes[:, i : i + step], bits) for i in range(0, m, step)], 1)
     c = codes.to(torch.int64) & ((1 << bits) - 1)
     stream = ((c.unsqueeze(1) >> torch.arange(bits).view(1, bits, 1)) & 1).reshape(n * bits, m)
     words = packed_length(n, bits)

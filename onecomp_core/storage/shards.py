@@ -45,6 +45,9 @@ class ShardWriter:
         self.outer = _outer_groups(source.model, blocks)
         self.total = count + len(self.outer)
         self.written = 0
+        #: keep the results' tensors after their block is written (a model-level step such
+        #: as DBF's distillation still needs them, and may change them: :meth:`rewrite_block`)
+        self.keep_results = False
         self._pending: list[LayerResult] = []
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -69,7 +72,18 @@ class ShardWriter:
         state = block_state(prefix, block, layers, results, method)
         self._write(index, state)
         self.written += 1
-        self._pending = list(results.values())
+        self._pending = [] if self.keep_results else list(results.values())
+
+    def rewrite_block(
+        self,
+        index: int,
+        block: nn.Module,
+        layers: Mapping[str, nn.Module],
+        results: Mapping[str, LayerResult],
+        method: Method,
+    ) -> None:
+        """Write block ``index``'s shard again (a model-level step changed its results)."""
+        self._write(index, block_state(f"{self.blocks}.{index}", block, layers, results, method))
 
     def _drop_written(self) -> None:
         """Free the tensors of the last written block's results: only their rows are needed

@@ -92,7 +92,7 @@ class AutoBitQuantizer(AutoBitConfig):
             self.choose_layers(view.layers)
         if not self.plan.planned:
             layers = {n: view.layers[n] for n in self.plan.shapes}
-            planner.solve(self, self.plan, layers, view.moments)
+            planner.solve(self, self.plan, layers, view.moments, view.walk)
         for method, names in self.plan.children():
             method.prepare(_restricted(view, names))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from onecomp_core.contract import LayerMoments, Method
+from onecomp_core.contract import LayerMoments, Method, ModelWalk
 
 from . import report
 from .candidates import (
@@ -149,8 +149,11 @@ def solve(
     plan: Plan,
     layers: dict[str, nn.Module],
     moments: dict[str, LayerMoments] | None,
+    walk: ModelWalk | None = None,
 ) -> None:
-    """Score every candidate on every layer, convert the target, solve (or fall back to DBF)."""
+    """Score every candidate on every layer, convert the target, solve (or fall back to DBF).
+
+    ``walk``: score block by block through the model's walk (a streamed model)."""
     if config.assignment_strategy == "activation_aware" and moments is None:
         logger.warning("AutoBit got no calibration moments: plain weight error is used")
     if config.assignment_strategy != "activation_aware":
@@ -158,7 +161,7 @@ def solve(
     plan.columns = _columns(plan)
     per_layer = {n: [plan.variant(i, n, twin) for i, twin in plan.columns] for n in layers}
     _log_per_row_layers(plan)
-    costs = score_candidates(layers, per_layer, moments, config.use_curvature_b)
+    costs = score_candidates(layers, per_layer, moments, config.use_curvature_b, walk)
     plan.costs = costs
     given = _given_bits(plan, costs)
     if config.target_bit_is_effective:

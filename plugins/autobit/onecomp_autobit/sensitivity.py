@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from onecomp_core.contract import LayerJob, LayerMoments, Method
+from onecomp_core.contract import LayerJob, LayerMoments, Method, ModelWalk
 
 logger = logging.getLogger(__name__)
 
@@ -125,29 +125,41 @@ def score_candidates(
     candidates: Sequence[Method] | Mapping[str, Sequence[Method]],
     moments: dict[str, LayerMoments] | None,
     use_b: bool = True,
+    walk: ModelWalk | None = None,
 ) -> Costs:
     """Score every candidate on every layer (layers in the given order).
 
     ``candidates`` is one list for all layers, or per layer name the methods
     that stand for the candidates there (e.g. a per-row twin where the group
     size does not divide the layer's width). A method listed twice for one
-    layer is scored once.
+    layer is scored once. With ``walk`` the layers are scored block by block,
+    each block in memory only while its layers are scored (a streamed model's
+    weights are on disk until then).
     """
-    errors, bits, params = [], [], []
-    for name, module in layers.items():
-        row_e, row_b = [], []
-        here = candidates[name] if isinstance(candidates, Mapping) else candidates
-        scored: dict[int, tuple[float, float]] = {}
-        for candidate in here:
-            if id(candidate) not in scored:
-                scored[id(candidate)] = score_layer(
-                    name, module, candidate, moments.get(name) if moments else None, use_b
-                )
-            e, eb = scored[id(candidate)]
-            row_e.append(e)
-            row_b.append(eb)
-        errors.append(row_e)
-        bits.append(row_b)
-        params.append(module.weight.numel())
-        logger.debug("%s: errors %s bits %s", name, row_e, row_b)
-    return Costs(errors, bits, params)
+    rows: dict[str, tuple[list[float], list[float]]] = {}
+
+    def score(names: list[str]) -> None:
+        for name in names:
+            here = candidates[name] if isinstance(candidates, Mapping) else candidates
+            scored: dict[int, tuple[float, float]] = {}
+            for candidate in here:
+                if id(candidate) not in scored:
+                    scored[id(candidate)] = score_layer(
+                        name, layers[name], candidate, moments.get(name) if moments else None, use_b
+                    )
+            rows[name] = ([scored[id(c)][0] for c in here], [scored[id(c)][1] for c in here])
+            logger.debug("%s: errors %s bits %s", name, *rows[name])
+
+    left = list(layers)
+    for index, block in enumerate(walk.names if walk is not None else []):
+        inside = [n for n in left if n.startswith(block + ".")]
+        if inside:
+            with walk.block(index):
+                score(inside)
+            left = [n for n in left if n not in set(inside)]
+    score(left)
+    return Costs(
+        [rows[n][0] for n in layers],
+        [rows[n][1] for n in layers],
+        [layers[n].weight.numel() for n in layers],
+    )

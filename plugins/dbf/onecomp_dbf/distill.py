@@ -158,11 +158,16 @@ class _Distillation:
         self.blocks: dict[int, dict[str, TrainableDBF]] = {}
         for index in range(first, len(walk)):
             prefix = walk.names[index] + "."
-            own = {
-                n: TrainableDBF(r, getattr(layers[n], "bias", None), self.device, sign_lr > 0)
-                for n, r in results.items()
-                if n.startswith(prefix) and r.is_dbf_quantized
-            }
+            names = [n for n, r in results.items() if n.startswith(prefix) and r.is_dbf_quantized]
+            own = {}
+            if names:
+                with walk.block(index):  # a streamed block's biases are only there while in use
+                    own = {
+                        n: TrainableDBF(
+                            results[n], getattr(layers[n], "bias", None), self.device, sign_lr > 0
+                        )
+                        for n in names
+                    }
             for twin in own.values():
                 twin.park("cpu")
             self.twins.update(own)
