@@ -7,13 +7,12 @@ plugin copies another's packing or grid arithmetic.
 """
 
 from .gptq_solve import (
-    GPTQOutput,
-    GridSpec,
     dequantize,
     gptq_quantize,
     prepare_hessian,
     rtn_quantize,
 )
+from .gptq_spec import GPTQOutput, GridSpec
 from .grid import (
     dequantize_codes,
     gptq_effective_bits,
