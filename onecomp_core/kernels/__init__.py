@@ -6,7 +6,13 @@ The second (and last) core module a plugin may import, beside
 plugin copies another's packing or grid arithmetic.
 """
 
-from .gptq_solve import GPTQOutput, GridSpec, dequantize, gptq_quantize, rtn_quantize
+from .gptq_solve import (
+    dequantize,
+    gptq_quantize,
+    prepare_hessian,
+    rtn_quantize,
+)
+from .gptq_spec import GPTQOutput, GridSpec
 from .grid import (
     dequantize_codes,
     gptq_effective_bits,
@@ -50,6 +56,7 @@ __all__ = [
     "pack_dim0",
     "pack_dim1",
     "pack_signs",
+    "prepare_hessian",
     "packed_length",
     "packed_size",
     "quantize_codes",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from onecomp_core.kernels import fit_grid
 
 from onecomp_gptq.gptq import GridSpec, dequantize, gptq_quantize, rtn_quantize
-from onecomp_gptq.grid_search import fit_grid
 
 
 def _problem(out_f: int = 12, n: int = 72, tokens: int = 256, seed: int = 0):

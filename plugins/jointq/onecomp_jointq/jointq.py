@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from onecomp_core.kernels import GridSpec, gptq_quantize, max_code
-from onecomp_core.kernels.gptq_solve import prepare_hessian
+from onecomp_core.kernels import GPTQOutput, GridSpec, gptq_quantize, max_code, prepare_hessian
 
 from .search import best_scale, joint_scales, local_search, row_errors
 
@@ -62,37 +61,86 @@ def jointq_quantize(
     spec: GridSpec,
     groupsize: int = -1,
     actorder: bool = False,
-    lam: float = 0.1,
+    lam: float = 0.3,
     mode: str = "diagonal",
     gamma: float = 0.5,
     percdamp: float = 0.01,
     row_shrinks: Sequence[float] = (),
     max_passes: int = 20,
     moves_per_column: int = 10,
+    multistart: bool = False,
 ) -> JointQOutput:
     """Quantize ``weight`` (out, in) given H (in, in) ∝ XᵀX; see the module docstring.
 
     ``spec``, ``groupsize``, ``actorder``, ``percdamp`` and ``row_shrinks``
     configure the GPTQ start (run on H̃); ``max_passes`` bounds the passes
     over all groups and ``moves_per_column`` the local-search steps per group
-    (× its width).
+    (× its width). With ``multistart`` the search runs from the GPTQ solution
+    of every range factor in ``row_shrinks`` (each with its own zero points),
+    and each row keeps its best end point: the scale is refitted anyway, so a
+    wider start range can end lower than the start GPTQ judged best.
     """
     w32, h32 = prepare_hessian(weight, hessian)
     hr32 = regularised(h32, lam, mode, gamma)
-    start = gptq_quantize(w32, hr32, spec, groupsize, actorder, percdamp, row_shrinks=row_shrinks)
-    dev = w32.device
+    starts = [[f] for f in row_shrinks] if multistart and row_shrinks else [list(row_shrinks)]
     w, hr = w32.double(), hr32.double()
-    del w32, h32, hr32
+    best = None
+    for shrinks in starts:
+        start = gptq_quantize(w32, hr32, spec, groupsize, actorder, percdamp, row_shrinks=shrinks)
+        run = _search(w, hr, start, spec.bits, max_passes, moves_per_column)
+        if best is None:
+            best = run
+            continue
+        better = run.row_final < best.row_final
+        for name in ("codes", "scales", "zeros", "row_final"):
+            getattr(best, name)[better] = getattr(run, name)[better]
+        best.row_start = torch.minimum(best.row_start, run.row_start)
+        best.passes = max(best.passes, run.passes)
+    energy = ((w @ hr) * w).sum().clamp(min=torch.finfo(torch.float64).tiny)
+    return JointQOutput(
+        codes=best.codes.cpu(),
+        scales=best.scales.cpu(),
+        zeros=best.zeros.cpu(),
+        g_idx=start.g_idx,
+        damping=start.damping,
+        passes=best.passes,
+        start_error=float(best.row_start.sum() / energy),
+        final_error=float(best.row_final.sum() / energy),
+        fallback=start.fallback,
+    )
+
+
+@dataclass
+class _Run:
+    """One search from one GPTQ start: results and per-row errors on the weight's device."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    row_start: torch.Tensor
+    row_final: torch.Tensor
+    passes: int
+
+
+def _search(
+    w: torch.Tensor,
+    hr: torch.Tensor,
+    start: GPTQOutput,
+    bits: int,
+    max_passes: int,
+    moves_per_column: int,
+) -> _Run:
+    """Passes of group local search and joint refits from ``start`` (float64 ``w``, ``hr``)."""
+    dev = w.device
     g = start.g_idx.long().to(dev)
     zp = start.zeros.double().to(dev)
     s = start.scales.double().to(dev)
     z = start.codes.double().to(dev) - zp[:, g]
-    lo, hi = -zp, max_code(spec.bits) - zp
+    lo, hi = -zp, max_code(bits) - zp
     n_groups = s.shape[1]
     cols = [(g == t).nonzero().flatten() for t in range(n_groups)]
 
     c = w @ hr
-    energy = (c * w).sum(1).clamp(min=torch.finfo(torch.float64).tiny)
     w_hat = s[:, g] * z
     f_start = row_errors(w, w_hat, hr)
     f = f_start.clone()
@@ -105,14 +153,8 @@ def jointq_quantize(
             r = hr[idx][:, idx]
             old = w_hat[active][:, idx]
             h = c[active][:, idx] - p[active][:, idx] + old @ r
-            zt = local_search(
-                z[active][:, idx],
-                lo[active, t : t + 1],
-                hi[active, t : t + 1],
-                h,
-                r,
-                moves_per_column * len(idx),
-            )
+            bounds = lo[active, t : t + 1], hi[active, t : t + 1]
+            zt = local_search(z[active][:, idx], *bounds, h, r, moves_per_column * len(idx))
             st = best_scale(zt, h, r, s[active, t])
             new = st.unsqueeze(1) * zt
             p[active] += (new - old) @ hr[idx]
@@ -128,22 +170,13 @@ def jointq_quantize(
 
     scales16 = _fp16(s)
     w_hat = scales16.double()[:, g] * z
-    keep_start = row_errors(w, w_hat, hr) > f_start  # fp16 rounding must not lose to the start
-    codes = (z + zp[:, g]).round().clamp(0, max_code(spec.bits)).to(torch.uint8)
+    f_final = row_errors(w, w_hat, hr)
+    keep_start = f_final > f_start  # fp16 rounding must not lose to the start
+    codes = (z + zp[:, g]).round().clamp(0, max_code(bits)).to(torch.uint8)
     codes[keep_start] = start.codes.to(dev)[keep_start]
     scales16[keep_start] = start.scales.to(dev)[keep_start]
-    final = torch.where(keep_start, f_start, row_errors(w, w_hat, hr))
-    return JointQOutput(
-        codes=codes.cpu(),
-        scales=scales16.cpu(),
-        zeros=start.zeros,
-        g_idx=start.g_idx,
-        damping=start.damping,
-        passes=passes,
-        start_error=float(f_start.sum() / energy.sum()),
-        final_error=float(final.sum() / energy.sum()),
-        fallback=start.fallback,
-    )
+    final = torch.where(keep_start, f_start, f_final)
+    return _Run(codes, scales16, start.zeros.to(dev).clone(), f_start, final, passes)
 
 
 def _refit(

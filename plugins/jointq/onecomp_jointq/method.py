@@ -50,6 +50,7 @@ class JointQ(JointQConfig):
             percdamp=float(self.percdamp),
             row_shrinks=self.row_shrinks(),
             max_passes=self.max_passes,
+            multistart=self.multistart,
             moves_per_column=self.moves_per_column,
         )
         return JointQResult(

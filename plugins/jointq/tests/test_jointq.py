@@ -66,6 +66,16 @@ def test_rows_are_solved_independently() -> None:
     assert torch.equal(part.scales, whole.scales[3:6])
 
 
+def test_multistart_ends_no_higher_than_the_single_start() -> None:
+    w, h = _problem(seed=4)
+    spec = GridSpec(bits=3, sym=False, clip_grid=20, min_zero=1)
+    kw = {"groupsize": 16, "actorder": True, "row_shrinks": SHRINKS}
+    single = jointq_quantize(w, h, spec, **kw)
+    multi = jointq_quantize(w, h, spec, multistart=True, **kw)
+    assert multi.final_error <= single.final_error * (1 + 1e-6)
+    assert not torch.equal(multi.codes, single.codes)  # some rows ended from another start
+
+
 def test_regulariser_diagonal_and_identity() -> None:
     h = torch.diag(torch.tensor([4.0, 1.0, 1.0, 2.0]))
     mean = 2.0

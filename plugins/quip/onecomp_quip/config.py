@@ -31,6 +31,23 @@ class QuIPConfig(Method):
     percdamp: float = param(0.01, gt=0, lt=10, disk="damp_percent", doc="damping, × mean diag H")
     rescale: bool = param(True, doc="diagonal input rescale d = (H_jj/‖W_:,j‖²)^¼ first")
     seed: int = param(0, int, ge=0, doc="seed of the input transform (output: seed + 1)")
+    #: layers (name substrings) that get incoherence processing; None: every layer. The
+    #: default: layers whose output feeds a linear map (values, attention and MLP outputs),
+    #: where the output error QuIP minimises is what the next layer sees (see the README)
+    incoherent_layers: list | None = param(
+        items=str,
+        optional=True,
+        factory=lambda: ["v_proj", "o_proj", "down_proj"],
+        doc="name substrings of the layers to rotate; null: all",
+    )
+    #: a rotated layer keeps its transforms only if they lower its proxy error tr(ΔW H ΔWᵀ)
+    #: below plain LDLQ's (which costs a second solve)
+    only_if_better: bool = param(True, doc="keep the transforms only where they lower the error")
+
+    def incoherent(self, name: str) -> bool:
+        """Whether layer ``name`` gets the rescale and the transforms."""
+        keys = self.incoherent_layers
+        return keys is None or any(k in name for k in keys)
 
     def grid_spec(self) -> GridSpec:
         # legacy v1 loaders add 1 to the stored zero without masking: keep zeros >= 1

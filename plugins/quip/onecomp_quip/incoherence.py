@@ -15,6 +15,8 @@ magnitude and the Hessian has no dominant axis-aligned direction. So
    U Q̃ Vᵀ diag(d)⁻¹.
 
 Row-vector convention of :class:`OrthogonalTransform`: ``apply(x) = x @ Q``.
+A side without a transform (``None``) is the identity: with neither
+transform nor rescale this is plain LDLQ, i.e. exactly the GPTQ solve.
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from onecomp_core.kernels import GridSpec, OrthogonalTransform, gptq_quantize
-from onecomp_core.kernels.gptq_solve import prepare_hessian
+from onecomp_core.kernels import GridSpec, OrthogonalTransform, gptq_quantize, prepare_hessian
 
 #: d is kept within this factor of its geometric mean (fp16 holds it; dead columns stay sane)
 _SCALE_RANGE = 1e4
@@ -54,22 +55,36 @@ def input_scales(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return d.to(torch.float16).float()
 
 
-def rotate(w: torch.Tensor, u: OrthogonalTransform, v: OrthogonalTransform) -> torch.Tensor:
+Transform = OrthogonalTransform | None
+
+
+def apply(q: Transform, x: torch.Tensor) -> torch.Tensor:
+    """x @ Q on the last dimension (x itself when there is no transform)."""
+    return x if q is None else q.apply(x)
+
+
+def apply_transpose(q: Transform, x: torch.Tensor) -> torch.Tensor:
+    """x @ Qᵀ on the last dimension (x itself when there is no transform)."""
+    return x if q is None else q.apply_transpose(x)
+
+
+def rotate(w: torch.Tensor, u: Transform, v: Transform) -> torch.Tensor:
     """Uᵀ W V for W (out, in)."""
-    return u.apply(v.apply(w).t()).t()
+    return apply(u, apply(v, w).t()).t()
 
 
-def unrotate(w_r: torch.Tensor, u: OrthogonalTransform, v: OrthogonalTransform) -> torch.Tensor:
+def unrotate(w_r: torch.Tensor, u: Transform, v: Transform) -> torch.Tensor:
     """U W_r Vᵀ: back from the rotated basis."""
-    return u.apply_transpose(v.apply_transpose(w_r).t()).t()
+    return apply_transpose(u, apply_transpose(v, w_r).t()).t()
 
 
 def quip_quantize(
     weight: torch.Tensor,
     hessian: torch.Tensor,
-    u: OrthogonalTransform,
-    v: OrthogonalTransform,
+    u: Transform,
+    v: Transform,
     spec: GridSpec,
+    *,
     groupsize: int = -1,
     actorder: bool = False,
     percdamp: float = 0.01,
@@ -78,8 +93,8 @@ def quip_quantize(
 ) -> QuIPOutput:
     """Quantize ``weight`` (out, in) given H (in, in) ∝ XᵀX with incoherence processing.
 
-    ``u`` (width out) and ``v`` (width in) are the seeded transforms; the
-    other arguments configure the GPTQ solve in the rotated basis.
+    ``u`` (width out) and ``v`` (width in) are the seeded transforms (None:
+    identity); the other arguments configure the GPTQ solve in the rotated basis.
     """
     w, h = prepare_hessian(weight, hessian)
     d = input_scales(w, h) if rescale else torch.ones(w.shape[1], device=w.device)
@@ -89,7 +104,8 @@ def quip_quantize(
     del w, h
     w_r = rotate(w64, u, v).float()
     h_r = rotate(h64, v, v).float()  # Vᵀ H' V
-    h_r = (h_r + h_r.t()) / 2
+    if v is not None:  # rounding in the transform may leave it a hair off symmetric
+        h_r = (h_r + h_r.t()) / 2
     del w64, h64
     out = gptq_quantize(w_r, h_r, spec, groupsize, actorder, percdamp, row_shrinks=row_shrinks)
     return QuIPOutput(
@@ -104,8 +120,19 @@ def quip_quantize(
 
 
 def dense_weight(
-    w_r: torch.Tensor, input_scale: torch.Tensor, u: OrthogonalTransform, v: OrthogonalTransform
+    w_r: torch.Tensor, input_scale: torch.Tensor, u: Transform, v: Transform
 ) -> torch.Tensor:
     """The (out, in) weight the rotated weight stands for: U W_r Vᵀ diag(d)⁻¹ (float32)."""
     w = unrotate(w_r.double(), u, v)
     return (w / input_scale.double().to(w.device)).float()
+
+
+def proxy_error(
+    weight: torch.Tensor, hessian: torch.Tensor, out: QuIPOutput, u: Transform, v: Transform
+) -> float:
+    """tr(ΔW H ΔWᵀ) of an output in the original basis (dead inputs neutralised as in the solve)."""
+    w, h = prepare_hessian(weight, hessian)
+    g = out.g_idx.long()
+    q_r = out.scales.float()[:, g] * (out.codes.float() - out.zeros.float()[:, g])
+    delta = (w - dense_weight(q_r.to(w.device), out.input_scale.float(), u, v)).double()
+    return float(((delta @ h.double()) * delta).sum())

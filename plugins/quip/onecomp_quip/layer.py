@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from onecomp_core.kernels import PackedIntLinear, orthogonal_transform
+from onecomp_core.kernels import PackedIntLinear
 
-from .incoherence import dense_weight
+from .incoherence import apply, apply_transpose, dense_weight
+from .result import transform
 
 
 class QuIPLinear(PackedIntLinear):
@@ -24,10 +25,10 @@ class QuIPLinear(PackedIntLinear):
     def __init__(self, *args: Any, in_seed: int = 0, out_seed: int = 1, **kwargs: Any) -> None:
         """``PackedIntLinear``'s arguments plus the seeds of the input (V) and output (U) transforms."""
         super().__init__(*args, zero_offset=1, **kwargs)
-        self.in_seed, self.out_seed = int(in_seed), int(out_seed)
+        self.in_seed, self.out_seed = in_seed, out_seed
         self.register_buffer("input_scale", torch.ones(self.in_features, dtype=torch.float16))
-        self.u = orthogonal_transform(self.out_features, self.out_seed)
-        self.v = orthogonal_transform(self.in_features, self.in_seed)
+        self.u = transform(self.out_features, out_seed)
+        self.v = transform(self.in_features, in_seed)
 
     @classmethod
     def from_result(cls, result: Any, bias: torch.Tensor | None) -> QuIPLinear:
@@ -52,8 +53,8 @@ class QuIPLinear(PackedIntLinear):
         if weight is None or weight.dtype != x.dtype or weight.device != x.device:
             weight = super().dequantize().to(x.device, x.dtype)
             self._cached = weight if self.cache_weight else None
-        rotated = self.v.apply(x / self.input_scale.to(x.dtype))
-        y = self.u.apply_transpose(F.linear(rotated, weight))
+        rotated = apply(self.v, x / self.input_scale.to(x.dtype))
+        y = apply_transpose(self.u, F.linear(rotated, weight))
         return y if self.bias is None else y + self.bias.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from onecomp_core.kernels import grid_params
 
-from onecomp_gptq.grid_search import fit_grid, grid_from_range, row_range, shrink_factors
+from onecomp_core.kernels import grid_params
+from onecomp_core.kernels.grid_search import fit_grid, grid_from_range, row_range, shrink_factors
 
 
 def _loop_search(w, bits, sym, weight, grid, norm):
