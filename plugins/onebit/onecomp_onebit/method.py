@@ -22,11 +22,14 @@ from torch import nn
 from onecomp_core.contract import FineTune, LayerJob, LayerResult, Method, Needs, param
 from onecomp_core.kernels import ScaledSignLinear, pack_signs
 
+from .refine import hessian_signs, refit_scales
 from .result import OneBitResult, fp16_pair, onebit_bits
 from .svid import svid
 from .twin import OneBitTwin
 
 logger = logging.getLogger(__name__)
+
+REFINES = ("none", "scales", "signs+scales")
 
 
 @dataclass
@@ -44,6 +47,13 @@ class Onebit(Method):
     use_balancing: bool = param(True, doc="Sinkhorn-ℓ1 balance |W| before the fit (folded back)")
     balance_iters: int = param(40, ge=1, doc="Sinkhorn iterations")
     balance_alpha: float = param(1.0, gt=0, doc="target row ℓ1 norm of the balanced |W|")
+    # added: calibration-aware refinement of the SVID (README: measured)
+    refine: str = param(
+        "signs+scales",
+        choices=REFINES,
+        doc="after SVID, against the output error: none, scales (LS a, b), signs+scales",
+    )
+    percdamp: float = param(0.01, gt=0, doc="damping of H in the refinement (× mean diag)")
     # block fine-tuning (the engine's), on by default
     finetune_steps: int = param(200, ge=0, doc="block-wise Adam steps on a, b; 0 = layer-wise")
     finetune_lr: float = param(1e-2, gt=0, doc="Adam learning rate (relative change of a, b)")
@@ -65,8 +75,9 @@ class Onebit(Method):
 
     def needs(self) -> Needs:
         finetune = FineTune(self.finetune_steps, self.finetune_lr, seed=self.seed)
+        inputs = "full" if self.refine != "none" else "diag" if self._importance() else "none"
         return Needs(
-            inputs="diag" if self._importance() else "none",
+            inputs=inputs,
             finetune=finetune if finetune.active else None,
         )
 
@@ -95,18 +106,28 @@ class Onebit(Method):
             iters=self.iters,
             seed=self.seed + zlib.crc32(job.name.encode()),
         )
-        pair = fp16_pair(fit.a, fit.b)
+        a, signs, b = fit.a, fit.signs, fit.b
+        h = job.hessian
+        if self.refine != "none" and h is not None and h.dim() == 2:
+            w, h = weight.detach().cpu().float(), h.detach().cpu()
+            if self.refine == "signs+scales":
+                signs = hessian_signs(w, a, b, h, self.percdamp)
+            a, b = refit_scales(w, signs, a, b, h, damp=self.percdamp)
+        elif self.refine != "none":
+            logger.warning("OneBit layer %r: no full input statistics, not refined", job.name)
+        pair = fp16_pair(a, b)
         if pair is None:
             raise FloatingPointError(f"OneBit: non-finite scales on layer {job.name!r}")
         a, b = pair
         return OneBitResult(
             a=a,
-            sign=pack_signs(fit.signs),
+            sign=pack_signs(signs),
             b=b,
             out_features=p,
             in_features=m,
             use_balancing=self.use_balancing,
             use_importance_scaling=self.use_importance_scaling,
+            refine=self.refine if h is not None and h.dim() == 2 else "none",
         )
 
     @staticmethod

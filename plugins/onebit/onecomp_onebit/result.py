@@ -48,6 +48,7 @@ class OneBitResult(LayerResult):
     in_features: int = 0
     use_balancing: bool = True
     use_importance_scaling: bool = True
+    refine: str = "none"
     finetuned: bool = False
 
     def signs(self) -> torch.Tensor:
