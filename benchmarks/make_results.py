@@ -24,6 +24,7 @@ COMMANDS = {
     "autobit_quality": "python benchmarks/autobit_quality.py --out benchmarks/results/autobit_quality.jsonl",
     "qep_quality": "python benchmarks/qep_quality.py --out benchmarks/results/qep_quality.jsonl",
     "frontier": "python benchmarks/frontier.py --method METHOD [--set KEY=VALUE ...] --out benchmarks/results/frontier.jsonl (each row's own command)",
+    "binary_quality": "python benchmarks/binary_quality.py --method NAME [--set key=value] (appends to benchmarks/results/binary_quality.jsonl)",
 }
 
 

@@ -1,11 +1,21 @@
 """Plugin-facing kernels: integer grids and their result type, the GPTQ solve, bit packing,
-packed inference layers, seeded orthogonal transforms.
+packed inference layers, seeded orthogonal transforms, 1-bit sign products and the
+scaled-sign layer with its trainable twin.
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
 plugin copies another's packing or grid arithmetic.
 """
 
+from .binary import (
+    ScaledSignLinear,
+    band_rows,
+    scaled_signs,
+    sign_bands,
+    sign_bits,
+    sign_matmul,
+)
+from .binary_twin import ScaledSignsTwin, SignParts, ste_sign
 from .gptq_solve import (
     dequantize,
     gptq_quantize,
@@ -42,6 +52,10 @@ __all__ = [
     "OrthogonalTransform",
     "PackedIntLinear",
     "dequantize",
+    "ScaledSignLinear",
+    "ScaledSignsTwin",
+    "SignParts",
+    "band_rows",
     "dequantize_codes",
     "fit_grid",
     "gptq_effective_bits",
@@ -62,6 +76,11 @@ __all__ = [
     "quantize_codes",
     "round_scale",
     "rtn_quantize",
+    "scaled_signs",
+    "sign_bands",
+    "sign_bits",
+    "sign_matmul",
+    "ste_sign",
     "unpack_dim0",
     "unpack_dim1",
     "unpack_signs",
