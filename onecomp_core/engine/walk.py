@@ -146,7 +146,10 @@ class Engine:
             with self._timed("model_hooks_s"):
                 changed = self.method.on_model_done(dataclasses.replace(view, walk=walk))
                 self._update(changed)
-                self._rewrite_shards(prefix, changed)
+                if self.writer is not None and changed:  # shards written before the step
+                    self.writer.rewrite_blocks(
+                        changed, self.layers, self.results, self.method, self._fill_block
+                    )
         finally:
             walk.close()
             self._layer_bar.close()
@@ -185,24 +188,6 @@ class Engine:
         """Write the results of a streamed block's layers into it (just read from disk)."""
         layers = self._block_layers(block_name)
         apply_results(layers, {n: self.results[n] for n in layers if n in self.results})
-
-    def _rewrite_shards(self, prefix: str, changed: dict[str, LayerResult] | None) -> None:
-        """Shards already written whose results a model-level step changed: written again."""
-        if self.writer is None or not changed or not self.source.streamed:
-            return
-        count = len(blockwise.find_blocks(self.model)[1])
-        for index in range(count):
-            name = f"{prefix}.{index}"
-            layers = self._block_layers(name)
-            if not any(n in changed for n in layers):
-                continue
-            block = self.source.materialize(name, self.device)
-            try:
-                self._fill_block(name, block)
-                results = {n: self.results[n] for n in layers}
-                self.writer.rewrite_block(index, block, layers, results, self.method)
-            finally:
-                self.source.release(name)
 
     # -- streams and resume ----------------------------------------------------------------------
     def _start_streams(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +74,28 @@ class ShardWriter:
         self.written += 1
         self._pending = [] if self.keep_results else list(results.values())
 
-    def rewrite_block(
+    def rewrite_blocks(
         self,
-        index: int,
-        block: nn.Module,
+        changed: Iterable[str],
         layers: Mapping[str, nn.Module],
         results: Mapping[str, LayerResult],
         method: Method,
+        fill: Callable[[str, nn.Module], None],
     ) -> None:
-        """Write block ``index``'s shard again (a model-level step changed its results)."""
-        self._write(index, block_state(f"{self.blocks}.{index}", block, layers, results, method))
+        """The shards of the blocks with a ``changed`` layer, written again: each block is
+        read from disk, ``fill`` writes its results in, and it is freed after."""
+        for index in range(self.total - len(self.outer)):
+            name = f"{self.blocks}.{index}"
+            own = {n: m for n, m in layers.items() if n.startswith(name + ".")}
+            if not any(n in own for n in changed):
+                continue
+            block = self.source.materialize(name, "cpu")
+            try:
+                fill(name, block)
+                mine = {n: results[n] for n in own}
+                self._write(index, block_state(name, block, own, mine, method))
+            finally:
+                self.source.release(name)
 
     def _drop_written(self) -> None:
         """Free the tensors of the last written block's results: only their rows are needed
