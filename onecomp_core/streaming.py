@@ -73,6 +73,8 @@ def whole_model_reason(runner: Runner) -> str | None:
         return "the calibration text is sampled from the model itself"
     if runner.model is not None:
         return "the model is already in memory"
+    if getattr(runner, "rotation", None):
+        return "the rotation (--rotate) is folded into the whole model"
     folder = Path(runner.model_config.source).expanduser()
     if not folder.is_dir():
         return f"{runner.model_config.source} is not a local folder"
