@@ -80,6 +80,56 @@ def check_model_supported(model: str) -> None:
         raise ValueError(f"--rotate: {reason}")
 
 
+class Rotation:
+    """The seeded transforms of one model and how each part of it takes them.
+
+    State lives here (the drawn transforms); the whole-model path
+    (:func:`rotate_model`) and the streamed one
+    (:mod:`onecomp_core.transforms.streamed`) apply the same parts.
+    """
+
+    def __init__(self, config: Any, seed: int = 0) -> None:
+        hidden = config.hidden_size
+        head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+        self.seed = int(seed)
+        self.residual = orthogonal_transform(hidden, self.seed)
+        self.per_head = orthogonal_transform(head_dim, self.seed + 1)
+        self.online_seed = self.seed + 2
+
+    def block(self, block: nn.Module) -> dict[str, int]:
+        """Fold the block's norms and rotate its linears in place; the online entry of its
+        ``down_proj`` (width, seed) is returned (and its pre-hook attached)."""
+        attn, mlp = block.self_attn, block.mlp
+        with torch.no_grad():
+            _fold_norm(block.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj])
+            _fold_norm(block.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
+            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
+                _rotate_input(linear, self.residual)
+            _rotate_output(attn.v_proj, self.per_head)
+            _rotate_input(attn.o_proj, self.per_head)
+            _rotate_output(attn.o_proj, self.residual)
+            width = mlp.down_proj.in_features
+            _rotate_input(mlp.down_proj, orthogonal_transform(width, self.online_seed))
+            _rotate_output(mlp.down_proj, self.residual)
+        entry = {"width": width, "seed": self.online_seed}
+        _attach(mlp.down_proj, entry)
+        return entry
+
+    def embedding(self, embed: nn.Module) -> None:
+        """``E ← E·Q``: the residual stream starts rotated."""
+        with torch.no_grad():
+            _set(embed, self.residual.apply(_f64(embed.weight)))
+
+    def head(self, head: nn.Module, norm_scale: torch.Tensor) -> None:
+        """``W ← (W·diag(g))·Q``: the final norm's scale ``g`` folded, the stream un-rotated."""
+        with torch.no_grad():
+            _set(head, self.residual.apply(_f64(head.weight) * _f64(norm_scale)))
+
+    def spec(self, online: dict[str, dict[str, int]]) -> dict[str, Any]:
+        """What ``quantization_config["rotation"]`` records."""
+        return {"kind": "hadamard", "seed": self.seed, "online": online}
+
+
 def rotate_model(model: nn.Module, seed: int = 0) -> dict[str, Any]:
     """Fold a seeded rotation into ``model`` in place; returns the spec to save.
 
@@ -89,37 +139,18 @@ def rotate_model(model: nn.Module, seed: int = 0) -> dict[str, Any]:
     reason = unsupported_reason(model)
     if reason is not None:
         raise ValueError(f"--rotate: {reason}")
-    config = model.config
-    hidden = config.hidden_size
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    residual = orthogonal_transform(hidden, seed)
-    per_head = orthogonal_transform(head_dim, seed + 1)
-    online_seed = seed + 2
+    rotation = Rotation(model.config, seed)
     body, head = model.model, model.get_output_embeddings()
-    _untie(model)
-    online: dict[str, dict[str, int]] = {}
-    with torch.no_grad():
-        _set(body.embed_tokens, residual.apply(_f64(body.embed_tokens.weight)))
-        prefix = _blocks_prefix(model)
-        for index, block in enumerate(body.layers):
-            attn, mlp = block.self_attn, block.mlp
-            _fold_norm(block.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj])
-            _fold_norm(block.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj])
-            for linear in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj):
-                _rotate_input(linear, residual)
-            _rotate_output(attn.v_proj, per_head)
-            _rotate_input(attn.o_proj, per_head)
-            _rotate_output(attn.o_proj, residual)
-            width = mlp.down_proj.in_features
-            _rotate_input(mlp.down_proj, orthogonal_transform(width, online_seed))
-            _rotate_output(mlp.down_proj, residual)
-            online[f"{prefix}.{index}.mlp.down_proj"] = {"width": width, "seed": online_seed}
-        _fold_norm(body.norm, [head])
-        _rotate_input(head, residual)
-    spec = {"kind": "hadamard", "seed": int(seed), "online": online}
-    attach_online(model, spec)
-    return spec
+    untie_head(model)
+    prefix = _blocks_prefix(model)
+    online = {
+        f"{prefix}.{index}.mlp.down_proj": rotation.block(block)
+        for index, block in enumerate(body.layers)
+    }
+    rotation.embedding(body.embed_tokens)
+    rotation.head(head, body.norm.weight)
+    body.norm.weight.data = torch.ones_like(body.norm.weight)
+    return rotation.spec(online)
 
 
 def attach_online(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
@@ -129,14 +160,17 @@ def attach_online(model: nn.Module, spec: dict[str, Any] | None) -> nn.Module:
     if not spec:
         return model
     for name, entry in spec.get("online", {}).items():
-        module = model.get_submodule(name)
-        old = getattr(module, _HANDLE, None)
-        if old is not None:
-            old.remove()
-        transform = orthogonal_transform(int(entry["width"]), int(entry["seed"]))
-        handle = module.register_forward_pre_hook(_OnlineRotation(transform))
-        object.__setattr__(module, _HANDLE, handle)
+        _attach(model.get_submodule(name), entry)
     return model
+
+
+def _attach(module: nn.Module, entry: dict[str, int]) -> None:
+    old = getattr(module, _HANDLE, None)
+    if old is not None:
+        old.remove()
+    transform = orthogonal_transform(int(entry["width"]), int(entry["seed"]))
+    handle = module.register_forward_pre_hook(_OnlineRotation(transform))
+    object.__setattr__(module, _HANDLE, handle)
 
 
 class _OnlineRotation:
@@ -186,11 +220,12 @@ def _apply(q: OrthogonalTransform, x: torch.Tensor) -> torch.Tensor:
     return q.apply(x.reshape(*x.shape[:-1], width // q.width, q.width)).reshape(x.shape)
 
 
-def _untie(model: nn.Module) -> None:
+def untie_head(model: nn.Module) -> None:
     """Give the head its own weight (it takes the final norm's scale; the embeddings do not)."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    if head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr():
-        head.weight = nn.Parameter(embed.weight.detach().clone())
+    if head.weight is embed.weight:
+        weight = embed.weight.detach()
+        head.weight = nn.Parameter(weight if weight.is_meta else weight.clone())
     model.config.tie_word_embeddings = False
     text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else None
     if text is not None and text is not model.config:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from onecomp_core.data.model import ModelConfig
 from onecomp_core.rtn import RTN
@@ -13,6 +14,10 @@ from onecomp_core.seed_api import Runner
 from onecomp_core.storage.hf_folder import load_quantized_model
 from onecomp_core.testing import tiny_model
 from onecomp_core.transforms.rotation import check_rotation, rotate_model
+
+
+def _tensors(folder) -> dict[str, torch.Tensor]:
+    return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
 
 
 def _logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
@@ -79,3 +84,34 @@ def test_rotation_values() -> None:
         check_rotation("quarot")
     with pytest.raises(ValueError, match="model type 'gpt2' is not supported"):
         rotate_model(tiny_model("gpt2"))
+
+
+def test_streamed_rotation_saves_what_the_whole_model_path_saves(stories_path, tmp_path) -> None:
+    def runner() -> Runner:
+        config = ModelConfig(path=str(stories_path), dtype="float32", device="cpu")
+        return Runner(
+            model_config=config, quantizer=RTN(wbits=4), rotation="hadamard", show_progress=False
+        )
+
+    streamed = runner()
+    streamed.quantize_to(tmp_path / "streamed")
+    assert next(streamed.model.parameters()).is_meta  # it really streamed
+    whole = runner()
+    whole.run()
+    whole.save_quantized_model(tmp_path / "whole")
+    a, b = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "whole")
+    assert a.keys() == b.keys() and "lm_head.weight" in a
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    configs = [
+        json.loads((tmp_path / n / "config.json").read_text()) for n in ("streamed", "whole")
+    ]
+    assert (
+        configs[0]["quantization_config"]["rotation"]
+        == configs[1]["quantization_config"]["rotation"]
+    )
+    ids = torch.randint(0, 512, (1, 64), generator=torch.Generator().manual_seed(2))
+    loaded = load_quantized_model(tmp_path / "streamed")[0]
+    assert torch.allclose(
+        _logits(loaded, ids), _logits(whole.create_quantized_model(), ids), atol=1e-4
+    )
