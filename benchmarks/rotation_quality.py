@@ -8,6 +8,11 @@ its command.
 
     python benchmarks/rotation_quality.py --out benchmarks/results/frontier.jsonl
     python benchmarks/rotation_quality.py --rows "gptq w3" --seeds 0 1 2
+    python benchmarks/rotation_quality.py --outliers   # what there is to spread, before/after
+
+``--outliers`` measures, on the fp32 model before and after the rotation, the
+mean over the blocks' linears of each weight row's max/rms, and per linear
+input the max/median of its channels' RMS over 1,024 calibration tokens.
 """
 
 from __future__ import annotations
@@ -32,13 +37,57 @@ ROWS: dict[str, tuple[str, list[str]]] = {
 COMMAND = "python benchmarks/rotation_quality.py --out benchmarks/results/frontier.jsonl"
 
 
+def outliers(seed: int = 0) -> dict:
+    """Outlier measures of stories260K's weights and linear inputs, before and after rotation."""
+    import torch
+    from common import CALIBRATION, STORIES
+
+    from onecomp_core.data.model import ModelConfig
+    from onecomp_core.transforms.rotation import rotate_model
+
+    config = ModelConfig(path=str(STORIES), dtype="float32", device="cpu")
+    ids = config.load_tokenizer()(CALIBRATION.read_text()[:20000], return_tensors="pt")
+    ids = ids.input_ids[:, :1024]
+
+    def measure(model) -> dict:
+        inputs, handles = {}, []
+        linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        linears = {n: m for n, m in linears.items() if ".layers." in n}
+        for name, module in linears.items():
+            hook = lambda m, a, n=name: inputs.__setitem__(n, a[0].reshape(-1, a[0].shape[-1]))  # noqa: E731
+            handles.append(module.register_forward_pre_hook(hook))
+        with torch.no_grad():
+            model(ids)
+        for handle in handles:
+            handle.remove()
+        rows = [
+            (w.abs().amax(1) / w.pow(2).mean(1).sqrt()).mean()
+            for w in (m.weight for m in linears.values())
+        ]
+        channels = [x.pow(2).mean(0).sqrt() for x in inputs.values()]
+        ratios = [float(c.max() / c.median()) for c in channels]
+        return {
+            "weight_row_max_over_rms": round(float(sum(rows) / len(rows)), 3),
+            "input_channel_max_over_median": [round(min(ratios), 2), round(max(ratios), 2)],
+        }
+
+    model = config.load_model()
+    before = measure(model)
+    rotate_model(model, seed)
+    return {"benchmark": "rotation_outliers", "before": before, "after": measure(model)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--seeds", nargs="*", type=int, default=[0], help="--rotate-seed values")
     ap.add_argument("--no-baseline", action="store_true", help="only the rotated runs")
     ap.add_argument("--out", default=None, help="append JSON lines to this file")
+    ap.add_argument("--outliers", action="store_true", help="only the outlier measures")
     args = ap.parse_args()
+    if args.outliers:
+        emit(outliers(args.seeds[0]) | {"command": COMMAND + " --outliers"}, args.out)
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     runs = [None] if not args.no_baseline else []
     runs += list(args.seeds)
