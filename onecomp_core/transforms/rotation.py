@@ -3,9 +3,11 @@
 An orthogonal ``Q`` on the hidden width leaves a pre-norm transformer's
 function unchanged when it is folded into the weights: RMSNorm is invariant
 to rotations once its scale vector has been folded into the linears that read
-it, so every block reads ``x·Q`` and writes ``y·Q``. The rotated weights have
-far fewer outlier columns, which is what grid quantizers (GPTQ, RTN, DBF, ...)
-handle badly. What this module does, in order, for a Llama-style model:
+it, so every block reads ``x·Q`` and writes ``y·Q``. The rotation spreads
+outlier channels of weights and activations over all coordinates, which grid
+quantizers (GPTQ, RTN, DBF, ...) handle badly; a model without outliers gains
+little (README, "Rotation"). What this module does, in order, for a
+Llama-style model:
 
 1. fold each RMSNorm's scale into the linears after it (q/k/v, gate/up, the
    head) and set the scale to ones; untie the head from the embeddings (the
