@@ -25,13 +25,16 @@ from common import emit, ref_unit, rel_output_error, synthetic_layer  # noqa: E4
 from onecomp_gptq import GPTQ  # noqa: E402
 from onecomp_gptq.gptq import dequantize, gptq_quantize, rtn_quantize  # noqa: E402
 
+#: the plain GPTQ of the paper (GPTQ's defaults before issue 16), spelled out
+PLAIN = {"sym": True, "actorder": False, "mse": False}
 #: name → GPTQ quantizer settings; "plain" and "actorder+mse" are the bars of issue 4
 CONFIGS: dict[str, dict] = {
-    "plain": {},
-    "plain asym": {"sym": False},
-    "actorder+mse": {"actorder": True, "mse": True},
-    "actorder+mse proxy only": {"actorder": True, "mse": True, "clip_candidates": 0},
-    "textbook": {},
+    "plain": PLAIN,
+    "plain asym": PLAIN | {"sym": False},
+    "actorder+mse": PLAIN | {"actorder": True, "mse": True},
+    "actorder+mse proxy only": PLAIN | {"actorder": True, "mse": True, "clip_candidates": 0},
+    "defaults": {},
+    "textbook": PLAIN,
 }
 
 

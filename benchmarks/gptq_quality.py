@@ -20,19 +20,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, perplexities, quantize  # noqa: E402
 
-ACT_MSE = ["actorder=true", "mse=true"]
-ASYM_ACT_MSE = ["sym=false", *ACT_MSE]
+#: every option spelled out: the names keep their meaning whatever GPTQ's defaults are
+PLAIN = ["sym=true", "actorder=false", "mse=false"]
+ACT_MSE = ["sym=true", "actorder=true", "mse=true"]
+ASYM_ACT_MSE = ["sym=false", "actorder=true", "mse=true"]
 CONFIGS: dict[str, list[str]] = {
-    "gptq w4": ["wbits=4"],
+    "gptq w4": ["wbits=4", *PLAIN],
     "gptq w4 actorder mse": ["wbits=4", *ACT_MSE],
     "gptq w4 asym actorder mse": ["wbits=4", *ASYM_ACT_MSE],
-    "gptq w3": ["wbits=3"],
+    "gptq w3": ["wbits=3", *PLAIN],
     "gptq w3 actorder mse": ["wbits=3", *ACT_MSE],
     "gptq w3 asym actorder mse": ["wbits=3", *ASYM_ACT_MSE],
-    "gptq w4 g32": ["wbits=4", "groupsize=32"],
+    "gptq w4 g32": ["wbits=4", "groupsize=32", *PLAIN],
     "gptq w4 g32 actorder mse": ["wbits=4", "groupsize=32", *ACT_MSE],
     "gptq w4 g32 asym actorder mse": ["wbits=4", "groupsize=32", *ASYM_ACT_MSE],
-    "gptq w2 g32": ["wbits=2", "groupsize=32"],
+    "gptq w2 g32": ["wbits=2", "groupsize=32", *PLAIN],
     "gptq w2 g32 actorder mse": ["wbits=2", "groupsize=32", *ACT_MSE],
     "gptq w2 g32 asym actorder mse": ["wbits=2", "groupsize=32", *ASYM_ACT_MSE],
 }

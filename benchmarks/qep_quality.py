@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, perplexities, quantize  # noqa: E402
 
 CONFIGS = {
-    "gptq w3": ("gptq", ["wbits=3"]),
-    "gptq w3 actorder mse": ("gptq", ["wbits=3", "actorder=true", "mse=true"]),
+    "gptq w3": ("gptq", ["wbits=3", "sym=true", "actorder=false", "mse=false"]),
+    "gptq w3 actorder mse": ("gptq", ["wbits=3", "sym=true", "actorder=true", "mse=true"]),
     "gptq w3 asym actorder mse": ("gptq", ["wbits=3", "sym=false", "actorder=true", "mse=true"]),
-    "gptq w4": ("gptq", ["wbits=4"]),
+    "gptq w4": ("gptq", ["wbits=4", "sym=true", "actorder=false", "mse=false"]),
     "gptq w4 asym actorder mse": ("gptq", ["wbits=4", "sym=false", "actorder=true", "mse=true"]),
     "dbf 1.5 no finetune": ("dbf", ["target_bits=1.5", "finetune_steps=0"]),
 }

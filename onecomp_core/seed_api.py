@@ -36,6 +36,7 @@ from .engine.walk import Engine, choose_layers
 from .storage import artifact as saving
 from .storage import results_io
 from .storage.packed import apply_results, packed_model
+from .transforms.rotation import attach_online, check_rotation, rotate_model
 
 logger = logging.getLogger(__name__)
 
@@ -85,19 +86,22 @@ class Runner:
         qep: bool = False,
         qep_config: QEPConfig | None = None,
         restart: bool = False,
+        rotation: str | None = None,
+        rotation_seed: int = 0,
     ) -> None:
         self.model_config = model_config
         self.quantizer = quantizer
         self.calibration_config = calibration_config or CalibrationConfig()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        if show_progress is None:
-            show_progress = os.environ.get("ONECOMP_QUIET", "") in ("", "0")
-        self.show_progress = show_progress
+        quiet = os.environ.get("ONECOMP_QUIET", "") not in ("", "0")
+        self.show_progress = (not quiet) if show_progress is None else show_progress
         self.block_callback = block_callback
-        self.qep = qep
-        self.qep_config = qep_config or QEPConfig()
+        self.qep, self.qep_config = qep, qep_config or QEPConfig()
         #: discard what ``checkpoint_dir`` holds instead of resuming it
         self.restart = restart
+        #: "hadamard": a seeded rotation folded into the model before quantization (its spec)
+        self.rotation, self.rotation_seed = check_rotation(rotation, "rotation"), rotation_seed
+        self.rotation_spec: dict[str, Any] | None = None
         self.model: nn.Module | None = None
         self._model_folder: Path | None = None
         self.tokenizer = None
@@ -111,6 +115,8 @@ class Runner:
     def run(self) -> dict[str, LayerResult]:
         """Quantize every selected layer; returns the results (also ``self.results``)."""
         self._load()
+        if self.rotation is not None and self.rotation_spec is None:
+            self.rotation_spec = rotate_model(self.model, self.rotation_seed)
         self.layers = choose_layers(self.model, self.quantizer)
         logger.info("selected %d layers", len(self.layers))
         return self.run_engine()
@@ -231,6 +237,7 @@ class Runner:
             "device": self.model_config.resolve_device().type,
             "calibration": calibration if calibrated else None,
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
+            "rotation": [self.rotation, self.rotation_seed] if self.rotation else None,
         }
 
     def _resume(self, checkpoint: BlockCheckpoint) -> BlockCheckpoint:
@@ -298,7 +305,8 @@ class Runner:
     def create_quantized_model(self) -> nn.Module:
         """A model with packed inference layers (``self.model`` stays fake-quantized)."""
         self._require_run()
-        return packed_model(self.model, self.quantizer, self.results, bool(self.conv1d_linearized))
+        model = packed_model(self.model, self.quantizer, self.results, bool(self.conv1d_linearized))
+        return attach_online(model, self.rotation_spec)
 
     def artifact(self):
         """The run as a save/export format receives it."""
@@ -307,6 +315,7 @@ class Runner:
             "calibration_hash": self.calibration.sha256 if self.calibration else None,
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
             "conv1d_as_linear": bool(self.conv1d_linearized),
+            "rotation": self.rotation_spec,
         }
         return saving.build_artifact(
             self.model, self.quantizer, self.results, self.tokenizer, extra

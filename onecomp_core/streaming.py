@@ -28,6 +28,7 @@ from .storage.atomic import check_free, partial_name
 from .storage.packed import layer_table
 from .storage.shards import ShardWriter
 from .storage.skeleton import skeleton
+from .transforms.streamed import RotatedStreamedModel
 
 #: a seed_api.Runner (not imported: the Runner imports this module)
 Runner = Any
@@ -55,7 +56,7 @@ def quantize_to(
         except RuntimeError as exc:
             if not run.reads_weights_early(exc):
                 raise
-            reason, runner.model = str(exc), None
+            reason, runner.model, runner.rotation_spec = str(exc), None, None
     logger.warning("streaming off (%s): the whole model is loaded into memory", reason)
     runner.run()
     return runner.save_quantized_model(out, overwrite=overwrite)
@@ -91,6 +92,9 @@ class StreamedRun:
             return
         model = self.source.model
         self.prefix, blocks = blockwise.find_blocks(model)
+        if runner.rotation is not None:  # each part rotated as it is read
+            self.source = RotatedStreamedModel(self.source, self.prefix, runner.rotation_seed)
+            runner.rotation_spec = self.source.spec
         self.count = len(blocks)
         layers = choose_layers(model, runner.quantizer)
         outside = [n for n in layers if not n.startswith(self.prefix + ".")]
@@ -137,6 +141,7 @@ class StreamedRun:
             "calibration_hash": runner.calibration.sha256 if runner.calibration else None,
             "qep": _qep(runner),
             "conv1d_as_linear": bool(runner.conv1d_linearized),
+            "rotation": runner.rotation_spec,
         }
         rows = layer_table(model, runner.quantizer, runner.results)
         # the config a whole-model save writes: that of the packed model's frame

@@ -16,6 +16,7 @@ from ..registry import create_method
 from ..storage import lock
 from ..storage.atomic import remove_leftovers
 from ..storage.destination import check_destination
+from ..transforms.rotation import check_model_supported, check_rotation
 from .checks import check_before_work
 from .options import (
     add_context_option,
@@ -84,6 +85,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep the calibration activations between blocks as files under DIR "
         "(for calibration sets larger than memory)",
     )
+    p.add_argument(
+        "--rotate",
+        metavar="KIND",
+        help="hadamard: fold a seeded orthogonal rotation into the model before quantizing "
+        "(Llama-style models; any method)",
+    )
+    p.add_argument("--rotate-seed", type=int, default=0, help="seed of the --rotate transforms")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
@@ -149,6 +157,9 @@ def run(args: argparse.Namespace) -> int:
     )
     checkpoint_dir = _checkpoint_dir(args, out)
     qep_config = _qep_config(args)
+    rotation = check_rotation(args.rotate)
+    if rotation is not None:
+        check_model_supported(args.model)
     check_before_work(args, method, out, checkpoint_dir)  # before the model is loaded
     with ExitStack() as held:
         # a second run on the same --out (or checkpoint) stops here, naming this one
@@ -167,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
             qep=args.qep,
             qep_config=qep_config,
             restart=args.restart,
+            rotation=rotation,
+            rotation_seed=args.rotate_seed,
         )
         return _quantize(args, out, runner, checkpoint_dir)
 

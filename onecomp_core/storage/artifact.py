@@ -27,7 +27,8 @@ def quantization_config(
     """The JSON saved as ``config.json``'s ``quantization_config``.
 
     ``extra``: ``calibration_hash`` (str or None), ``qep`` (the QEP settings
-    as a dict, or None when QEP was off), ``conv1d_as_linear`` (bool).
+    as a dict, or None when QEP was off), ``conv1d_as_linear`` (bool), ``rotation``
+    (the spec :func:`~onecomp_core.transforms.rotation.rotate_model` returned, or None).
     """
     config = {
         **method.to_dict(),
@@ -41,6 +42,8 @@ def quantization_config(
         config["qep"] = dict(extra["qep"])
     if extra.get("conv1d_as_linear"):
         config["conv1d_as_linear"] = True
+    if extra.get("rotation"):
+        config["rotation"] = dict(extra["rotation"])
     return config
 
 

@@ -23,6 +23,7 @@ from .. import registry
 from ..contract import Artifact
 from ..data import adapters
 from ..data.model import resolve_device, resolve_dtype
+from ..transforms.rotation import attach_online
 from .atomic import atomic_folder
 from .reading import pickle_message, pickle_only, read_json_object, read_tensors
 from .skeleton import finish, skeleton
@@ -152,6 +153,7 @@ def _load(
     if problems:
         raise ValueError(f"{folder}: saved tensors do not fit the model: " + "; ".join(problems))
     finish(model, config_dict)
+    attach_online(model, qc.get("rotation"))  # a rotated model's run-time rotations
     if dtype not in (None, "auto"):
         model.to(resolve_dtype(dtype))
     model.to(resolve_device(device_map))

@@ -124,6 +124,14 @@ def _broken_model_config(p: Place):
     return args, ["config.json", "not a valid JSON"]
 
 
+def _rotate_unsupported_model(p: Place):
+    model = p.copy(STORIES, "model")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "gemma"}))
+    args = ["quantize", str(model), "--method", "rtn", "--rotate", "hadamard"]
+    return [*args, "--out", str(p.tmp / "o")], ["--rotate", "'gemma'", "llama"]
+
+
 def _no_space(p: Place):
     return quantize(out=p.tmp / "o"), ["not enough free disk space", "needed"]
 
@@ -281,6 +289,11 @@ ROWS: dict[str, Row] = {
         quantize("--set", "wbits=9", out=p.tmp / "o", method="gptq"),
         ["wbits=9", "from 1 to 8"],
     ),
+    "--rotate with an unknown kind": lambda p: (
+        quantize("--rotate", "spin", out=p.tmp / "o"),
+        ["--rotate 'spin'", "hadamard"],
+    ),
+    "--rotate on an architecture it cannot fold": _rotate_unsupported_model,
     "rtn --bits 9": lambda p: (quantize("--bits", "9", out=p.tmp / "o"), ["wbits=9"]),
     "dbf target_bits=40 (problem 5)": lambda p: (
         quantize("--set", "target_bits=40", out=p.tmp / "o", method="dbf"),

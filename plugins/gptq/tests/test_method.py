@@ -51,7 +51,7 @@ def test_a_job_gets_the_bits_and_group_size_of_its_name() -> None:
     layer = torch.nn.Linear(40, 6, bias=True)
     layer.weight.data = torch.randn(6, 40, generator=g)
     x = torch.randn(200, 40, generator=g)
-    q = GPTQ(wbits=4, groupsize=16, mlp_wbits=3, mlp_groupsize=-1, actorder=True)
+    q = GPTQ(wbits=4, groupsize=16, mlp_wbits=3, mlp_groupsize=-1, actorder=True, sym=True)
     mlp = q.quantize(LayerJob("model.layers.0.mlp.up_proj", layer, hessian=2 * x.t() @ x / 200))
     attn = q.quantize(LayerJob("model.layers.0.self_attn.q_proj", layer, hessian=torch.eye(40)))
     assert isinstance(mlp, GPTQResult) and mlp.method == "gptq" and mlp.fallback is None
