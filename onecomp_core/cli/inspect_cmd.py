@@ -77,7 +77,7 @@ def build_report(folder: Path) -> dict:
     other_elements = sum(c for k, (c, _) in sizes.items() if not k.startswith(prefixes))
     fp16_bytes = 2 * (quantized_params + other_elements)
     return {
-        "method": qc["quant_method"],
+        "method": qc.get("method", qc["quant_method"]),
         "layers": rows,
         "quantized_params": quantized_params,
         "average_bits": round(8 * quantized_bytes / max(quantized_params, 1), 4),

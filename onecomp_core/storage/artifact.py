@@ -19,6 +19,7 @@ from ..contract import Artifact, LayerResult, Method
 from .atomic import atomic_folder, check_free
 from .hf_folder import FORMAT_VERSION
 from .packed import layer_table, packed_model
+from .quant_method import checkpoint_quant_method
 
 
 def quantization_config(
@@ -31,7 +32,8 @@ def quantization_config(
     """
     config = {
         **method.to_dict(),
-        "quant_method": method.method,
+        "quant_method": checkpoint_quant_method(method.method, rows),
+        "method": method.method,
         "format_version": FORMAT_VERSION,
         "quantizer": type(method).__name__,
         "layers": rows,

@@ -24,6 +24,7 @@ from ..contract import Artifact
 from ..data import adapters
 from ..data.model import resolve_device, resolve_dtype
 from .atomic import atomic_folder
+from .quant_method import GUARD_FIELD, label_config
 from .reading import pickle_message, pickle_only, read_json_object, read_tensors
 from .skeleton import finish, skeleton
 from .verify import layer_problems, state_problems
@@ -43,7 +44,7 @@ def save(artifact: Artifact, out: Path) -> None:
         config = artifact.model.config.to_dict()
         if not config.get("architectures"):  # a model built in code: name it, as HF's save does
             config["architectures"] = [type(artifact.model).__name__]
-        config["quantization_config"] = artifact.quantization_config
+        config = label_config(config, artifact.quantization_config)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if artifact.tokenizer is not None:
             artifact.tokenizer.save_pretrained(str(tmp))
@@ -99,6 +100,7 @@ def read_quantized_config(folder: str | Path) -> tuple[dict[str, Any], dict[str,
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
     config = read_json_object(path)
+    config.pop(GUARD_FIELD, None)
     qc = config.pop("quantization_config", None)
     if not isinstance(qc, dict) or not isinstance(qc.get("layers"), dict):
         raise ValueError(
@@ -139,11 +141,8 @@ def _load(
     """(model, tokenizer, quantization_config) of a saved folder, its config read once."""
     config_dict, qc = read_quantized_config(folder)
     model = skeleton(config_dict)
-    if qc.get("conv1d_as_linear"):
-        adapters.linearize_conv1d(model)
     rows = qc["layers"]
-    for name, row in rows.items():
-        adapters.set_submodule(model, name, _empty_layer(folder, name, row))
+    put_empty_layers(model, qc, folder / "config.json")
     tensors = _read_tensors(folder)
     problems = state_problems(model, tensors, rows)
     if not problems:
@@ -158,7 +157,20 @@ def _load(
     return model.eval(), _tokenizer(folder), qc
 
 
-def _empty_layer(folder: Path, name: str, row: Any) -> nn.Module:
+def put_empty_layers(model: nn.Module, qc: dict[str, Any], source: str | Path) -> None:
+    """Replace every layer of ``qc["layers"]`` by its method's empty module, in place.
+
+    The one way a saved table becomes modules, shared by :func:`load_quantized_model`
+    and the transformers registration (:mod:`onecomp_core.hf`); ``source`` names
+    the config in errors.
+    """
+    if qc.get("conv1d_as_linear"):
+        adapters.linearize_conv1d(model)
+    for name, row in qc["layers"].items():
+        adapters.set_submodule(model, name, _empty_layer(source, name, row))
+
+
+def _empty_layer(source: str | Path, name: str, row: Any) -> nn.Module:
     """The method's empty module for one table row; a bad row is named with its layer."""
     try:
         if not isinstance(row, dict):
@@ -169,7 +181,7 @@ def _empty_layer(folder: Path, name: str, row: Any) -> nn.Module:
     except (KeyError, TypeError, ValueError) as exc:
         what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ValueError(
-            f"{folder / 'config.json'}: layer {name} of quantization_config is invalid ({what})"
+            f"{source}: layer {name} of quantization_config is invalid ({what})"
         ) from None
 
 

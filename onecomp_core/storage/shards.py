@@ -32,6 +32,7 @@ from ..engine.offload import drop_tensors
 from .atomic import atomic_file, follow_umask, move_into_place
 from .hf_folder import INDEX_NAME
 from .packed import packers
+from .quant_method import label_config
 
 _GENERATION = "generation_config.json"
 
@@ -102,7 +103,7 @@ class ShardWriter:
         config = dict(config)
         if not config.get("architectures"):
             config["architectures"] = [type(self.source.model).__name__]
-        config["quantization_config"] = quantization_config
+        config = label_config(config, quantization_config)
         (self.folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(self.folder))
