@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from . import registry
@@ -36,6 +37,7 @@ from .engine.walk import Engine, choose_layers
 from .storage import artifact as saving
 from .storage import results_io
 from .storage.packed import apply_results, packed_model
+from .storage.save_dtype import choose_save_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +87,13 @@ class Runner:
         qep: bool = False,
         qep_config: QEPConfig | None = None,
         restart: bool = False,
+        save_dtype: str | None = None,
     ) -> None:
         self.model_config = model_config
+        #: dtype of the unquantized tensors when saved (None: the checkpoint's 16-bit dtype)
+        self.save_dtype = save_dtype
+        if save_dtype is not None:
+            choose_save_dtype(None, save_dtype)  # a wrong name fails here, before any work
         self.quantizer = quantizer
         self.calibration_config = calibration_config or CalibrationConfig()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -231,6 +238,7 @@ class Runner:
             "device": self.model_config.resolve_device().type,
             "calibration": calibration if calibrated else None,
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
+            **({"save dtype": str(self.save_dtype)} if self.save_dtype is not None else {}),
         }
 
     def _resume(self, checkpoint: BlockCheckpoint) -> BlockCheckpoint:
@@ -307,10 +315,15 @@ class Runner:
             "calibration_hash": self.calibration.sha256 if self.calibration else None,
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
             "conv1d_as_linear": bool(self.conv1d_linearized),
+            "save_dtype": self.resolved_save_dtype(),
         }
         return saving.build_artifact(
             self.model, self.quantizer, self.results, self.tokenizer, extra
         )
+
+    def resolved_save_dtype(self) -> torch.dtype:
+        """The dtype the unquantized tensors are saved in (see :mod:`.storage.save_dtype`)."""
+        return choose_save_dtype(self.model_config.checkpoint_dtype(), self.save_dtype)
 
     def save_quantized_model(
         self, out_dir: str | Path, overwrite: bool = False, format: str = "hf"

@@ -16,6 +16,7 @@ from ..registry import create_method
 from ..storage import lock
 from ..storage.atomic import remove_leftovers
 from ..storage.destination import check_destination
+from ..storage.save_dtype import SAVE_DTYPES
 from .checks import check_before_work
 from .options import (
     add_context_option,
@@ -85,6 +86,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(for calibration sets larger than memory)",
     )
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--save-dtype",
+        choices=list(SAVE_DTYPES),
+        help="dtype of the tensors left unquantized (embeddings, norms, head); default: the "
+        "checkpoint's when it is float16/bfloat16, else float16",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
     p.add_argument(
@@ -167,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             qep=args.qep,
             qep_config=qep_config,
             restart=args.restart,
+            save_dtype=args.save_dtype,
         )
         return _quantize(args, out, runner, checkpoint_dir)
 

@@ -24,8 +24,15 @@ from ..contract import Artifact
 from ..data import adapters
 from ..data.model import resolve_device, resolve_dtype
 from .atomic import atomic_folder
+from .gptq_checkpoint import gptq_table, is_standard_gptq
 from .quant_method import GUARD_FIELD, label_config
-from .reading import pickle_message, pickle_only, read_json_object, read_tensors
+from .reading import (
+    pickle_message,
+    pickle_only,
+    read_json_object,
+    read_tensors,
+    tensor_headers,
+)
 from .skeleton import finish, skeleton
 from .verify import layer_problems, state_problems
 
@@ -92,7 +99,11 @@ def _write_weights(state: dict[str, torch.Tensor], folder: Path) -> None:
 
 # -- loading ---------------------------------------------------------------------------------
 def read_quantized_config(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model config dict without quantization_config, quantization_config)."""
+    """(model config dict without quantization_config, quantization_config).
+
+    A standard GPTQ folder written by another tool (transformers, GPTQModel) gets
+    its per-layer table from its config and tensor headers (:mod:`.gptq_checkpoint`).
+    """
     folder = Path(folder)
     path = folder / "config.json"
     if not folder.is_dir():
@@ -102,6 +113,8 @@ def read_quantized_config(folder: str | Path) -> tuple[dict[str, Any], dict[str,
     config = read_json_object(path)
     config.pop(GUARD_FIELD, None)
     qc = config.pop("quantization_config", None)
+    if isinstance(qc, dict) and is_standard_gptq(qc):  # written by another tool
+        qc = gptq_table(qc, tensor_headers(folder), str(path))
     if not isinstance(qc, dict) or not isinstance(qc.get("layers"), dict):
         raise ValueError(
             f"{path} has no onecomp quantization_config: this is not a model "
