@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from . import registry
@@ -90,10 +89,7 @@ class Runner:
         save_dtype: str | None = None,
     ) -> None:
         self.model_config = model_config
-        #: dtype of the unquantized tensors when saved (None: the checkpoint's 16-bit dtype)
-        self.save_dtype = save_dtype
-        if save_dtype is not None:
-            choose_save_dtype(None, save_dtype)  # a wrong name fails here, before any work
+        self.save_dtype = save_dtype and str(choose_save_dtype(None, save_dtype))[6:]  # checked
         self.quantizer = quantizer
         self.calibration_config = calibration_config or CalibrationConfig()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -238,7 +234,7 @@ class Runner:
             "device": self.model_config.resolve_device().type,
             "calibration": calibration if calibrated else None,
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
-            **({"save dtype": str(self.save_dtype)} if self.save_dtype is not None else {}),
+            **({"save dtype": self.save_dtype} if self.save_dtype else {}),
         }
 
     def _resume(self, checkpoint: BlockCheckpoint) -> BlockCheckpoint:
@@ -321,8 +317,8 @@ class Runner:
             self.model, self.quantizer, self.results, self.tokenizer, extra
         )
 
-    def resolved_save_dtype(self) -> torch.dtype:
-        """The dtype the unquantized tensors are saved in (see :mod:`.storage.save_dtype`)."""
+    def resolved_save_dtype(self) -> Any:
+        """The torch dtype the unquantized tensors are saved in (:mod:`.storage.save_dtype`)."""
         return choose_save_dtype(self.model_config.checkpoint_dtype(), self.save_dtype)
 
     def save_quantized_model(
