@@ -53,7 +53,7 @@ def guard(quantization_config: Mapping[str, Any]) -> str:
     )
     return (
         f"[this model was quantized by onecomp ({', '.join(methods)}) and needs it to load: "
-        f"pip install {packages}, then `import onecomp_core` before from_pretrained]"
+        f"pip install {packages}, then import onecomp_core before from_pretrained]"
     )
 
 

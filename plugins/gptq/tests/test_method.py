@@ -102,7 +102,7 @@ def mixed_run(tmp_path_factory):
         dataset=str(CALIB), max_length=64, num_calibration_samples=8, batch_size=4
     )
     model_config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    runner = Runner(model_config, quantizer, calibration, show_progress=False)
+    runner = Runner(model_config, quantizer, calibration, show_progress=False, save_dtype="float32")
     runner.run()
     out = runner.save_quantized_model(tmp_path_factory.mktemp("gptq") / "model")
     return runner, out
