@@ -52,27 +52,33 @@ NEEDS["autobit-mixed"] = {"autobit", "gptq", "dbf"}
 pytestmark = pytest.mark.skipif(not STORIES.is_dir(), reason="needs the shared stories260K")
 
 
+class Outputs(dict):
+    """Case → its folder, quantized on first use (once per module); missing plugins skip."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root, self.installed = root, set(list_quantizers())
+
+    def get_case(self, case: str) -> Path:
+        if case not in self:
+            if not NEEDS.get(case, set()) <= self.installed:
+                pytest.skip(f"{case} needs the plugins {sorted(NEEDS[case])}")
+            out = self.root / case
+            args = ["quantize", str(STORIES), *CASES[case], *CALIBRATION, "--out", str(out)]
+            assert main([*args, "--quiet"]) == 0
+            self[case] = out
+        return self[case]
+
+    def all(self) -> dict[str, Path]:
+        for case in CASES:
+            if NEEDS.get(case, set()) <= self.installed:
+                self.get_case(case)
+        return dict(self)
+
+
 @pytest.fixture(scope="module")
-def outputs(tmp_path_factory) -> dict[str, Path]:
-    """Each case's folder, quantized once for the module (cases whose plugins are missing left out)."""
-    root = tmp_path_factory.mktemp("outputs")
-    installed = set(list_quantizers())
-    folders = {}
-    for case, args in CASES.items():
-        if NEEDS.get(case, set()) <= installed:
-            out = root / case
-            assert (
-                main(["quantize", str(STORIES), *args, *CALIBRATION, "--out", str(out), "--quiet"])
-                == 0
-            )
-            folders[case] = out
-    return folders
-
-
-def _folder(outputs: dict[str, Path], case: str) -> Path:
-    if case not in outputs:
-        pytest.skip(f"{case} needs the plugins {sorted(NEEDS[case])}")
-    return outputs[case]
+def outputs(tmp_path_factory) -> Outputs:
+    return Outputs(tmp_path_factory.mktemp("outputs"))
 
 
 def _quant_method(folder: Path) -> str:
@@ -86,7 +92,7 @@ IDS = torch.tensor([[1, 100, 200, 300, 400, 17, 9, 3, 250, 511]])
 def test_from_pretrained_gives_the_logits_of_onecomps_loader(outputs, case):
     from transformers import AutoModelForCausalLM
 
-    folder = _folder(outputs, case)
+    folder = outputs.get_case(case)
     if _quant_method(folder) == "gptq":
         pytest.skip("standard GPTQ: transformers loads it through optimum/GPTQModel (.ci/run)")
     ours, _ = load_quantized_model(folder)
@@ -101,16 +107,15 @@ def test_from_pretrained_gives_the_logits_of_onecomps_loader(outputs, case):
 
 
 def test_every_onecomp_label_carries_the_guard_and_gptq_stays_standard(outputs):
-    for case, folder in outputs.items():
+    for case, folder in outputs.all().items():
         config = json.loads((folder / "config.json").read_text())
         if config["quantization_config"]["quant_method"] == "onecomp":
             assert "quantized by onecomp" in config[GUARD_FIELD], case
         else:
             assert config["quantization_config"]["quant_method"] == "gptq", case
             assert GUARD_FIELD not in config, case
-    assert _quant_method(outputs["rtn"]) == "onecomp"
-    if "dbf" in outputs:
-        assert _quant_method(outputs["dbf"]) == "onecomp"
+    assert _quant_method(outputs.get_case("rtn")) == "onecomp"
+    assert _quant_method(outputs.get_case("dbf")) == "onecomp"
 
 
 _WITHOUT_ONECOMP = """
@@ -131,7 +136,7 @@ print(json.dumps(found))
 
 
 def test_transformers_without_onecomp_refuses_every_folder(outputs):
-    folders = [str(f) for f in outputs.values()]
+    folders = [str(f) for f in outputs.all().values()]
     done = subprocess.run(
         [sys.executable, "-c", _WITHOUT_ONECOMP, *folders],
         capture_output=True,
@@ -140,7 +145,7 @@ def test_transformers_without_onecomp_refuses_every_folder(outputs):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
-    for case, folder in outputs.items():
+    for case, folder in outputs.all().items():
         kind, message = found[str(folder)]
         if _quant_method(folder) == "onecomp":
             assert kind == "ValueError", (case, kind, message)
