@@ -26,6 +26,7 @@ COMMANDS = {
     "frontier": "python benchmarks/frontier.py --method METHOD [--set KEY=VALUE ...] --out benchmarks/results/frontier.jsonl (each row's own command)",
     "binary_quality": "python benchmarks/binary_quality.py --method NAME [--set key=value] (appends to benchmarks/results/binary_quality.jsonl)",
     "gptq_defaults": "python benchmarks/gptq_defaults.py --out benchmarks/results/gptq_defaults.jsonl",
+    "checkpoint_size": "python benchmarks/checkpoint_size.py --out benchmarks/results/checkpoint_size.jsonl",
 }
 
 

@@ -13,6 +13,17 @@ import importlib
 from typing import Any
 
 from . import registry as _registry  # noqa: F401  (installs Method.named / Method.create)
+from .import_hook import after_import as _after_import
+
+
+def _register_with_transformers() -> None:
+    from .hf import register
+
+    register()
+
+
+# transformers' from_pretrained loads onecomp folders once onecomp_core is imported (see .hf)
+_after_import("transformers.quantizers.auto", _register_with_transformers)
 
 _LAZY = {
     # the contract

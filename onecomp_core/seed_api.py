@@ -12,7 +12,6 @@ results a run returns.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata as md
 import logging
 import os
 import sys
@@ -36,6 +35,7 @@ from .engine.walk import Engine, choose_layers
 from .storage import artifact as saving
 from .storage import results_io
 from .storage.packed import apply_results, packed_model
+from .storage.save_dtype import choose_save_dtype
 from .transforms.rotation import attach_online, check_rotation, rotate_model
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,10 @@ class Runner:
         restart: bool = False,
         rotation: str | None = None,
         rotation_seed: int = 0,
+        save_dtype: str | None = None,
     ) -> None:
         self.model_config = model_config
+        self.save_dtype = save_dtype and str(choose_save_dtype(None, save_dtype))[6:]  # checked
         self.quantizer = quantizer
         self.calibration_config = calibration_config or CalibrationConfig()
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
@@ -178,7 +180,7 @@ class Runner:
     def _load(self) -> None:
         if self.model is None:
             self.model = self.model_config.load_model()
-            self._model_folder = _local_folder(self.model_config.source)
+            self._model_folder = fingerprint.local_folder(self.model_config.source)
             self.tokenizer = self.model_config.load_tokenizer()
             self.conv1d_linearized = linearize_conv1d(self.model)
 
@@ -206,7 +208,9 @@ class Runner:
             if self.restart:
                 checkpoint.discard()
             checkpoint.expect(**self._model_key())
-            checkpoint.expect(settings=self._settings(calibrated), versions=_versions())
+            checkpoint.expect(
+                settings=self._settings(calibrated), versions=fingerprint.run_versions()
+            )
             yield checkpoint
 
     def _model_key(self) -> dict[str, Any]:
@@ -238,6 +242,7 @@ class Runner:
             "calibration": calibration if calibrated else None,
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
             "rotation": [self.rotation, self.rotation_seed] if self.rotation else None,
+            **({"save dtype": self.save_dtype} if self.save_dtype else {}),
         }
 
     def _resume(self, checkpoint: BlockCheckpoint) -> BlockCheckpoint:
@@ -316,10 +321,15 @@ class Runner:
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
             "conv1d_as_linear": bool(self.conv1d_linearized),
             "rotation": self.rotation_spec,
+            "save_dtype": self.resolved_save_dtype(),
         }
         return saving.build_artifact(
             self.model, self.quantizer, self.results, self.tokenizer, extra
         )
+
+    def resolved_save_dtype(self) -> Any:
+        """The torch dtype the unquantized tensors are saved in (:mod:`.storage.save_dtype`)."""
+        return choose_save_dtype(self.model_config.checkpoint_dtype(), self.save_dtype)
 
     def save_quantized_model(
         self, out_dir: str | Path, overwrite: bool = False, format: str = "hf"
@@ -359,33 +369,6 @@ class Runner:
         if which == "original":
             return self.model_config.load_model()
         raise ValueError(f"model={which!r}: expected 'dequantized', 'quantized' or 'original'")
-
-
-def _local_folder(source: str) -> Path | None:
-    """The folder a model's files are in: a local folder, or a hub id's cached snapshot."""
-    local = Path(source).expanduser()
-    if local.is_dir():
-        return local
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(source, local_files_only=True))
-    except Exception:  # not cached (yet): the loaded tensors are hashed instead
-        return None
-
-
-def _versions() -> dict[str, str]:
-    """onecomp-core, the plugins that provide methods, torch and transformers."""
-    versions = {}
-    for dist in ("onecomp-core", "torch", "transformers"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            versions[dist] = "unknown"
-    for info in registry.plugin_report():
-        if info.methods and info.status == "ok":
-            versions[info.distribution] = info.version
-    return versions
 
 
 __all__ = [

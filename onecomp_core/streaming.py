@@ -117,7 +117,9 @@ class StreamedRun:
             parent.mkdir(parents=True, exist_ok=True)
             self.partial = partial_name(self.out)
         fresh = not self.partial.exists()
-        self.writer = ShardWriter(self.partial, self.source, self.prefix, self.count)
+        self.writer = ShardWriter(
+            self.partial, self.source, self.prefix, self.count, runner.resolved_save_dtype()
+        )
         offload = DiskStreams(self.offload) if self.offload is not None else None
         try:
             return runner.run_engine(source=self.source, writer=self.writer, offload=offload)

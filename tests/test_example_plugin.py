@@ -202,7 +202,8 @@ def test_quantize_load_and_export_through_the_cli(tmp_path):
     layer = model.get_submodule(LAYER)
     assert type(layer).__name__ == "TernaryLinear"
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "ternary" and qc["threshold_ratio"] == 0.7
+    assert qc["quant_method"] == "onecomp" and qc["method"] == "ternary"
+    assert qc["threshold_ratio"] == 0.7
     assert main(["export", str(folder), "--format", "npz", str(archive)]) == 0
     with np.load(archive) as saved:
         state = model.state_dict()

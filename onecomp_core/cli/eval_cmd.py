@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..data.model import check_context
+from ..storage.gptq_checkpoint import is_standard_gptq
 from ..storage.reading import read_json_object
 from .options import (
     add_context_option,
@@ -33,8 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _saved_by_onecomp(model: str) -> bool:
+    """Whether ``model`` is a folder onecomp's loader reads: its own, or a standard GPTQ one."""
     config = Path(model) / "config.json"
-    return config.is_file() and "quantization_config" in read_json_object(config)
+    if not config.is_file():
+        return False
+    qc = read_json_object(config).get("quantization_config")
+    return isinstance(qc, dict) and ("layers" in qc or is_standard_gptq(qc))
 
 
 def context_of(model: str, dtype: str, device: str) -> int | None:
@@ -48,7 +53,8 @@ def context_of(model: str, dtype: str, device: str) -> int | None:
 
 
 def load_any(model: str, dtype: str, device: str, compute: str | None = None):
-    """A onecomp folder through the registry, anything else through transformers.
+    """A onecomp folder (or a standard GPTQ one) through the registry, anything else through
+    transformers.
 
     The model is loaded on ``device``; ``compute`` (default ``device``) picks the dtype.
     """

@@ -6,10 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from safetensors import safe_open
-
 from ..storage.hf_folder import read_quantized_config
-from ..storage.reading import check_tensor_file, pickle_message, pickle_only
+from ..storage.reading import pickle_message, pickle_only, tensor_headers
 from ..table import format_table
 
 _BYTES = {
@@ -36,15 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def tensor_sizes(folder: Path) -> dict[str, tuple[int, int]]:
     """(elements, bytes) of every saved tensor, read from the safetensors headers only."""
     sizes = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        check_tensor_file(path)
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
-                sl = f.get_slice(key)
-                count = 1
-                for dim in sl.get_shape():
-                    count *= dim
-                sizes[key] = (count, count * _BYTES.get(sl.get_dtype(), 4))
+    for key, (shape, dtype) in tensor_headers(folder).items():
+        count = 1
+        for dim in shape:
+            count *= dim
+        sizes[key] = (count, count * _BYTES.get(dtype, 4))
     return sizes
 
 
@@ -77,13 +71,14 @@ def build_report(folder: Path) -> dict:
     other_elements = sum(c for k, (c, _) in sizes.items() if not k.startswith(prefixes))
     fp16_bytes = 2 * (quantized_params + other_elements)
     return {
-        "method": qc["quant_method"],
+        "method": qc.get("method", qc["quant_method"]),
         "layers": rows,
         "quantized_params": quantized_params,
         "average_bits": round(8 * quantized_bytes / max(quantized_params, 1), 4),
         "total_bytes": total_bytes,
         "fp16_reference_bytes": fp16_bytes,
         "compression_ratio": round(fp16_bytes / max(total_bytes, 1), 3),
+        "size_vs_fp16": round(total_bytes / max(fp16_bytes, 1), 4),
         "other_tensor_bytes": total_bytes - quantized_bytes,
     }
 
@@ -97,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"\nmethod {report['method']}: {report['quantized_params']} quantized weights at "
         f"{report['average_bits']} bits on average (metadata included); "
-        f"{report['total_bytes']} bytes on disk vs {report['fp16_reference_bytes']} for the "
-        f"same model in fp16 (x{report['compression_ratio']} smaller)"
+        f"{report['total_bytes']} bytes on disk, {report['size_vs_fp16']}x the "
+        f"{report['fp16_reference_bytes']} bytes of the same model in fp16"
     )
     return 0

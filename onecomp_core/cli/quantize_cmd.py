@@ -16,6 +16,7 @@ from ..registry import create_method
 from ..storage import lock
 from ..storage.atomic import remove_leftovers
 from ..storage.destination import check_destination
+from ..storage.save_dtype import SAVE_DTYPES
 from ..transforms.rotation import check_model_supported, check_rotation
 from .checks import check_before_work
 from .options import (
@@ -93,6 +94,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rotate-seed", type=int, default=0, help="seed of the --rotate transforms")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--save-dtype",
+        choices=list(SAVE_DTYPES),
+        help="dtype of the tensors left unquantized (embeddings, norms, head); default: the "
+        "checkpoint's when it is float16/bfloat16, else float16",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--summary-json", help="also write the per-layer summary to this file")
     p.add_argument(
@@ -180,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             rotation=rotation,
             rotation_seed=args.rotate_seed,
+            save_dtype=args.save_dtype,
         )
         return _quantize(args, out, runner, checkpoint_dir)
 

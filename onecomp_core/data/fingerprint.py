@@ -241,3 +241,34 @@ def _is_digest(value: Any) -> bool:
 def _show(value: Any) -> str:
     text = json.dumps(value, default=str)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def local_folder(source: str) -> Path | None:
+    """The folder a model's files are in: a local folder, or a hub id's cached snapshot."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # not cached (yet): the loaded tensors are hashed instead
+        return None
+
+
+def run_versions() -> dict[str, str]:
+    """onecomp-core, the plugins that provide methods, torch and transformers."""
+    import importlib.metadata as md
+
+    from .. import registry
+
+    versions = {}
+    for dist in ("onecomp-core", "torch", "transformers"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = "unknown"
+    for info in registry.plugin_report():
+        if info.methods and info.status == "ok":
+            versions[info.distribution] = info.version
+    return versions

@@ -137,6 +137,16 @@ class ModelConfig:
         parameters = check_weight_files(local) if local.is_dir() else None
         return ModelFacts(context_length(config), parameters)
 
+    def checkpoint_dtype(self) -> torch.dtype | None:
+        """The dtype the model's config.json records (None when it records none)."""
+        import transformers as tf
+
+        config = self._call(tf.AutoConfig.from_pretrained, **self._load_kwargs())
+        dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype.removeprefix("torch."), None)
+        return dtype if isinstance(dtype, torch.dtype) else None
+
     def load_model(self) -> torch.nn.Module:
         """The model on the CPU in ``dtype``, in eval mode with ``use_cache`` off."""
         import transformers as tf

@@ -19,6 +19,8 @@ from ..contract import Artifact, LayerResult, Method
 from .atomic import atomic_folder, check_free
 from .hf_folder import FORMAT_VERSION
 from .packed import layer_table, packed_model
+from .quant_method import checkpoint_quant_method
+from .save_dtype import cast_unquantized
 
 
 def quantization_config(
@@ -32,7 +34,8 @@ def quantization_config(
     """
     config = {
         **method.to_dict(),
-        "quant_method": method.method,
+        "quant_method": checkpoint_quant_method(method.method, rows),
+        "method": method.method,
         "format_version": FORMAT_VERSION,
         "quantizer": type(method).__name__,
         "layers": rows,
@@ -56,11 +59,15 @@ def build_artifact(
 ) -> Artifact:
     """The artifact of a run: ``model`` holds the dequantized weights, ``results`` the layers.
 
-    ``extra`` as for :func:`quantization_config`.
+    ``extra`` as for :func:`quantization_config`, and ``save_dtype`` (a torch
+    dtype, or None to keep the model's): the dtype of the tensors left unquantized.
     """
     rows = layer_table(model, method, results)
+    packed = packed_model(model, method, results, bool(extra.get("conv1d_as_linear")))
+    if extra.get("save_dtype") is not None:
+        cast_unquantized(packed, rows, extra["save_dtype"])
     return Artifact(
-        model=packed_model(model, method, results, bool(extra.get("conv1d_as_linear"))),
+        model=packed,
         rows=rows,
         quantization_config=quantization_config(method, rows, extra),
         tokenizer=tokenizer,

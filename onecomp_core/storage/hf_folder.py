@@ -25,7 +25,15 @@ from ..data import adapters
 from ..data.model import resolve_device, resolve_dtype
 from ..transforms.rotation import attach_online
 from .atomic import atomic_folder
-from .reading import pickle_message, pickle_only, read_json_object, read_tensors
+from .gptq_checkpoint import gptq_table, is_standard_gptq
+from .quant_method import GUARD_FIELD, label_config
+from .reading import (
+    pickle_message,
+    pickle_only,
+    read_json_object,
+    read_tensors,
+    tensor_headers,
+)
 from .skeleton import finish, skeleton
 from .verify import layer_problems, state_problems
 
@@ -44,7 +52,7 @@ def save(artifact: Artifact, out: Path) -> None:
         config = artifact.model.config.to_dict()
         if not config.get("architectures"):  # a model built in code: name it, as HF's save does
             config["architectures"] = [type(artifact.model).__name__]
-        config["quantization_config"] = artifact.quantization_config
+        config = label_config(config, artifact.quantization_config)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if artifact.tokenizer is not None:
             artifact.tokenizer.save_pretrained(str(tmp))
@@ -92,7 +100,11 @@ def _write_weights(state: dict[str, torch.Tensor], folder: Path) -> None:
 
 # -- loading ---------------------------------------------------------------------------------
 def read_quantized_config(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model config dict without quantization_config, quantization_config)."""
+    """(model config dict without quantization_config, quantization_config).
+
+    A standard GPTQ folder written by another tool (transformers, GPTQModel) gets
+    its per-layer table from its config and tensor headers (:mod:`.gptq_checkpoint`).
+    """
     folder = Path(folder)
     path = folder / "config.json"
     if not folder.is_dir():
@@ -100,7 +112,10 @@ def read_quantized_config(folder: str | Path) -> tuple[dict[str, Any], dict[str,
     if not path.is_file():
         raise FileNotFoundError(f"{folder} has no config.json")
     config = read_json_object(path)
+    config.pop(GUARD_FIELD, None)
     qc = config.pop("quantization_config", None)
+    if isinstance(qc, dict) and is_standard_gptq(qc):  # written by another tool
+        qc = gptq_table(qc, tensor_headers(folder), str(path))
     if not isinstance(qc, dict) or not isinstance(qc.get("layers"), dict):
         raise ValueError(
             f"{path} has no onecomp quantization_config: this is not a model "
@@ -140,11 +155,8 @@ def _load(
     """(model, tokenizer, quantization_config) of a saved folder, its config read once."""
     config_dict, qc = read_quantized_config(folder)
     model = skeleton(config_dict)
-    if qc.get("conv1d_as_linear"):
-        adapters.linearize_conv1d(model)
     rows = qc["layers"]
-    for name, row in rows.items():
-        adapters.set_submodule(model, name, _empty_layer(folder, name, row))
+    put_empty_layers(model, qc, folder / "config.json")
     tensors = _read_tensors(folder)
     problems = state_problems(model, tensors, rows)
     if not problems:
@@ -160,7 +172,20 @@ def _load(
     return model.eval(), _tokenizer(folder), qc
 
 
-def _empty_layer(folder: Path, name: str, row: Any) -> nn.Module:
+def put_empty_layers(model: nn.Module, qc: dict[str, Any], source: str | Path) -> None:
+    """Replace every layer of ``qc["layers"]`` by its method's empty module, in place.
+
+    The one way a saved table becomes modules, shared by :func:`load_quantized_model`
+    and the transformers registration (:mod:`onecomp_core.hf`); ``source`` names
+    the config in errors.
+    """
+    if qc.get("conv1d_as_linear"):
+        adapters.linearize_conv1d(model)
+    for name, row in qc["layers"].items():
+        adapters.set_submodule(model, name, _empty_layer(source, name, row))
+
+
+def _empty_layer(source: str | Path, name: str, row: Any) -> nn.Module:
     """The method's empty module for one table row; a bad row is named with its layer."""
     try:
         if not isinstance(row, dict):
@@ -171,7 +196,7 @@ def _empty_layer(folder: Path, name: str, row: Any) -> nn.Module:
     except (KeyError, TypeError, ValueError) as exc:
         what = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
         raise ValueError(
-            f"{folder / 'config.json'}: layer {name} of quantization_config is invalid ({what})"
+            f"{source}: layer {name} of quantization_config is invalid ({what})"
         ) from None
 
 

@@ -78,6 +78,21 @@ def check_tensor_file(path: str | Path) -> None:
         raise DamagedFileError(f"cannot read {path}: {_reason(exc)}") from None
 
 
+def tensor_headers(folder: str | Path) -> dict[str, tuple[list[int], str]]:
+    """Name → (shape, safetensors dtype such as "F16") of every tensor in ``folder``'s files.
+
+    Only the headers are read (each file checked as :func:`check_tensor_file` does).
+    """
+    headers: dict[str, tuple[list[int], str]] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        check_tensor_file(path)
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                piece = f.get_slice(key)
+                headers[key] = (list(piece.get_shape()), piece.get_dtype())
+    return headers
+
+
 def refuse_pickle(path: Path) -> None:
     """A pickle file is refused by name, with the way out."""
     if path.suffix in PICKLE_SUFFIXES:

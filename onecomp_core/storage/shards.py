@@ -32,6 +32,8 @@ from ..engine.offload import drop_tensors
 from .atomic import atomic_file, follow_umask, move_into_place
 from .hf_folder import INDEX_NAME
 from .packed import packers
+from .quant_method import label_config
+from .save_dtype import record_dtype, unquantized_state
 
 _GENERATION = "generation_config.json"
 
@@ -39,9 +41,18 @@ _GENERATION = "generation_config.json"
 class ShardWriter:
     """Writes a model block by block into ``folder`` (a partial output folder)."""
 
-    def __init__(self, folder: str | Path, source: Any, blocks: str, count: int) -> None:
-        """``source``: the streamed model; ``blocks``: the blocks' dotted path; ``count``: how many."""
+    def __init__(
+        self,
+        folder: str | Path,
+        source: Any,
+        blocks: str,
+        count: int,
+        save_dtype: torch.dtype | None = None,
+    ) -> None:
+        """``source``: the streamed model; ``blocks``: the blocks' dotted path; ``count``: how
+        many; ``save_dtype``: the dtype of the unquantized tensors (None: as they are)."""
         self.folder, self.source, self.blocks = Path(folder), source, blocks
+        self.save_dtype = save_dtype
         self.outer = _outer_groups(source.model, blocks)
         self.total = count + len(self.outer)
         self.written = 0
@@ -70,7 +81,7 @@ class ShardWriter:
         prefix = f"{self.blocks}.{index}"
         self._drop_written()
         state = block_state(prefix, block, layers, results, method)
-        self._write(index, state)
+        self._write(index, unquantized_state(state, results, self.save_dtype))
         self.written += 1
         self._pending = [] if self.keep_results else list(results.values())
 
@@ -123,12 +134,14 @@ class ShardWriter:
             module = self.source.materialize(module_name, "cpu", recurse=False)
             state = {k: _saved(getattr(module, k.rpartition(".")[2])) for k in keys}
             self.source.release(module_name, recurse=False)
-            self._write(number, state)
+            self._write(number, unquantized_state(state, (), self.save_dtype))
         self._write_index()
         config = dict(config)
         if not config.get("architectures"):
             config["architectures"] = [type(self.source.model).__name__]
-        config["quantization_config"] = quantization_config
+        if self.save_dtype is not None:
+            config = record_dtype(config, self.save_dtype)
+        config = label_config(config, quantization_config)
         (self.folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(self.folder))

@@ -96,7 +96,8 @@ def test_saved_folder_is_a_hugging_face_folder_with_a_layer_table(run, tmp_path)
         "group_size": -1,
         "sym": True,
         "config_version": 1,
-        "quant_method": "rtn",
+        "quant_method": "onecomp",
+        "method": "rtn",
         "format_version": 1,
         "quantizer": "RTN",
         "calibration_hash": "c0ffee",
@@ -333,6 +334,7 @@ def test_tiny_architectures_quantize_save_and_load(kind, tmp_path):
             HessianRTN(wbits=4),
             calibration,
             show_progress=False,
+            save_dtype="float32",  # the round trip exactly (the default saves float16)
         )
         results = runner.run()
         assert len(results) >= 8  # two blocks, at least four Linears each

@@ -36,6 +36,7 @@ def make_runner(stories_path: Path, calib_path: Path):
             quantizer,
             calibration,
             show_progress=False,
+            save_dtype="float32",  # saved and loaded: equal to the packed model in memory
         )
 
     return make

@@ -28,7 +28,7 @@ def test_gptq_and_dbf_layers_in_one_checkpoint(make_runner, tmp_path):
     assert methods == {"gptq", "dbf"}
     out = runner.save_quantized_model(tmp_path / "mixed")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "autobit"
+    assert qc["method"] == "autobit" and qc["quant_method"] == "onecomp"
     assert {row["method"] for row in qc["layers"].values()} == {"gptq", "dbf"}
     for name, row in qc["layers"].items():
         assert row["method"] == results[name].method

@@ -315,7 +315,7 @@ def test_dbf_fallback_at_low_targets(make_runner, rtn_specs, tmp_path):
     assert {r.target_bits for r in results.values()} == {1.5}
     out = runner.save_quantized_model(tmp_path / "m")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "autobit" and qc["dbf_fallback"]
+    assert qc["method"] == "autobit" and qc["quant_method"] == "onecomp" and qc["dbf_fallback"]
     assert {row["method"] for row in qc["layers"].values()} == {"dbf"}
     model, _ = load_quantized_model(out, device_map="cpu")
     ids = torch.tensor([[1, 50, 60, 70, 80]])

@@ -22,7 +22,8 @@ def _runner(method: DBF) -> Runner:
         dataset=str(CALIB), max_length=32, num_calibration_samples=4, batch_size=2
     )
     config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    return Runner(config, method, calibration, show_progress=False)
+    # float32 saving: the loaded model must equal the packed one in memory exactly
+    return Runner(config, method, calibration, show_progress=False, save_dtype="float32")
 
 
 def test_runner_save_load_logits_equal(tmp_path):

@@ -102,7 +102,7 @@ def mixed_run(tmp_path_factory):
         dataset=str(CALIB), max_length=64, num_calibration_samples=8, batch_size=4
     )
     model_config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    runner = Runner(model_config, quantizer, calibration, show_progress=False)
+    runner = Runner(model_config, quantizer, calibration, show_progress=False, save_dtype="float32")
     runner.run()
     out = runner.save_quantized_model(tmp_path_factory.mktemp("gptq") / "model")
     return runner, out
@@ -126,7 +126,7 @@ def test_saved_model_loads_back_with_same_logits(mixed_run) -> None:
     import json
 
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "gptq" and qc["bits"] == 4 and qc["desc_act"] is True
+    assert qc["method"] == "gptq" and qc["bits"] == 4 and qc["desc_act"] is True
     assert qc["layers"]["model.layers.2.mlp.down_proj"]["bits"] == 3
     model, _ = load_quantized_model(folder)
     layer = model.get_submodule("model.layers.2.mlp.down_proj")
