@@ -104,7 +104,8 @@ class ShardWriter:
             try:
                 fill(name, block)
                 mine = {n: results[n] for n in own}
-                self._write(index, block_state(name, block, own, mine, method))
+                state = block_state(name, block, own, mine, method)
+                self._write(index, unquantized_state(state, mine, self.save_dtype))
             finally:
                 self.source.release(name)
 

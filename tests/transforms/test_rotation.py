@@ -63,6 +63,7 @@ def test_saved_rotated_model_loads_to_the_same_logits(stories_path, tmp_path) ->
         rotation="hadamard",
         rotation_seed=3,
         show_progress=False,
+        save_dtype="float32",  # the unquantized tensors as computed: logits comparable exactly
     )
     runner.run()
     out = runner.save_quantized_model(tmp_path / "rotated")
@@ -90,7 +91,11 @@ def test_streamed_rotation_saves_what_the_whole_model_path_saves(stories_path, t
     def runner() -> Runner:
         config = ModelConfig(path=str(stories_path), dtype="float32", device="cpu")
         return Runner(
-            model_config=config, quantizer=RTN(wbits=4), rotation="hadamard", show_progress=False
+            model_config=config,
+            quantizer=RTN(wbits=4),
+            rotation="hadamard",
+            show_progress=False,
+            save_dtype="float32",
         )
 
     streamed = runner()
