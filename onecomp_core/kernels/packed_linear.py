@@ -9,8 +9,11 @@ Two ways to compute: the exact path (the weight dequantized to fp16, one
 product in the input's dtype; with ``cache_weight`` the fp16 weight is kept,
 as ``onecomp eval`` does per block) and, by default where the layer's
 shapes allow, the fast bf16 path of :mod:`.int_matmul` (torch's int4/int8
-kernels for few rows, a transient bf16 weight for many). ``use_kernel =
-False`` (or :func:`set_fast_path`) keeps a layer exact.
+kernels for few rows, a transient bf16 weight for many). ``use_kernel``
+(or :func:`set_fast_path` for a whole model): None (the default) takes the
+fast path for bf16 inputs only, so fp32 results stay exactly those of the
+dequantized model; True takes it for fp32 inputs too (computed in bf16);
+False never.
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ class PackedIntLinear(nn.Module):
         else:
             self.bias = None
         self._cached: torch.Tensor | None = None
-        #: compute on the fast bf16 path where the shapes allow (False: always exact)
-        self.use_kernel = True
+        #: fast bf16 path where shapes allow: None for bf16 inputs, True for fp32 too, False never
+        self.use_kernel: bool | None = None
         self._fast: FastMatmul | None | bool = None  # None: not planned yet; False: no fast path
 
     @classmethod
@@ -172,7 +175,11 @@ class PackedIntLinear(nn.Module):
 
     def fast_path(self, x: torch.Tensor) -> FastMatmul | None:
         """The fast product for ``x``, or None where the exact path must serve."""
-        if not self.use_kernel or x.dtype not in FAST_DTYPES or x.device != self.qweight.device:
+        if self.use_kernel is False or x.dtype not in FAST_DTYPES:
+            return None
+        if self.use_kernel is None and x.dtype != torch.bfloat16:
+            return None
+        if x.device != self.qweight.device:
             return None
         if x.device.type not in ("cpu", "cuda"):
             return None
@@ -206,8 +213,8 @@ def _padding_used(words: torch.Tensor, n: int, bits: int) -> bool:
     return bool((last >> used).any())
 
 
-def set_fast_path(model: nn.Module, enabled: bool) -> int:
-    """Turn the fast bf16 path of every packed layer in ``model`` on or off; how many layers."""
+def set_fast_path(model: nn.Module, enabled: bool | None) -> int:
+    """``use_kernel`` of every packed layer in ``model`` (True, False, None: bf16 only); how many."""
     layers = [m for m in model.modules() if isinstance(m, PackedIntLinear)]
     for layer in layers:
         layer.use_kernel = enabled

@@ -27,7 +27,9 @@ def layer(out_f, in_f, bits, groupsize, sym=True, act_order=False, seed=0) -> Pa
     if act_order:
         g_idx = g_idx[torch.randperm(in_f, generator=g)]
     bias = torch.randn(out_f, generator=g)
-    return PackedIntLinear.from_codes(codes, scales, zeros, g_idx, bits, bias)
+    module = PackedIntLinear.from_codes(codes, scales, zeros, g_idx, bits, bias)
+    module.use_kernel = True  # fp32 inputs on the fast path too
+    return module
 
 
 def exact(module: PackedIntLinear, x: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,17 @@ def test_the_kernel_weight_holds_the_codes_exactly():
     y = fast._kernel_product(x.bfloat16()).float()
     codes = module.codes().float() - 8
     assert torch.equal(y, x @ codes.t())
+
+
+def test_by_default_only_bf16_inputs_take_the_fast_path():
+    module = layer(48, 256, 4, 32)
+    module.use_kernel = None
+    x = torch.randn(3, 256)
+    assert module.fast_path(x) is None
+    assert torch.equal(module(x), exact(module, x))
+    assert module.fast_path(x.bfloat16()) is not None
+    y = module(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and rel(y.float(), exact(module, x)) < 1e-2
 
 
 def test_exact_path_stays_available():
