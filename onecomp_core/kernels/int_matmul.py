@@ -105,7 +105,13 @@ class FastMatmul:
         if self.perm is not None:
             flat = flat.index_select(1, self.perm)
         flat = flat.to(torch.bfloat16)
-        if rows < DENSE_FROM_ROWS and x.device.type == "cpu" and self._kernel_ready():
+        needs_grad = x.requires_grad and torch.is_grad_enabled()  # the kernels have no backward
+        if (
+            rows < DENSE_FROM_ROWS
+            and x.device.type == "cpu"
+            and not needs_grad
+            and self._kernel_ready()
+        ):
             out = self._kernel_product(flat)
         else:
             out = flat @ self.dense_bf16()

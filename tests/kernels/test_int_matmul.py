@@ -133,3 +133,11 @@ def test_new_tensors_replace_the_kernel_weight():
     a(x)
     a.load_state_dict(b.state_dict())
     assert rel(a(x), exact(b, x)) < 1e-2
+
+
+def test_inputs_that_need_gradients_take_the_differentiable_bf16_weight():
+    module = layer(48, 256, 4, 32)
+    x = torch.randn(2, 256, requires_grad=True)
+    module(x).sum().backward()
+    assert module.fast_path(x)._kernel is None  # no kernel was built or used
+    assert x.grad is not None and x.grad.shape == x.shape
