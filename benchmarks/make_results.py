@@ -27,6 +27,7 @@ COMMANDS = {
     "binary_quality": "python benchmarks/binary_quality.py --method NAME [--set key=value] (appends to benchmarks/results/binary_quality.jsonl)",
     "gptq_defaults": "python benchmarks/gptq_defaults.py --out benchmarks/results/gptq_defaults.jsonl",
     "checkpoint_size": "python benchmarks/checkpoint_size.py --out benchmarks/results/checkpoint_size.jsonl",
+    "inference": "python benchmarks/inference.py --threads 1 2 (appends to benchmarks/results/inference.jsonl)",
 }
 
 

@@ -58,7 +58,7 @@ def test_rtn_sources_and_the_hf_format_are_the_builtin_plugin():
     assert (info.distribution, info.status) == ("onecomp-core", "ok")
     assert info.methods == ["rtn"]
     assert info.sources == BUILTIN_SOURCES
-    assert info.formats == ["hf"]
+    assert info.formats == ["hf", "gguf"]
 
 
 def test_create_method_passes_parameters_and_validates_them():
@@ -121,7 +121,7 @@ def test_disable_autoload_keeps_only_the_builtin_plugin(
     registry.reset()
     assert registry.list_methods() == ["rtn"]
     assert list(report()) == ["builtin"]
-    assert sorted(registry.formats()) == ["hf"]
+    assert sorted(registry.formats()) == ["gguf", "hf"]
 
 
 class Tiny(RTN):

@@ -17,9 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--format",
         required=True,
         metavar="NAME",
-        help="a registered format (see `onecomp plugins`), e.g. hf",
+        help="a registered format (see `onecomp plugins`), e.g. hf or gguf (OUT is then a .gguf file)",
     )
-    p.add_argument("out", help="where the exported model is written")
+    p.add_argument("out", help="where the exported model is written (a folder, or a file for gguf)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(run=run)
 

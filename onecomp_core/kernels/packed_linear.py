@@ -4,6 +4,16 @@ Tensors follow the GPTQ checkpoint layout (``qweight``, ``qzeros``,
 ``scales``, ``g_idx``, optional ``bias``), so RTN checkpoints and GPTQ
 checkpoints are read the same way. ``zero_offset`` is 0 for raw zero points
 ("gptq_v2") and 1 for the legacy "gptq" (v1) convention that stores zero − 1.
+
+Two ways to compute: the exact path (the weight dequantized to fp16, one
+product in the input's dtype; with ``cache_weight`` the fp16 weight is kept,
+as ``onecomp eval`` does per block) and, by default where the layer's
+shapes allow, the fast bf16 path of :mod:`.int_matmul` (torch's int4/int8
+kernels for few rows, a transient bf16 weight for many). ``use_kernel``
+(or :func:`set_fast_path` for a whole model): None (the default) takes the
+fast path for bf16 inputs only, so fp32 results stay exactly those of the
+dequantized model; True takes it for fp32 inputs too (computed in bf16);
+False never.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from torch import nn
 
 from . import packing
 from .grid import num_groups
+from .int_matmul import FAST_DTYPES, FastMatmul, block_layout
 
 
 class PackedIntLinear(nn.Module):
@@ -43,6 +54,9 @@ class PackedIntLinear(nn.Module):
         else:
             self.bias = None
         self._cached: torch.Tensor | None = None
+        #: fast bf16 path where shapes allow: None for bf16 inputs, True for fp32 too, False never
+        self.use_kernel: bool | None = None
+        self._fast: FastMatmul | None | bool = None  # None: not planned yet; False: no fast path
 
     @classmethod
     def from_codes(
@@ -123,8 +137,12 @@ class PackedIntLinear(nn.Module):
         return found
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
-        self._cached = None  # new tensors: forget a cached dense weight
+        self._cached, self._fast = None, None  # new tensors: forget derived weights
         super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cached, self._fast = None, None  # moved or converted: derived weights are stale
+        return super()._apply(fn, *args, **kwargs)
 
     def codes(self) -> torch.Tensor:
         """(out, in) uint8 codes."""
@@ -143,12 +161,41 @@ class PackedIntLinear(nn.Module):
         return w.t().to(torch.float16).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = None if self.cache_weight else self.fast_path(x)
+        return self.exact_forward(x) if fast is None else fast(x)
+
+    def exact_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.linear`` with the fp16 dequantized weight, in x's dtype (kept if ``cache_weight``)."""
         weight = self._cached
-        if weight is None or weight.dtype != x.dtype or weight.device != x.device:
-            weight = self.dequantize().to(x.device, x.dtype)
+        if weight is None or weight.device != x.device:
+            weight = self.dequantize().to(x.device)
             self._cached = weight if self.cache_weight else None
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, weight, bias)
+        return F.linear(x, weight.to(x.dtype), bias)
+
+    def fast_path(self, x: torch.Tensor) -> FastMatmul | None:
+        """The fast product for ``x``, or None where the exact path must serve."""
+        if self.use_kernel is False or x.dtype not in FAST_DTYPES:
+            return None
+        if self.use_kernel is None and x.dtype != torch.bfloat16:
+            return None
+        if x.device != self.qweight.device:
+            return None
+        if x.device.type not in ("cpu", "cuda"):
+            return None
+        if x.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return None
+        if self._fast is None:
+            layout = block_layout(self.g_idx)
+            self._fast = False if layout is None else FastMatmul(self, layout)
+        return self._fast or None
+
+    def derived_bytes(self) -> int:
+        """Bytes held beside the buffers: the fast path's tables and kernel weight, a cached weight."""
+        held = self._fast.kernel_bytes() if isinstance(self._fast, FastMatmul) else 0
+        if self._cached is not None:
+            held += self._cached.numel() * self._cached.element_size()
+        return held
 
     def extra_repr(self) -> str:
         return (
@@ -164,3 +211,11 @@ def _padding_used(words: torch.Tensor, n: int, bits: int) -> bool:
         return False
     last = words[-1].to(torch.int64) & 0xFFFFFFFF
     return bool((last >> used).any())
+
+
+def set_fast_path(model: nn.Module, enabled: bool | None) -> int:
+    """``use_kernel`` of every packed layer in ``model`` (True, False, None: bf16 only); how many."""
+    layers = [m for m in model.modules() if isinstance(m, PackedIntLinear)]
+    for layer in layers:
+        layer.use_kernel = enabled
+    return len(layers)

@@ -61,7 +61,7 @@ def test_plugins_json_lists_the_builtin_plugin_with_what_it_provides():
         "error": None,
         "methods": ["rtn"],
         "sources": ["local-file", "string-list", "hf-dataset", "hub", "self-generated"],
-        "formats": ["hf"],
+        "formats": ["hf", "gguf"],
     }
     if md.entry_points(group="onecomp", name="ternary"):  # the example plugin, when installed
         assert rows["ternary"]["status"] == "ok"
@@ -85,7 +85,7 @@ def test_the_table_has_a_column_per_kind():
     ]
     assert builtin.startswith("builtin") and "rtn" in builtin
     assert "local-file, string-list, hf-dataset, hub, self-generated" in builtin
-    assert builtin.endswith("hf")
+    assert builtin.endswith("hf, gguf")
 
 
 def test_broken_plugins_are_shown_failed_and_the_command_still_succeeds(broken_site):
