@@ -167,15 +167,22 @@ def fit_bases_hessian(
 
 
 def progressive_target(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """The reference's progressive target, with a grid that keeps the weights.
+    """The reference's progressive target, on a grid that keeps the weights.
 
     The reference rounds W to s·round(W/s) with s = max|W|/(2^{b−1} − 1), so at
     b = 2 every weight below max|W|/2 becomes 0. Here the 2^b levels are the
-    mid-rise grid (k + ½)·s, k = −2^{b−1} … 2^{b−1} − 1, with s = max|W|/(2^{b−1} − ½):
-    the extremes stay where they are and no weight is rounded to zero.
+    symmetric mid-rise grid (k + ½)·s, k = −2^{b−1} … 2^{b−1} − 1 (no level at 0),
+    with the step s of least squared error among 40 candidates up to the one
+    whose extreme level is max|W|.
     """
     half = 2 ** (bits - 1)
-    peak = weight.abs().max().clamp_min(_EPS)
-    s = peak / (half - 0.5)
-    k = torch.floor(weight / s).clamp(-half, half - 1)
-    return (k + 0.5) * s
+    w = weight.double()
+    top = float(w.abs().max().clamp_min(_EPS)) / (half - 0.5)
+    best, best_err = None, float("inf")
+    for frac in torch.linspace(0.025, 1.0, 40).tolist():
+        s = top * frac
+        q = (torch.floor(w / s).clamp(-half, half - 1) + 0.5) * s
+        err = float((w - q).pow(2).sum())
+        if err < best_err:
+            best, best_err = q, err
+    return best.to(weight.dtype)
