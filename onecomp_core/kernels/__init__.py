@@ -15,6 +15,7 @@ from .binary import (
     sign_matmul,
 )
 from .binary_twin import ScaledSignsTwin, SignParts, ste_sign
+from .distill import Distiller
 from .grid import (
     dequantize_codes,
     gptq_effective_bits,
@@ -31,6 +32,7 @@ from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_di
 from .signs import pack_signs, packed_size, unpack_signs
 
 __all__ = [
+    "Distiller",
     "GridResult",
     "PackedIntLinear",
     "ScaledSignLinear",

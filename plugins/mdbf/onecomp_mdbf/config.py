@@ -15,6 +15,9 @@ from onecomp_core.contract import Method, param
 
 from .envelope import BUDGETS
 
+#: model-level distillation steps when fine-tuning is on (DBF's default, see the README)
+DEFAULT_DISTILL_STEPS = 400
+
 
 @dataclass
 class MDBFConfig(Method):
@@ -58,6 +61,18 @@ class MDBFConfig(Method):
     finetune_sign_lr: float = param(
         0.02, ge=0, doc="Adam rate of the sign latents (straight-through); 0 = signs fixed"
     )
+
+    distill_steps: int | None = param(
+        None, int, ge=0, optional=True, doc="model-level KL steps; null = 400 with fine-tuning"
+    )
+    distill_lr: float = param(1e-2, gt=0, doc="Adam rate of the envelopes in the distillation")
+    distill_sign_lr: float = param(0.02, ge=0, doc="sign-latent rate of the distillation")
+
+    def resolved_distill_steps(self) -> int:
+        """``distill_steps``, or 400 with fine-tuning on and none without (DBF's rule)."""
+        if self.distill_steps is not None:
+            return self.distill_steps
+        return DEFAULT_DISTILL_STEPS if self.fine_tunes() else 0
 
     def more_problems(self) -> list[str]:
         """Each per-layer override obeys the rule ``mlp_target_bits`` declares."""

@@ -4,20 +4,33 @@
   or ``svd_mode="svd_llm"``; nothing otherwise (the reference's weight-error fit);
 - ``quantize_layer(job)``: the fit of :mod:`onecomp_mdbf.factorization`
   (a dense fallback when it is not finite), signs packed 1 bit each;
+- ``trainable_layer``: the twin of the engine's block fine-tuning
+  (``finetune_steps`` > 0, the default; 0 gives the layer-wise result);
+- ``prepare`` / ``on_block_done`` / ``on_model_done``: the model-level
+  distillation of the twins after the last block (``distill_steps``; the
+  core's streamed :class:`~onecomp_core.kernels.distill.Distiller`);
 - ``inference_layer`` / ``empty_layer``: :class:`~onecomp_mdbf.layer.MultipathMDBFLinear`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from onecomp_core.contract import LayerJob, LayerResult, Needs
-from onecomp_core.kernels import pack_signs
+from onecomp_core.contract import (
+    BlockView,
+    FineTune,
+    LayerJob,
+    LayerResult,
+    Needs,
+    RunView,
+    TrainableLayer,
+)
+from onecomp_core.kernels import Distiller, pack_signs
 
 from .config import MDBFConfig
 from .envelope import mdbf_bits, rank_for
@@ -26,6 +39,7 @@ from .layer import MultipathMDBFLinear
 from .objective import activation_scales, input_correlation
 from .refine import gradient_refine
 from .result import MDBFResult
+from .trainable import MDBFTwin
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +52,55 @@ class MDBF(MDBFConfig):
     result_type: ClassVar[type[LayerResult]] = MDBFResult
     bits_param: ClassVar[str] = "target_bits"
 
+    #: the model-level distillation's state between ``prepare`` and ``on_model_done``
+    _distiller: Distiller | None = field(default=None, init=False, repr=False, compare=False)
+
     def _uses_hessian(self) -> bool:
         return self.activation_aware or self.svd_mode == "svd_llm"
 
     def needs(self) -> Needs:
-        return Needs(inputs="full" if self._uses_hessian() else "none")
+        """H for the activation-aware fit; block fine-tuning and the model pass when on."""
+        finetune = FineTune(self.finetune_steps, self.finetune_lr, seed=self.layer_seed(""))
+        distils = self.resolved_distill_steps() > 0
+        if self._distiller is not None and self._distiller.prepared:
+            distils = distils and self._distiller.active
+        return Needs(
+            inputs="full" if self._uses_hessian() else "none",
+            finetune=finetune if self.fine_tunes() else None,
+            fp_stream=distils,
+            model_pass=distils,
+        )
+
+    def trainable_layer(self, result: LayerResult, linear: nn.Module) -> TrainableLayer | None:
+        """The twin the engine fine-tunes: envelopes (and, with a sign rate, the signs)."""
+        return self._twin(result, linear, self.finetune_sign_lr)
+
+    def _twin(self, result: LayerResult, linear: nn.Module, sign_lr: float) -> MDBFTwin | None:
+        if not isinstance(result, MDBFResult) or not result.is_quantized:
+            return None
+        return MDBFTwin(result, getattr(linear, "bias", None), sign_lr)
+
+    # -- model-level distillation (the core's streamed Distiller) --------------------------
+    def prepare(self, view: RunView) -> None:
+        self._distiller = Distiller()
+        self._distiller.prepare(view, self.resolved_distill_steps() > 0)
+
+    def on_block_done(self, view: BlockView) -> dict[str, LayerResult]:
+        if self._distiller is not None:
+            self._distiller.on_block_done(view)
+        return {}
+
+    def on_model_done(self, view: RunView) -> dict[str, LayerResult]:
+        distiller, self._distiller = self._distiller, None
+        if distiller is None:
+            return {}
+        return distiller.on_model_done(
+            view,
+            lambda result, linear: self._twin(result, linear, self.distill_sign_lr),
+            self.resolved_distill_steps(),
+            self.distill_lr,
+            self.layer_seed("distill"),
+        )
 
     def layer_rank(self, shape: tuple[int, int], name: str) -> int:
         return rank_for(

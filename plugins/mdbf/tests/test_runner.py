@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -19,10 +20,15 @@ def _runner(method, stories_path, calib_path) -> Runner:
     return Runner(config, method, calibration, show_progress=False)
 
 
-def test_save_load_logits_equal_and_bits_are_the_formula(stories_path, calib_path, tmp_path):
-    method = MDBF(target_bits=1.5, l=2, P=2, admm_outer_iters=3, finetune_steps=0)
+def test_save_load_logits_equal_and_bits_are_the_formula(
+    stories_path, calib_path, tmp_path, caplog
+):
+    method = MDBF(target_bits=1.5, l=2, P=2, admm_outer_iters=3, finetune_steps=2, distill_steps=2)
     runner = _runner(method, stories_path, calib_path)
-    results = runner.run()
+    with caplog.at_level(logging.INFO, logger="onecomp_core.kernels.distill"):
+        results = runner.run()
+    kl = [r.args for r in caplog.records if r.msg.startswith("model distillation KL %")]
+    assert len(kl) == 1 and kl[0][1] < kl[0][0]  # the streamed distillation lowered the KL
     assert len(results) == 35 and all(
         r.is_quantized and r.activation_aware for r in results.values()
     )

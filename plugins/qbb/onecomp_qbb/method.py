@@ -4,6 +4,8 @@
   default), nothing with ``"none"`` (the reference's data-free fit);
 - ``quantize_layer(job)``: fit the bases (:mod:`onecomp_qbb.bases`), pack
   the signs 1 bit each;
+- ``trainable_layer``: the twin of the engine's block fine-tuning
+  (``finetune_steps`` > 0, the default; 0 gives the layer-wise result);
 - ``inference_layer`` / ``empty_layer``: :class:`~onecomp_qbb.layer.BinaryBasesLinear`.
 """
 
@@ -16,13 +18,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from onecomp_core.contract import LayerJob, LayerResult, Needs
+from onecomp_core.contract import FineTune, LayerJob, LayerResult, Needs, TrainableLayer
 from onecomp_core.kernels import pack_signs
 
 from .bases import fit_bases, fit_bases_hessian, progressive_target
 from .config import QBBConfig
 from .layer import BinaryBasesLinear
 from .result import QBBResult, qbb_bits
+from .trainable import QBBTwin
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,18 @@ class QBB(QBBConfig):
     bits_param: ClassVar[str] = "wbits"
 
     def needs(self) -> Needs:
-        return Needs(inputs="full" if self.weighting == "activation" else "none")
+        """H for the activation-aware fit; the engine's block fine-tuning when it is on."""
+        finetune = FineTune(self.finetune_steps, self.finetune_lr, seed=self.seed)
+        return Needs(
+            inputs="full" if self.weighting == "activation" else "none",
+            finetune=finetune if self.fine_tunes() else None,
+        )
+
+    def trainable_layer(self, result: LayerResult, linear: nn.Module) -> TrainableLayer | None:
+        """The twin the engine fine-tunes: scales (and, with a sign rate, the signs)."""
+        if not isinstance(result, QBBResult):
+            return None
+        return QBBTwin(result, getattr(linear, "bias", None), self.finetune_sign_lr, self.ste_type)
 
     def bits_for(self, shape: tuple[int, int], name: str = "") -> float:
         """What :meth:`QBBResult.effective_bits` reports for an (out, in) layer."""

@@ -20,10 +20,11 @@ def _runner(method, stories_path, calib_path) -> Runner:
 
 
 def test_save_load_logits_equal_and_bits_are_the_formula(stories_path, calib_path, tmp_path):
-    method = QBB(wbits=3, iters_per_basis=3, finetune_steps=0)
+    method = QBB(wbits=3, iters_per_basis=3, finetune_steps=2)
     runner = _runner(method, stories_path, calib_path)
     results = runner.run()
     assert len(results) == 35 and all(r.weighting == "activation" for r in results.values())
+    assert all(r.finetuned for r in results.values())
     runner.save_quantized_model(tmp_path / "q")
     model, _ = load_quantized_model(tmp_path / "q", device_map="cpu")
     rows = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["layers"]
