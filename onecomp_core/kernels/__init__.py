@@ -1,5 +1,6 @@
 """Plugin-facing kernels: integer grids and their result type, bit packing, packed inference layers,
-1-bit sign products and the scaled-sign layer with its trainable twin.
+1-bit sign products and the scaled-sign layer with its trainable twin, and the streamed
+model-level distillation of any method's trainable twins (:mod:`.distill`).
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
