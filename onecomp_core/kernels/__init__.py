@@ -1,6 +1,7 @@
 """Plugin-facing kernels: integer grids and their result type, the GPTQ solve, bit packing,
 packed inference layers, seeded orthogonal transforms, 1-bit sign products and the
-scaled-sign layer with its trainable twin.
+scaled-sign layer with its trainable twin, and the streamed model-level distillation of any
+method's trainable twins (:mod:`.distill`).
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
@@ -16,6 +17,7 @@ from .binary import (
     sign_matmul,
 )
 from .binary_twin import ScaledSignsTwin, SignParts, ste_sign
+from .distill import Distiller
 from .gptq_solve import (
     dequantize,
     gptq_quantize,
@@ -47,6 +49,7 @@ from .signs import pack_signs, packed_size, unpack_signs
 
 __all__ = [
     "GPTQOutput",
+    "Distiller",
     "GridResult",
     "GridSpec",
     "OrthogonalTransform",
