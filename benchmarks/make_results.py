@@ -23,6 +23,7 @@ COMMANDS = {
     "dbf_quality": "python benchmarks/dbf_quality.py --set target_bits=1.5 [--set finetune_steps=0] [--qep] (appends to benchmarks/results/dbf_quality.jsonl)",
     "autobit_quality": "python benchmarks/autobit_quality.py --out benchmarks/results/autobit_quality.jsonl",
     "qep_quality": "python benchmarks/qep_quality.py --out benchmarks/results/qep_quality.jsonl",
+    "binary_quality": "python benchmarks/binary_quality.py --method NAME [--set key=value] (appends to benchmarks/results/binary_quality.jsonl)",
 }
 
 

@@ -7,6 +7,7 @@ private to the core. This package imports nothing else of the core.
 - :class:`Method` — the behaviour, and (its dataclass fields) the parameters;
 - :func:`param` / :class:`Config` / :class:`ConfigError` — parameters as data;
 - :class:`Needs` / :class:`GradientMoments` — what the method asks of the engine;
+- :class:`FineTune` / :class:`TrainableLayer` — block fine-tuning the engine runs;
 - :class:`LayerJob` / :class:`LayerResult` — one layer in, one result out;
 - :class:`BlockView` / :class:`RunView` / :class:`LayerMoments` — what lifecycle hooks see;
 - :class:`ModelWalk` — the model as its blocks, one at a time, for model-level steps;
@@ -14,6 +15,7 @@ private to the core. This package imports nothing else of the core.
 """
 
 from .config import Config, ConfigError, param
+from .finetune import FineTune, TrainableLayer
 from .method import Method
 from .needs import GradientMoments, Needs
 from .register import Artifact, Register, hookimpl
@@ -25,6 +27,7 @@ __all__ = [
     "BlockView",
     "Config",
     "ConfigError",
+    "FineTune",
     "GradientMoments",
     "LayerJob",
     "LayerMoments",
@@ -34,6 +37,7 @@ __all__ = [
     "Needs",
     "Register",
     "RunView",
+    "TrainableLayer",
     "hookimpl",
     "param",
 ]

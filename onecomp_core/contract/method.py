@@ -16,7 +16,11 @@ behaviour. The engine calls, in this order:
 6. ``on_model_done(view)`` — once after the last layer, on the quantized
    model (model-level distillation); returns the results it changed;
 
-and, to save and load, ``inference_layer(result, linear)`` (the compressed
+and, when ``needs().finetune`` is set, ``trainable_layer(result, linear)``
+after step 4 of each block: the differentiable twin the engine fine-tunes
+(block fine-tuning, :mod:`onecomp_core.contract.finetune`).
+
+To save and load, ``inference_layer(result, linear)`` (the compressed
 module) and ``empty_layer(row)`` (the same module with empty tensors, from
 the saved per-layer row, so a checkpoint loads without re-quantizing).
 """
@@ -32,6 +36,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from .config import Config, param
+from .finetune import TrainableLayer
 from .needs import Needs
 from .result import LayerResult
 from .selection import SelectionRules, pattern_problems, select_layers
@@ -169,6 +174,15 @@ class Method(Config):
     def empty_layer(cls, row: dict[str, Any]) -> nn.Module:
         """An inference layer with the right shapes from a saved row (values loaded after)."""
         raise NotImplementedError(f"{cls.__name__} cannot rebuild its inference layers")
+
+    def trainable_layer(self, result: LayerResult, linear: nn.Module) -> TrainableLayer | None:
+        """A differentiable twin of ``result`` for block fine-tuning (None: nothing to train).
+
+        ``linear`` is the layer (its bias, device, dtype) with the result's
+        dequantized weight written in. Called only when ``needs().finetune``
+        is active, after the block's layers are quantized.
+        """
+        return None
 
     # -- lifecycle hooks (default: nothing) ---------------------------------------------------
     def choose_layers(self, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .finetune import FineTune
+
 INPUT_STATISTICS = ("none", "diag", "full")
 GRADIENT_LABELS = ("model", "data")
 GRADIENT_SCOPES = ("model", "block")
@@ -61,10 +63,20 @@ class Needs:
     sequential: bool = False
     model_pass: bool = False
     precision: torch.dtype = torch.float32
+    finetune: FineTune | None = None
 
     def __post_init__(self) -> None:
         if self.inputs not in INPUT_STATISTICS:
             raise ValueError(f"Needs.inputs={self.inputs!r}: expected one of {INPUT_STATISTICS}")
+        if self.finetune is not None and not isinstance(self.finetune, FineTune):
+            raise TypeError(f"Needs.finetune={self.finetune!r}: expected a FineTune or None")
+        if self.fine_tunes:  # fine-tuning matches the fp block's outputs: keep the fp stream
+            object.__setattr__(self, "fp_stream", True)
+
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the engine fine-tunes blocks (a FineTune with steps > 0)."""
+        return self.finetune is not None and self.finetune.active
 
     @staticmethod
     def strongest(kinds: list[str]) -> str:

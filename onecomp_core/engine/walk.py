@@ -31,6 +31,7 @@ from ..storage.packed import apply_results
 from . import blocks as blockwise
 from . import quant_error
 from .checkpoint import BlockCheckpoint
+from .finetune import finetune_block
 from .gradients import moments_for
 from .model_walk import Walk
 from .offload import DiskStreams, light_result
@@ -258,6 +259,10 @@ class Engine:
             fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
+        if self.needs.fine_tunes and streams is not None:  # engine block fine-tuning
+            with self._timed("finetune_s"):
+                self._update(finetune_block(self.method, view, self.needs.finetune)[0])
+            view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         with self._timed("block_hooks_s"):
             self._update(self.method.on_block_done(view))
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})

@@ -1,10 +1,20 @@
-"""Plugin-facing kernels: integer grids and their result type, bit packing, packed inference layers.
+"""Plugin-facing kernels: integer grids and their result type, bit packing, packed inference layers,
+1-bit sign products and the scaled-sign layer with its trainable twin.
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
 plugin copies another's packing or grid arithmetic.
 """
 
+from .binary import (
+    ScaledSignLinear,
+    band_rows,
+    scaled_signs,
+    sign_bands,
+    sign_bits,
+    sign_matmul,
+)
+from .binary_twin import ScaledSignsTwin, SignParts, ste_sign
 from .grid import (
     dequantize_codes,
     gptq_effective_bits,
@@ -23,6 +33,10 @@ from .signs import pack_signs, packed_size, unpack_signs
 __all__ = [
     "GridResult",
     "PackedIntLinear",
+    "ScaledSignLinear",
+    "ScaledSignsTwin",
+    "SignParts",
+    "band_rows",
     "dequantize_codes",
     "gptq_effective_bits",
     "grid_params",
@@ -36,6 +50,11 @@ __all__ = [
     "packed_size",
     "quantize_codes",
     "round_scale",
+    "scaled_signs",
+    "sign_bands",
+    "sign_bits",
+    "sign_matmul",
+    "ste_sign",
     "unpack_dim0",
     "unpack_dim1",
     "unpack_signs",

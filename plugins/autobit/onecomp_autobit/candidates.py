@@ -183,12 +183,15 @@ def shaped_statistics(child: Method, hessian: torch.Tensor | None) -> torch.Tens
 
 def combined_needs(children: Sequence[Method], own: Needs | None = None) -> Needs:
     """What serves every child: the strongest input statistic, any engine feature, the widest
-    precision; ``own`` adds AutoBit's planning moments (else the first child's moments)."""
+    precision; ``own`` adds AutoBit's planning moments (else the first child's moments).
+    Block fine-tuning: the first child's that fine-tunes (one schedule trains every twin)."""
     needs = [c.needs() for c in children]
     moments = own.moments if own is not None else None
     if moments is None:
         moments = next((n.moments for n in needs if n.moments is not None), None)
+    finetune = next((n.finetune for n in needs if n.fine_tunes), None)
     return Needs(
+        finetune=finetune,
         inputs=Needs.strongest([n.inputs for n in needs]),
         moments=moments,
         fp_stream=any(n.fp_stream for n in needs),

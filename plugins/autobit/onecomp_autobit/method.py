@@ -12,7 +12,8 @@ The engine drives it like any method (see :mod:`onecomp_core.contract.method`):
    candidate prepares over its own layers;
 4. ``quantize_layer(job)``: the layer's candidate quantizes it with the
    statistics it asks for (its results name their own method);
-5. ``on_block_done`` / ``on_model_done``: forwarded to each chosen candidate
+5. ``trainable_layer`` (engine block fine-tuning): the layer's candidate's twin;
+   ``on_block_done`` / ``on_model_done``: forwarded to each chosen candidate
    with the view restricted to its layers; the report is written last.
 
 AutoBit keeps its plan (its own state) and never changes shared state: the
@@ -36,6 +37,7 @@ from onecomp_core.contract import (
     Method,
     Needs,
     RunView,
+    TrainableLayer,
 )
 
 from . import planner, report
@@ -52,12 +54,15 @@ class AutoBitQuantizer(AutoBitConfig):
 
     #: the plan (None until ``choose_layers``); AutoBit's own state, not a parameter
     plan: Plan | None = field(default=None, init=False, repr=False, compare=False)
+    #: layer module id → its name (from ``choose_layers``): ``trainable_layer`` gets the module
+    _names: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     #: whether planning keeps the full Kronecker factors (decided in ``choose_layers``)
     full_planning: bool = field(default=False, init=False, repr=False, compare=False)
 
     # -- before calibration -------------------------------------------------------------------
     def choose_layers(self, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
         self.plan, kept = planner.choose(self, layers)
+        self._names = {id(module): name for name, module in kept.items()}
         self.full_planning = planner.full_planning(self, kept)
         return kept
 
@@ -100,6 +105,12 @@ class AutoBitQuantizer(AutoBitConfig):
     def quantize_layer(self, job: LayerJob) -> LayerResult:
         child = self._plan().child(job.name)
         return child.quantize(job.with_hessian(shaped_statistics(child, job.hessian)))
+
+    def trainable_layer(self, result: LayerResult, linear: nn.Module) -> TrainableLayer | None:
+        name = self._names.get(id(linear))
+        if name is None or self.plan is None or name not in self.plan.choice:
+            return None
+        return self.plan.child(name).trainable_layer(result, linear)
 
     def on_block_done(self, view: BlockView) -> dict[str, LayerResult]:
         changed: dict[str, LayerResult] = {}
