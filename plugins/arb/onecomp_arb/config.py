@@ -28,9 +28,14 @@ class ARBConfig(Method):
     sign_rounds: int = param(
         2, ge=0, le=20, doc="x/rc: rounds of error-feedback signs + scale refit (0 = sign rule)"
     )
-    damp: float = param(0.01, gt=0, le=1, doc="relative damping of XᵀX for the feedback signs")
+    percdamp: float = param(
+        0.01, gt=0, le=1, doc="damping (× mean diag) of XᵀX for the feedback signs"
+    )
     finetune_steps: int = param(100, ge=0, doc="block-wise Adam steps; 0 = layer-wise only")
     finetune_lr: float = param(1e-2, gt=0, doc="Adam learning rate of the scales")
+    finetune_sign_lr: float = param(
+        0.0, ge=0, doc="Adam learning rate of the sign latents (straight-through); 0 = fixed"
+    )
 
     def fine_tunes(self) -> bool:
         """Whether the blocks are fine-tuned (``finetune_steps`` > 0)."""

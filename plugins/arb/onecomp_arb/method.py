@@ -2,10 +2,13 @@
 
 - ``needs()``: XᵀX per layer for the calibration-aware variants ("x",
   "rc"), nothing for the seed's "arb", plus the full-precision stream when
-  the blocks are fine-tuned;
+  the blocks are fine-tuned (``Needs.finetune``);
 - ``quantize_layer(job)``: :func:`onecomp_arb.fit.fit_layer`, scales rounded
   to fp16, signs packed 8 per byte;
-- ``inference_layer`` / ``empty_layer``: :class:`~onecomp_arb.layer.BinaryScaledLinear`.
+- ``inference_layer`` / ``empty_layer``: the core's
+  :class:`~onecomp_core.kernels.ScaledSignLinear` (y = α ⊙ (B (c ⊙ x)) + μ·1ᵀx);
+- ``trainable_layer``: :class:`~onecomp_arb.trainable.TrainableARB` for the
+  engine's block fine-tuning (``finetune_steps`` > 0).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from onecomp_core.contract import LayerJob, LayerResult, Needs
-from onecomp_core.kernels import pack_signs
+from onecomp_core.contract import FineTune, LayerJob, LayerResult, Needs, TrainableLayer
+from onecomp_core.kernels import ScaledSignLinear, pack_signs
 
 from .config import ARBConfig
 from .fit import fit_layer
-from .layer import BinaryScaledLinear
 from .result import ARBResult, arb_bits
+from .trainable import TrainableARB
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,8 @@ class ARB(ARBConfig):
     result_type: ClassVar[type[LayerResult]] = ARBResult
 
     def needs(self) -> Needs:
-        return Needs(inputs="full" if self.calibrated() else "none", fp_stream=self.fine_tunes())
+        finetune = FineTune(self.finetune_steps, self.finetune_lr) if self.fine_tunes() else None
+        return Needs(inputs="full" if self.calibrated() else "none", finetune=finetune)
 
     @property
     def nominal_bits(self) -> float:
@@ -63,7 +67,7 @@ class ARB(ARBConfig):
             self.arb_iters,
             self.split_points,
             self.sign_rounds,
-            self.damp,
+            self.percdamp,
         )
         return ARBResult(
             signs=pack_signs(fit.signs),
@@ -79,16 +83,21 @@ class ARB(ARBConfig):
         )
 
     def inference_layer(self, result: ARBResult, linear: nn.Module) -> nn.Module:
-        bias = getattr(linear, "bias", None)
-        return BinaryScaledLinear.from_parts(
-            result.signs, result.alpha, result.mu, result.col_scale, result.in_features, bias
+        return ScaledSignLinear.from_parts(
+            result.signs,
+            result.alpha,
+            col_scale=result.col_scale,
+            row_offset=result.mu,
+            bias=getattr(linear, "bias", None),
+            shape=(result.out_features, result.in_features),
         )
 
     @classmethod
     def empty_layer(cls, row: dict[str, Any]) -> nn.Module:
-        return BinaryScaledLinear(
-            row["in_features"],
-            row["out_features"],
-            row.get("variant", "rc") == "rc",
-            bool(row.get("bias", False)),
-        )
+        return ScaledSignLinear.from_row(row)
+
+    def trainable_layer(self, result: LayerResult, linear: nn.Module) -> TrainableLayer | None:
+        """The scaled-sign twin of an ARB layer (the block fine-tuning trains it)."""
+        if not isinstance(result, ARBResult):
+            return None
+        return TrainableARB(result, getattr(linear, "bias", None), self.finetune_sign_lr)

@@ -51,7 +51,9 @@ class ARBResult(LayerResult):
         return w.to(device or "cpu", torch.float16)
 
     def layer_config(self) -> dict[str, Any]:
-        return {"variant": self.variant}
+        """The variant, and which optional vectors the saved layer holds (``ScaledSignLinear``)."""
+        rc = self.col_scale is not None
+        return {"variant": self.variant, "col_scale": rc, "row_offset": not rc}
 
     def effective_bits(self, out_features: int, in_features: int) -> float:
         return arb_bits(out_features, in_features, self.variant)

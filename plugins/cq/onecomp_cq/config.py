@@ -26,9 +26,14 @@ class CQConfig(Method):
     code_rounds: int = param(
         2, ge=0, le=20, doc="with weighting=full: rounds of error-feedback codes + level refit"
     )
-    damp: float = param(0.01, gt=0, le=1, doc="relative damping of XᵀX for the feedback codes")
+    percdamp: float = param(
+        0.01, gt=0, le=1, doc="damping (× mean diag) of XᵀX for the feedback codes"
+    )
     finetune_steps: int = param(100, ge=0, doc="block-wise Adam steps; 0 = layer-wise only")
     finetune_lr: float = param(1e-2, gt=0, doc="Adam learning rate of the levels")
+    finetune_sign_lr: float = param(
+        0.0, ge=0, doc="Adam learning rate of the sign latents (straight-through); 0 = fixed"
+    )
 
     def fine_tunes(self) -> bool:
         """Whether the blocks are fine-tuned (``finetune_steps`` > 0)."""

@@ -2,7 +2,7 @@
 
 With μ = (left + right)/2, α = (right − left)/2 and S = 2·code − 1 ∈ {±1}:
 y = α ⊙ (S x) + μ·(1ᵀx) (+ bias) — one sign matmul and a rank-one
-correction, never the dense weight. Buffers: ``codes`` (packed 8 per byte,
+correction (the core's band-wise ``sign_matmul``), never the dense weight. Buffers: ``codes`` (packed 8 per byte,
 bit 1 = upper level), ``left_mean`` / ``right_mean`` fp16 (out,) or (1,),
 optional fp16 ``bias``. The signs are unpacked per call, or once with
 ``cache_signs``.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onecomp_core.kernels import pack_signs, packed_size, unpack_signs
+from onecomp_core.kernels import pack_signs, packed_size, sign_matmul, unpack_signs
 
 
 class ClusterLinear(nn.Module):
@@ -94,8 +94,11 @@ class ClusterLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         alpha, mu = self.scale_and_offset()
-        s = self.signs(x.dtype)
-        y = (x @ s.t()) * alpha.to(x.dtype) + x.sum(dim=-1, keepdim=True) * mu.to(x.dtype)
+        if self.cache_signs:
+            y = x @ self.signs(x.dtype).to(x.device).t()
+        else:  # band by band from the packed codes, never the whole ±1 matrix
+            y = sign_matmul(x, self.codes, self.out_features, self.in_features)
+        y = y * alpha.to(x.dtype) + x.sum(dim=-1, keepdim=True) * mu.to(x.dtype)
         if self.bias is not None:
             y = y + self.bias.to(x.dtype)
         return y

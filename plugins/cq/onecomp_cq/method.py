@@ -1,11 +1,13 @@
 """The CQ method: what it needs from the engine, its per-layer hook and its inference layers.
 
 - ``needs()``: XᵀX per layer for ``weighting="full"``, its diagonal for
-  "diag", nothing for "none" (the seed's data-free CQ), plus the
-  full-precision stream when the blocks are fine-tuned;
+  "diag", nothing for "none" (the seed's data-free CQ), plus block
+  fine-tuning (``Needs.finetune``) when ``finetune_steps`` > 0;
 - ``quantize_layer(job)``: :func:`onecomp_cq.fit.fit_layer`, levels rounded
   to fp16, codes packed 8 per byte;
-- ``inference_layer`` / ``empty_layer``: :class:`~onecomp_cq.layer.ClusterLinear`.
+- ``inference_layer`` / ``empty_layer``: :class:`~onecomp_cq.layer.ClusterLinear`;
+- ``trainable_layer``: :class:`~onecomp_cq.trainable.TrainableCQ` for the
+  engine's block fine-tuning (``finetune_steps`` > 0; per-row levels only).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from onecomp_core.contract import LayerJob, LayerResult, Needs
+from onecomp_core.contract import FineTune, LayerJob, LayerResult, Needs, TrainableLayer
 from onecomp_core.kernels import pack_signs
 
 from .config import CQConfig
 from .fit import fit_layer
 from .layer import ClusterLinear
 from .result import CQResult, cq_bits
+from .trainable import TrainableCQ
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,8 @@ class CQ(CQConfig):
 
     def needs(self) -> Needs:
         inputs = {"full": "full", "diag": "diag", "none": "none"}[self.weighting]
-        return Needs(inputs=inputs, fp_stream=self.fine_tunes())
+        finetune = FineTune(self.finetune_steps, self.finetune_lr) if self.fine_tunes() else None
+        return Needs(inputs=inputs, finetune=finetune)
 
     @property
     def nominal_bits(self) -> float:
@@ -63,7 +67,7 @@ class CQ(CQConfig):
             self.weighting,
             self.each_row,
             self.code_rounds,
-            self.damp,
+            self.percdamp,
         )
         pairs = slice(None) if self.each_row else slice(0, 1)
         return CQResult(
@@ -92,3 +96,9 @@ class CQ(CQConfig):
             bool(row.get("each_row", True)),
             bool(row.get("bias", False)),
         )
+
+    def trainable_layer(self, result: LayerResult, linear: nn.Module) -> TrainableLayer | None:
+        """The scaled-sign twin of a CQ layer with per-row levels (one pair per matrix: none)."""
+        if not isinstance(result, CQResult) or not result.each_row:
+            return None
+        return TrainableCQ(result, getattr(linear, "bias", None), self.finetune_sign_lr)
