@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+from onecomp_arb import ARBResult
+from onecomp_core.kernels import pack_signs
 
 ASSETS = Path(__file__).resolve().parents[4] / "shared" / "assets"
 
@@ -33,3 +37,30 @@ def make_runner(stories_path: Path):
         return Runner(config, method, calibration, show_progress=False)
 
     return make
+
+
+def _result(p: int, m: int, variant: str, seed: int = 0) -> tuple[ARBResult, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    signs = torch.where(torch.rand(p, m, generator=gen) < 0.5, -1.0, 1.0)
+    alpha = torch.rand(p, generator=gen).add(0.1).half()
+    rc = variant == "rc"
+    col = torch.rand(m, generator=gen).add(0.5).half() if rc else None
+    mu = None if rc else torch.randn(p, generator=gen).half()
+    dense = alpha.float()[:, None] * signs
+    dense = dense * col.float()[None, :] if rc else dense + mu.float()[:, None]
+    result = ARBResult(
+        signs=pack_signs(signs),
+        alpha=alpha,
+        mu=mu,
+        col_scale=col,
+        out_features=p,
+        in_features=m,
+        variant=variant,
+    )
+    return result, dense
+
+
+@pytest.fixture
+def make_result():
+    """A builder of small results with known dense weights: (result, dense)."""
+    return _result

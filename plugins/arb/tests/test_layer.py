@@ -6,35 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onecomp_arb import ARB, ARBResult
-from onecomp_core.kernels import pack_signs
-
-
-def _result(p: int, m: int, variant: str, seed: int = 0) -> tuple[ARBResult, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    signs = torch.where(torch.rand(p, m, generator=gen) < 0.5, -1.0, 1.0)
-    alpha = torch.rand(p, generator=gen).add(0.1).half()
-    rc = variant == "rc"
-    col = torch.rand(m, generator=gen).add(0.5).half() if rc else None
-    mu = None if rc else torch.randn(p, generator=gen).half()
-    dense = alpha.float()[:, None] * signs
-    dense = dense * col.float()[None, :] if rc else dense + mu.float()[:, None]
-    result = ARBResult(
-        signs=pack_signs(signs),
-        alpha=alpha,
-        mu=mu,
-        col_scale=col,
-        out_features=p,
-        in_features=m,
-        variant=variant,
-    )
-    return result, dense
+from onecomp_arb import ARB
 
 
 @pytest.mark.parametrize("shape", [(7, 13), (1, 5), (3, 1), (17, 9)])
 @pytest.mark.parametrize("variant", ["rc", "x", "arb"])
-def test_packing_round_trip_and_forward(shape, variant):
-    result, dense = _result(*shape, variant)
+def test_packing_round_trip_and_forward(make_result, shape, variant):
+    result, dense = make_result(*shape, variant)
     assert torch.equal(result.dequantize().float(), dense.half().float())
     linear = torch.nn.Linear(shape[1], shape[0], bias=True)
     layer = ARB(variant=variant).inference_layer(result, linear)
@@ -50,9 +28,9 @@ def test_packing_round_trip_and_forward(shape, variant):
 
 
 @pytest.mark.parametrize("variant", ["rc", "x"])
-def test_bits_and_buffers_are_the_real_size(variant):
+def test_bits_and_buffers_are_the_real_size(make_result, variant):
     p, m = 64, 172
-    result, _ = _result(p, m, variant)
+    result, _ = make_result(p, m, variant)
     layer = ARB(variant=variant).inference_layer(result, torch.nn.Linear(m, p, bias=False))
     stored = sum(t.numel() * t.element_size() for t in layer.state_dict().values())
     vectors = (p + m) if variant == "rc" else 2 * p

@@ -14,9 +14,10 @@ IDS = torch.tensor([[1, 403, 407, 261, 378, 418, 260, 296, 324, 262]])
 
 
 def test_save_load_logits_equal(make_runner, tmp_path):
-    runner = make_runner(ARB(finetune_steps=0, arb_iters=3, sign_rounds=1))
+    runner = make_runner(ARB(finetune_steps=3, arb_iters=3, sign_rounds=1))
     results = runner.run()
     assert len(results) == 35 and {r.variant for r in results.values()} == {"rc"}
+    assert any(r.finetuned for r in results.values())  # block fine-tuning ran and was kept
     out = runner.save_quantized_model(tmp_path / "q")
     rows = json.loads((out / "config.json").read_text())["quantization_config"]["layers"]
     for row in rows.values():

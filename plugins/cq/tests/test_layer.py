@@ -5,32 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from onecomp_core.kernels import pack_signs
-from onecomp_cq import CQ, ClusterLinear, CQResult
-
-
-def _result(p: int, m: int, each_row: bool = True, seed: int = 0) -> tuple[CQResult, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    codes = torch.rand(p, m, generator=gen) < 0.5
-    pairs = p if each_row else 1
-    left = (-torch.rand(pairs, generator=gen)).half()
-    right = torch.rand(pairs, generator=gen).half()
-    dense = torch.where(codes, right.float()[:, None], left.float()[:, None]).expand(p, m)
-    result = CQResult(
-        codes=pack_signs(codes.float() * 2 - 1),
-        left_mean=left,
-        right_mean=right,
-        out_features=p,
-        in_features=m,
-        each_row=each_row,
-    )
-    return result, dense
+from onecomp_cq import CQ, ClusterLinear
 
 
 @pytest.mark.parametrize("shape", [(7, 13), (1, 5), (3, 1), (17, 9)])
 @pytest.mark.parametrize("each_row", [True, False])
-def test_packing_round_trip_and_forward(shape, each_row):
-    result, dense = _result(*shape, each_row=each_row)
+def test_packing_round_trip_and_forward(make_result, shape, each_row):
+    result, dense = make_result(*shape, each_row=each_row)
     assert torch.equal(result.dequantize().float(), dense)
     linear = torch.nn.Linear(shape[1], shape[0], bias=True)
     layer = CQ().inference_layer(result, linear)
@@ -46,8 +27,8 @@ def test_packing_round_trip_and_forward(shape, each_row):
     assert empty.state_problems() == []
 
 
-def test_bits_and_buffers_are_the_real_size():
-    result, _ = _result(64, 172)
+def test_bits_and_buffers_are_the_real_size(make_result):
+    result, _ = make_result(64, 172)
     layer = CQ().inference_layer(result, torch.nn.Linear(172, 64, bias=False))
     stored = sum(t.numel() * t.element_size() for t in layer.state_dict().values())
     assert stored == 64 * 172 // 8 + 2 * 64 * 2
@@ -56,16 +37,16 @@ def test_bits_and_buffers_are_the_real_size():
     assert CQ(each_row=False).bits_for((64, 172)) == pytest.approx(1 + 32 / (64 * 172))
 
 
-def test_codes_packed_for_another_shape_are_refused():
-    result, _ = _result(3, 5)  # 15 codes: one padding bit
+def test_codes_packed_for_another_shape_are_refused(make_result):
+    result, _ = make_result(3, 5)  # 15 codes: one padding bit
     layer = CQ().inference_layer(result, torch.nn.Linear(5, 3, bias=False))
     layer.codes[-1] &= 0xFE
     assert layer.state_problems()
 
 
 @pytest.mark.parametrize("cache", [False, True])
-def test_cached_signs_agree(cache):
-    result, dense = _result(5, 7)
+def test_cached_signs_agree(make_result, cache):
+    result, dense = make_result(5, 7)
     layer = ClusterLinear.from_parts(
         result.codes, result.left_mean, result.right_mean, (5, 7), cache_signs=cache
     )

@@ -13,9 +13,10 @@ IDS = torch.tensor([[1, 403, 407, 261, 378, 418, 260, 296, 324, 262]])
 
 
 def test_save_load_logits_equal(make_runner, tmp_path):
-    runner = make_runner(CQ(finetune_steps=0, code_rounds=1))
+    runner = make_runner(CQ(finetune_steps=3, code_rounds=1))
     results = runner.run()
     assert len(results) == 35 and {r.weighting for r in results.values()} == {"full"}
+    assert any(r.finetuned for r in results.values())  # block fine-tuning ran and was kept
     out = runner.save_quantized_model(tmp_path / "q")
     rows = json.loads((out / "config.json").read_text())["quantization_config"]["layers"]
     for row in rows.values():
