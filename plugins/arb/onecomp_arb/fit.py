@@ -6,7 +6,7 @@
 
 For "x" and "rc" with XᵀX, ``sign_rounds`` rounds then choose every sign
 with error feedback through XᵀX
-(:func:`onecomp_core.kernels.two_level.feedback_codes`, the two levels of a
+(:func:`onecomp_core.kernels.feedback_codes`, the two levels of a
 weight being μ_i ± α_i or ±r_i·c_j) and refit the scales for those signs.
 The best iterate by output error is kept.
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from onecomp_core.kernels.two_level import feedback_codes
+from onecomp_core.kernels import feedback_codes
 
 from .binarization import arb_rc, arb_split, arb_x, compose, joint_alpha_mu
 

@@ -4,7 +4,7 @@
 - ``"diag"``: the same, each column weighted by its input second moment
   diag(XᵀX)_j (the weight error as the diagonal of the output error sees it);
 - ``"full"``: from that start, ``code_rounds`` rounds of (codes chosen with
-  error feedback through XᵀX, :func:`onecomp_core.kernels.two_level.feedback_codes`;
+  error feedback through XᵀX, :func:`onecomp_core.kernels.feedback_codes`;
   levels refitted by least squares in XᵀX). The best iterate by output error
   is kept, so a round never makes the layer worse.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from onecomp_core.kernels.two_level import feedback_codes
+from onecomp_core.kernels import feedback_codes
 
 from .clustering import cluster_matrix, dequantize_levels, output_error, refit_levels
 
