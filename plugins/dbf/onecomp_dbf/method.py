@@ -6,7 +6,8 @@
   fine-tuning, a model pass for the distillation;
 - ``quantize_layer(job)``: the weighted fit of one layer (a dense fallback
   when it is not finite);
-- ``on_block_done(view)``: block fine-tuning (:mod:`onecomp_dbf.finetune`);
+- ``trainable_layer(result, linear)``: the twin the engine's block
+  fine-tuning trains (``Needs.finetune``; :class:`~onecomp_dbf.trainable.TrainableDBF`);
 - the last block's ``on_block_done`` keeps the full-precision stream after
   the last block as the teacher, and ``on_model_done(view)`` distils every
   DBF layer against it through the engine's block walk
@@ -27,6 +28,7 @@ from torch import nn
 
 from onecomp_core.contract import (
     BlockView,
+    FineTune,
     GradientMoments,
     LayerJob,
     LayerResult,
@@ -39,11 +41,11 @@ from .config import DBFConfig
 from .distill import Teacher, distill_model
 from .factorization import factorize
 from .factors import middle_dim, total_bits
-from .finetune import finetune_block
 from .layer import DoubleBinaryLinear, dense_layer
 from .objective import activation_scales, gradient_scales, input_correlation
 from .refit import refit_vectors_hessian
 from .result import DBFResult
+from .trainable import TrainableDBF
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,14 @@ class DBF(DBFConfig):
             moments=gradients,
             fp_stream=self.fine_tunes() or distils,
             model_pass=distils,
+            finetune=self._finetune(),
         )
+
+    def _finetune(self) -> FineTune | None:
+        """The engine's block fine-tuning of the vectors (None with ``finetune_steps=0``)."""
+        if not self.fine_tunes():
+            return None
+        return FineTune(self.finetune_steps, self.finetune_lr, seed=self.seed)
 
     def _distils(self) -> bool:
         if self.resolved_distill_steps() <= 0:
@@ -182,15 +191,19 @@ class DBF(DBFConfig):
             row["in_features"], row["out_features"], row["mid_features"], bias=has_bias
         )
 
-    # -- lifecycle: fine-tune each block, record the teacher, distil at the end ----------------
+    # -- lifecycle: the twins the engine fine-tunes, the teacher, distillation at the end -------
+    def trainable_layer(self, result: LayerResult, linear: nn.Module) -> TrainableDBF | None:
+        """The twin the engine fine-tunes per block (its vectors; signs with a sign lr)."""
+        if not isinstance(result, DBFResult) or not result.is_dbf_quantized:
+            return None
+        sign_lr = self.finetune_sign_lr
+        bias = getattr(linear, "bias", None)
+        return TrainableDBF(result, bias, torch.device("cpu"), sign_lr > 0, sign_lr)
+
     def on_block_done(self, view: BlockView) -> dict[str, LayerResult]:
+        """After the engine's block fine-tuning: keep the teacher when this is the last block."""
         self._keep_teacher(view)
-        if not self.fine_tunes() or view.fp_outputs is None:
-            return {}
-        results, _ = finetune_block(
-            view, self.finetune_steps, self.finetune_lr, self.seed, self.finetune_sign_lr
-        )
-        return results
+        return {}
 
     def prepare(self, view: RunView) -> None:
         """Note the run's blocks: the teacher is the fp stream after the last of them."""

@@ -1,9 +1,10 @@
 """DBF layers made trainable: the vectors (and, straight-through, the signs) under Adam.
 
-Shared by the block fine-tuning and the model-level distillation: the
-trainable twin of a DBF layer, swapping the twins into a module while every
-other parameter is frozen, the optimizer, and the result a trained twin
-leaves behind. The vectors are trained as multiplicative corrections
+Shared by the block fine-tuning (the engine's, through ``DBF.trainable_layer``)
+and the model-level distillation: the trainable twin of a DBF layer (a
+:class:`~onecomp_core.contract.TrainableLayer`), swapping the twins into a
+module while every other parameter is frozen, the optimizer, and the result
+a trained twin leaves behind. The vectors are trained as multiplicative corrections
 (init 1), so one learning rate fits layers of any scale.
 """
 
@@ -12,26 +13,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from onecomp_core.contract import TrainableLayer
 from onecomp_core.kernels import pack_signs
 
 from .factors import gauge_for_fp16
 from .result import DBFResult
-from .threads import small_problem_threads
 
 logger = logging.getLogger(__name__)
 
 
-class TrainableDBF(nn.Module):
+class TrainableDBF(TrainableLayer):
     """A DBF layer whose vectors are a0·θa, c0·θc, b0·θb with trainable θ (fp32).
 
     With ``train_signs`` the sign matrices get real latents (init ±1) trained
-    through a straight-through estimator: the forward uses sign(latent).
+    through a straight-through estimator: the forward uses sign(latent);
+    ``sign_lr`` is their learning rate in :meth:`param_groups`.
     """
 
     def __init__(
@@ -40,9 +42,10 @@ class TrainableDBF(nn.Module):
         bias: torch.Tensor | None,
         device: torch.device,
         train_signs: bool = False,
+        sign_lr: float = 0.0,
     ):
         super().__init__()
-        self.result, self.train_signs = result, train_signs
+        self.result, self.train_signs, self.sign_lr = result, train_signs, sign_lr
         s_a_t, s_b_t = self._unpacked(device)
         if train_signs:
             self.sign_a_t = nn.Parameter(s_a_t)
@@ -90,6 +93,31 @@ class TrainableDBF(nn.Module):
         s_a_t, s_b_t = self.signs_t()
         return (s_b_t * b[:, None] * c[None, :]) @ (s_a_t * a[None, :])
 
+    def param_groups(self, lr: float) -> list[dict]:
+        """The three vectors at ``lr``; the sign latents (when they train) at ``sign_lr``."""
+        groups = [{"params": [self.theta_a, self.theta_c, self.theta_b], "lr": lr}]
+        if self.train_signs and self.sign_lr > 0:
+            groups.append({"params": [self.sign_a_t, self.sign_b_t], "lr": self.sign_lr})
+        return groups
+
+    def to_result(self) -> DBFResult | None:
+        """The trained result (fp16 vectors, repacked signs, ``finetuned``); None if not finite."""
+        with torch.no_grad():
+            a, c, b = (v.detach().float().cpu() for v in self.vectors())
+            s_a_t, s_b_t = (s.detach().cpu() for s in self.signs_t())
+            a, c, b = (v.to(torch.float16) for v in gauge_for_fp16(a, c, b))
+            if not all(torch.isfinite(v).all() for v in (a, c, b)):
+                return None
+            return dataclasses.replace(
+                self.result,
+                dbf_Da=a,
+                dbf_mid=c,
+                dbf_Db=b,
+                dbf_A=pack_signs(s_a_t.t().contiguous()),
+                dbf_B=pack_signs(s_b_t.t().contiguous()),
+                finetuned=True,
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one dense product: with T calibration tokens it costs T·n·m against T·k·(n+m)
         # (= 2× as much at 2 bits) for the factored path; Ŵ itself costs only n·k·m
@@ -104,32 +132,6 @@ def _ste_sign(latent: torch.Tensor) -> torch.Tensor:
         return latent
     hard = torch.where(latent >= 0, 1.0, -1.0)
     return latent + (hard - latent).detach()
-
-
-def train_twins(
-    root: nn.Module,
-    layers: dict[str, nn.Module],
-    results: dict[str, DBFResult],
-    device: torch.device,
-    sign_lr: float,
-    multiply_adds: int,
-    what: str,
-    train: Callable[[dict[str, TrainableDBF]], tuple[float, float]],
-) -> tuple[dict[str, DBFResult], dict[str, float]]:
-    """Train twins of the DBF layers of ``root``: (their new results, loss before/after).
-
-    ``train(twins)`` runs the optimisation with the twins swapped in and
-    returns the loss before and after. The results are empty when the loss
-    does not improve; ``root`` and ``results`` are left as they were.
-    """
-    twins = trainable_twins(results, layers, device, sign_lr > 0)
-    if not twins:
-        return {}, {}
-    with swapped_in(root, layers, twins), small_problem_threads(multiply_adds):
-        before, after = train(twins)
-    if not kept(before, after, what):
-        return {}, {"before": before, "after": before}
-    return trained_results(results, twins), {"before": before, "after": after}
 
 
 def trainable_twins(
@@ -210,29 +212,16 @@ def kept(before: float, after: float, what: str) -> bool:
 def trained_results(
     results: dict[str, DBFResult], twins: dict[str, TrainableDBF]
 ) -> dict[str, DBFResult]:
-    """New results from the trained twins (fp16 vectors, repacked signs, ``finetuned``).
+    """New results from the trained twins (:meth:`TrainableDBF.to_result`).
 
     The given results are not modified; a twin whose vectors are not finite
     leaves its layer out (the fitted result is kept).
     """
     out = {}
-    with torch.no_grad():
-        for name, twin in twins.items():
-            a, c, b = (v.detach().float().cpu() for v in twin.vectors())
-            s_a_t, s_b_t = (s.detach().cpu() for s in twin.signs_t())
-            a, c, b = (v.to(torch.float16) for v in gauge_for_fp16(a, c, b))
-            if not all(torch.isfinite(v).all() for v in (a, c, b)):
-                logger.warning(
-                    "%s: fine-tuned vectors are not finite; the fitted ones are kept", name
-                )
-                continue
-            out[name] = dataclasses.replace(
-                results[name],
-                dbf_Da=a,
-                dbf_mid=c,
-                dbf_Db=b,
-                dbf_A=pack_signs(s_a_t.t().contiguous()),
-                dbf_B=pack_signs(s_b_t.t().contiguous()),
-                finetuned=True,
-            )
+    for name, twin in twins.items():
+        result = twin.to_result()
+        if result is None:
+            logger.warning("%s: fine-tuned vectors are not finite; the fitted ones are kept", name)
+            continue
+        out[name] = result
     return out

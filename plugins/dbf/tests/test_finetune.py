@@ -1,13 +1,14 @@
-"""Block fine-tuning: lowers the block error, returns new results, leaves the block as it was."""
+"""DBF under the engine's block fine-tuning: lowers the block error, returns new results,
+leaves the block as it was."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from onecomp_core.contract import BlockView, LayerJob
+from onecomp_core.contract import BlockView, FineTune, LayerJob
+from onecomp_core.engine.finetune import finetune_block
 from onecomp_dbf import DBF
-from onecomp_dbf.finetune import finetune_block
 
 
 class _Block(nn.Module):
@@ -66,7 +67,7 @@ def test_finetune_lowers_block_error_and_returns_new_results():
     view, fitted = _quantized_block(q, scale=0.5, seed=0, with_stats=True)
     weights = {n: m.weight.data.clone() for n, m in view.layers.items()}
     before = _block_error(view)
-    new, losses = finetune_block(view, steps=60, lr=1e-2, seed=0)
+    new, losses = finetune_block(q, view, FineTune(60, 1e-2, seed=0))
     assert losses["after"] < losses["before"]
     assert set(new) == {"b.up", "b.down"}
     for name, module in view.layers.items():
@@ -79,18 +80,19 @@ def test_finetune_lowers_block_error_and_returns_new_results():
     assert _block_error(view) < 0.9 * before
 
 
-def test_on_block_done_is_the_fine_tuning_and_off_without_steps():
-    q = DBF(target_bits=1.0, iters=10, finetune_steps=20)
+def test_needs_declare_the_engines_fine_tuning_and_none_without_steps():
+    q = DBF(target_bits=1.0, iters=10, finetune_steps=20, finetune_lr=3e-3, seed=4)
+    assert q.needs().finetune == FineTune(20, 3e-3, seed=4) and q.needs().fp_stream
+    assert DBF(finetune_steps=0).needs().finetune is None
     view, _ = _quantized_block(q, scale=0.5, seed=0, with_stats=True)
-    assert set(q.on_block_done(view)) == {"b.up", "b.down"}
-    assert DBF(finetune_steps=0).on_block_done(view) == {}
+    assert q.on_block_done(view) == {}  # the engine fine-tunes; the hook only keeps the teacher
 
 
 def test_sign_training_flips_signs_and_repacks_them():
     """With a sign learning rate the straight-through latents may flip signs."""
-    q = DBF(target_bits=1.0, iters=5, finetune_steps=40, flag_hessian=False)
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=40, flag_hessian=False, finetune_sign_lr=0.05)
     view, fitted = _quantized_block(q, scale=1.0, seed=1, with_stats=False)
-    new, losses = finetune_block(view, steps=40, lr=1e-2, seed=0, sign_lr=0.05)
+    new, losses = finetune_block(q, view, FineTune(40, 1e-2, seed=0))
     assert losses["after"] < losses["before"]
     flipped = 0
     for name in view.layers:
@@ -105,5 +107,6 @@ def test_sign_training_flips_signs_and_repacks_them():
 def test_no_improvement_changes_nothing():
     q = DBF(target_bits=1.0, iters=10, finetune_steps=5)
     view, _ = _quantized_block(q, scale=0.5, seed=0, with_stats=True)
-    new, losses = finetune_block(view, steps=5, lr=0.0, seed=0)  # lr 0: the loss cannot fall
+    # lr 1e-30: no vector moves in fp32, so the loss cannot fall
+    new, losses = finetune_block(q, view, FineTune(5, 1e-30, seed=0))
     assert new == {} and losses["after"] == losses["before"]
