@@ -1,7 +1,8 @@
 """Plugin-facing kernels: integer grids and their result type, the GPTQ solve, bit packing,
 packed inference layers, seeded orthogonal transforms, 1-bit sign products and the
 scaled-sign layer with its trainable twin, and the streamed model-level distillation of any
-method's trainable twins (:mod:`.distill`).
+method's trainable twins (:mod:`.distill`), and the error-feedback choice between two levels
+per weight (:mod:`.two_level`).
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
@@ -46,6 +47,7 @@ from .orthogonal import (
 from .packed_linear import PackedIntLinear
 from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_dim1
 from .signs import pack_signs, packed_size, unpack_signs
+from .two_level import feedback_codes, inverse_factor
 
 __all__ = [
     "GPTQOutput",
@@ -61,9 +63,11 @@ __all__ = [
     "band_rows",
     "dequantize_codes",
     "fit_grid",
+    "feedback_codes",
     "gptq_effective_bits",
     "gptq_quantize",
     "grid_params",
+    "inverse_factor",
     "group_index",
     "hadamard_transform",
     "kronecker_factors",
