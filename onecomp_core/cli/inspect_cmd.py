@@ -8,7 +8,6 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from ..storage.artifact import method_of
 from ..storage.hf_folder import read_quantized_config
 from ..storage.reading import check_tensor_file, pickle_message, pickle_only
 from ..table import format_table
@@ -78,7 +77,7 @@ def build_report(folder: Path) -> dict:
     other_elements = sum(c for k, (c, _) in sizes.items() if not k.startswith(prefixes))
     fp16_bytes = 2 * (quantized_params + other_elements)
     return {
-        "method": method_of(qc),
+        "method": qc.get("method", qc["quant_method"]),
         "layers": rows,
         "quantized_params": quantized_params,
         "average_bits": round(8 * quantized_bytes / max(quantized_params, 1), 4),

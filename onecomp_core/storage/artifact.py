@@ -45,7 +45,7 @@ def saved_quant_method(method_name: str | type, standard_gptq: bool) -> str:
 
 def method_of(quantization_config: Mapping[str, Any]) -> str:
     """The onecomp method that wrote a ``quantization_config`` (whatever its quant_method)."""
-    return quantization_config.get("onecomp_method") or quantization_config["quant_method"]
+    return quantization_config.get("method", quantization_config["quant_method"])
 
 
 def quantization_config(
@@ -80,7 +80,7 @@ def quantization_config(
     config = {
         **saved,
         "quant_method": saved_quant_method(type(method), standard),
-        "onecomp_method": method.method,
+        "method": method.method,
         "format_version": FORMAT_VERSION,
         "quantizer": type(method).__name__,
         "layers": rows,

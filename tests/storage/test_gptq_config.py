@@ -110,7 +110,7 @@ def test_the_naming_rule() -> None:
     assert saved_quant_method("rtn", True) == GPTQ_QUANT_METHOD
     assert saved_quant_method("rtn", False) == OWN_QUANT_METHOD == "onecomp"
     assert saved_quant_method("nosuch", False) == "nosuch"  # not a GPTQ-layout method
-    assert method_of({"quant_method": "gptq", "onecomp_method": "rtn"}) == "rtn"
+    assert method_of({"quant_method": "gptq", "method": "rtn"}) == "rtn"
     assert method_of({"quant_method": "dbf"}) == "dbf"  # folders saved before the key
 
 
@@ -128,7 +128,7 @@ def test_rtn_in_kernel_shapes_is_saved_as_gptq_that_transformers_reads(tmp_path,
     model = tiny_model("llama")
     out = save_quantized_model(_rtn_artifact(model), tmp_path / "q")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert (qc["quant_method"], qc["onecomp_method"], qc["quantizer"]) == ("gptq", "rtn", "RTN")
+    assert (qc["quant_method"], qc["method"], qc["quantizer"]) == ("gptq", "rtn", "RTN")
     assert (qc["bits"], qc["group_size"], qc["format"]) == (4, -1, "gptq_v2")
     config = transformers.GPTQConfig.from_dict({k: v for k, v in qc.items() if k != "layers"})
     assert (config.bits, config.format, config.desc_act) == (4, "gptq_v2", False)

@@ -96,9 +96,8 @@ def test_saved_folder_is_a_hugging_face_folder_with_a_layer_table(run, tmp_path)
         "group_size": -1,
         "sym": True,
         "config_version": 1,
-        # 4-bit codes of 172 inputs do not fill whole 32-bit words: no GPTQ kernel takes them
         "quant_method": "onecomp",
-        "onecomp_method": "rtn",
+        "method": "rtn",
         "format_version": 1,
         "quantizer": "RTN",
         "calibration_hash": "c0ffee",

@@ -126,9 +126,7 @@ def test_saved_model_loads_back_with_same_logits(mixed_run) -> None:
     import json
 
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    # stories260K's 172-wide layers fill no whole 32-bit words: saved under onecomp's own name
-    assert qc["quant_method"] == "onecomp" and qc["onecomp_method"] == "gptq"
-    assert qc["bits"] == 4 and qc["desc_act"] is True
+    assert qc["method"] == "gptq" and qc["bits"] == 4 and qc["desc_act"] is True
     assert qc["layers"]["model.layers.2.mlp.down_proj"]["bits"] == 3
     model, _ = load_quantized_model(folder)
     layer = model.get_submodule("model.layers.2.mlp.down_proj")
