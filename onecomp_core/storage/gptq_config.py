@@ -11,7 +11,10 @@ from ``bits``, ``group_size``, ``desc_act``, ``sym`` and ``checkpoint_format``
 - ``dynamic`` (GPTQModel and vLLM): regex → per-module settings, ``+:`` to
   override ``bits``/``group_size``/``sym``/``desc_act`` of the matched module,
   ``-:`` for a module left unquantized;
-- ``lm_head``: whether the output head is quantized.
+- ``lm_head``: whether the output head is quantized. Always false here:
+  transformers' GPTQ path (optimum) replaces only the blocks' layers, and
+  loads a quantized head as a *random* Linear with a warning, so an output
+  with a quantized head is not labelled GPTQ.
 
 An output is labelled plain GPTQ only when every quantized layer is in a
 shape the consumers' kernels take: 2, 3, 4 or 8 bits, a group size of -1 or
@@ -116,8 +119,13 @@ def gptq_keys(
     in_blocks = [n for n, m in model.named_modules() if n.startswith(prefix + ".") and _linear(m)]
     head = _head_name(model)
     for name in rows:
-        if name not in in_blocks and name != head:
-            return f"layer {name} is outside the blocks ({prefix}) and not the output head"
+        if name == head:
+            return (
+                f"the output head {name} is quantized (transformers' GPTQ loader would "
+                "load a random head in its place)"
+            )
+        if name not in in_blocks:
+            return f"layer {name} is outside the blocks ({prefix})"
     dynamic: dict[str, dict[str, Any]] = {}
     for name, row in rows.items():
         settings = {field: row.get(field, False) for field in OVERRIDES}
@@ -133,7 +141,7 @@ def gptq_keys(
         "desc_act": defaults["desc_act"],
         "checkpoint_format": fmt,
         "format": fmt,
-        "lm_head": head in rows,
+        "lm_head": False,
     }
     if dynamic:
         keys["dynamic"] = dynamic

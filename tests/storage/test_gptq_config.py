@@ -69,16 +69,22 @@ def test_a_layer_left_out_of_one_block_makes_the_names_full() -> None:
     assert list(keys["dynamic"]) == [r"-:^model\.layers\.1\.mlp\.up_proj$"]
 
 
-def test_per_layer_settings_become_dynamic_overrides_and_the_head_is_flagged() -> None:
+def test_per_layer_settings_become_dynamic_overrides() -> None:
     model = tiny_model("llama")
     down, q = "model.layers.1.mlp.down_proj", "model.layers.0.self_attn.q_proj"
-    rows = rows_of(model, (), **{down: {"bits": 8, "sym": False}, q: {"groupsize": 16}})
+    rows = rows_of(model, **{down: {"bits": 8, "sym": False}, q: {"groupsize": 16}})
     keys = gptq_keys(model, rows, BASE)
     assert keys["dynamic"] == {
         r"+:^model\.layers\.0\.self_attn\.q_proj$": {"group_size": 16},
         r"+:^model\.layers\.1\.mlp\.down_proj$": {"bits": 8, "sym": False},
     }
-    assert keys["lm_head"] is True and "modules_in_block_to_quantize" not in keys
+    assert keys["lm_head"] is False and "modules_in_block_to_quantize" not in keys
+
+
+def test_a_quantized_head_is_not_gptq() -> None:
+    model = tiny_model("llama")
+    reason = gptq_keys(model, rows_of(model, ()), BASE)
+    assert reason.startswith("the output head lm_head is quantized")
 
 
 @pytest.mark.parametrize(
