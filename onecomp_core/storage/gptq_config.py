@@ -71,12 +71,8 @@ def setting_problem(bits: Any, group: Any) -> str | None:
 
 def kernel_problem(name: str, row: Mapping[str, Any]) -> str | None:
     """Why a GPTQ kernel cannot take the layer ``name`` (None when it can)."""
-    bits, group, n_in, n_out = (
-        row["bits"],
-        row["groupsize"],
-        row["in_features"],
-        row["out_features"],
-    )
+    bits, group = row["bits"], row["groupsize"]
+    n_in, n_out = row["in_features"], row["out_features"]
     problem = setting_problem(bits, group)
     if problem:
         return f"layer {name} has {problem}"
@@ -117,14 +113,14 @@ def gptq_keys(
             return problem
     prefix, blocks = find_blocks(model)
     in_blocks = [n for n, m in model.named_modules() if n.startswith(prefix + ".") and _linear(m)]
-    head = _head_name(model)
+    head, block_layers = _head_name(model), set(in_blocks)
     for name in rows:
         if name == head:
             return (
                 f"the output head {name} is quantized (transformers' GPTQ loader would "
                 "load a random head in its place)"
             )
-        if name not in in_blocks:
+        if name not in block_layers:
             return f"layer {name} is outside the blocks ({prefix})"
     dynamic: dict[str, dict[str, Any]] = {}
     for name, row in rows.items():
