@@ -5,7 +5,8 @@ makes one): each case folder written by ``make_gptq_cases.py`` is loaded twice,
 with ``AutoModelForCausalLM.from_pretrained`` (transformers' GPTQ path: optimum,
 reading ``modules_in_block_to_quantize``) and with ``GPTQModel.load`` (gptqmodel's
 own loader, reading ``dynamic`` as vLLM does), both through gptqmodel's torch
-backend. Every layer's dense weight (the kernel's dequantized one) must equal
+backend. Every layer's dense weight (for a quantized layer, the kernel's
+forward on the identity matrix: each output is one weight, exact) must equal
 onecomp's bit for bit. Logits: from_pretrained computes in float32, and its
 logits must equal onecomp's exactly; gptqmodel's torch kernel takes only
 float16/bfloat16, so ``GPTQModel.load`` runs in float16 and its logits may
@@ -52,8 +53,11 @@ def weight_mismatches(model: torch.nn.Module, name: str, reference: dict) -> lis
         if case != name or not layer.startswith("model."):
             continue
         module = model.get_submodule(layer)
-        if hasattr(module, "dequantize_weight"):
-            weight = module.dequantize_weight().t()
+        if hasattr(module, "qweight"):  # the kernel's own product with the identity: exact
+            assert module.bias is None, f"{layer}: the identity trick needs a layer without bias"
+            dtype = model.get_input_embeddings().weight.dtype
+            with torch.no_grad():
+                weight = module(torch.eye(module.in_features, dtype=dtype)).t()
         else:
             weight = module.weight
         if not torch.equal(weight.detach().half(), expected):
