@@ -150,7 +150,7 @@ class StreamedRun:
         config = skeleton(model.config.to_dict(), type(model)).config.to_dict()
         self.writer.finish(
             config,
-            quantization_config(runner.quantizer, rows, extra),
+            quantization_config(runner.quantizer, rows, extra, model),
             runner.tokenizer,
             self.folder,
         )

@@ -8,6 +8,7 @@ built-in "hf" folder is registered like any plugin's format).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,24 +18,70 @@ from torch import nn
 from .. import registry
 from ..contract import Artifact, LayerResult, Method
 from .atomic import atomic_folder, check_free
+from .gptq_config import gptq_keys, writes_gptq_layout
 from .hf_folder import FORMAT_VERSION
 from .packed import layer_table, packed_model
-from .quant_method import checkpoint_quant_method
+from .quant_method import ONECOMP
 from .save_dtype import cast_unquantized
+
+#: the quant_method every GPTQ consumer (transformers, GPTQModel, vLLM) reads
+GPTQ_QUANT_METHOD = "gptq"
+#: the quant_method of an output in GPTQ's tensor layout that GPTQ kernels cannot take
+#: (transformers loads it through onecomp's registration, and refuses it without onecomp)
+OWN_QUANT_METHOD = ONECOMP
+
+
+def saved_quant_method(method_name: str | type, standard_gptq: bool) -> str:
+    """The ``quant_method`` written for an output of ``method_name`` (the one naming rule).
+
+    ``standard_gptq``: the output is GPTQ's layout in shapes every GPTQ kernel
+    takes. Everything else is onecomp's own (``onecomp``): transformers loads it
+    through onecomp's registration and refuses it without onecomp
+    (:mod:`.quant_method`).
+    """
+    return GPTQ_QUANT_METHOD if standard_gptq else OWN_QUANT_METHOD
+
+
+def method_of(quantization_config: Mapping[str, Any]) -> str:
+    """The onecomp method that wrote a ``quantization_config`` (whatever its quant_method)."""
+    return quantization_config.get("method", quantization_config["quant_method"])
 
 
 def quantization_config(
-    method: Method, rows: dict[str, dict[str, Any]], extra: Mapping[str, Any]
+    method: Method,
+    rows: dict[str, dict[str, Any]],
+    extra: Mapping[str, Any],
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """The JSON saved as ``config.json``'s ``quantization_config``.
 
     ``extra``: ``calibration_hash`` (str or None), ``qep`` (the QEP settings
     as a dict, or None when QEP was off), ``conv1d_as_linear`` (bool), ``rotation``
     (the spec :func:`~onecomp_core.transforms.rotation.rotate_model` returned, or None).
+    ``model`` (the original or its meta skeleton) tells which Linears of the
+    blocks were left out: an output in GPTQ's layout gets the keys GPTQ
+    consumers read when their kernels take every layer, else onecomp's own
+    quant_method and a one-line notice on stderr saying why.
     """
+    saved = method.to_dict()
+    standard = False
+    if writes_gptq_layout(type(method)):
+        keys = gptq_keys(model, rows, saved) if model is not None else "its model is unknown"
+        if extra.get("rotation") and not isinstance(keys, str):
+            keys = "the model is rotated (only onecomp applies the rotation before down_proj)"
+        if isinstance(keys, str):
+            print(
+                f"onecomp: saved with quant_method {OWN_QUANT_METHOD!r}, not "
+                f"{GPTQ_QUANT_METHOD!r}: {keys}; GPTQ kernels cannot load it (onecomp can)",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            saved.update(keys)
+            standard = True
     config = {
-        **method.to_dict(),
-        "quant_method": checkpoint_quant_method(method.method, rows),
+        **saved,
+        "quant_method": saved_quant_method(type(method), standard),
         "method": method.method,
         "format_version": FORMAT_VERSION,
         "quantizer": type(method).__name__,
@@ -69,7 +116,7 @@ def build_artifact(
     return Artifact(
         model=packed,
         rows=rows,
-        quantization_config=quantization_config(method, rows, extra),
+        quantization_config=quantization_config(method, rows, extra, model),
         tokenizer=tokenizer,
         results=dict(results),
     )

@@ -24,25 +24,6 @@ from typing import Any
 ONECOMP = "onecomp"
 #: config.json's field that carries the guard
 GUARD_FIELD = "transformers_weights"
-#: GPTQ settings a GPTQ reader takes from the top of quantization_config, one value per model
-_GPTQ_UNIFORM = ("bits", "groupsize", "sym", "desc_act", "checkpoint_format")
-
-
-def checkpoint_quant_method(method_name: str, rows: Mapping[str, Mapping[str, Any]]) -> str:
-    """``quant_method`` of a folder whose run used ``method_name`` and whose layer table is ``rows``.
-
-    ``gptq`` when every layer is a GPTQ layer with one shared setting (what
-    every GPTQ reader takes), else ``onecomp``.
-    """
-    if method_name != "gptq" or not rows:
-        return ONECOMP
-    layers = list(rows.values())
-    if any(row.get("method") != "gptq" for row in layers):
-        return ONECOMP
-    first = layers[0]
-    if any(row.get(k) != first.get(k) for row in layers for k in _GPTQ_UNIFORM):
-        return ONECOMP
-    return "gptq"
 
 
 def guard(quantization_config: Mapping[str, Any]) -> str:

@@ -10,11 +10,17 @@ its grid, and the row range factors of the clipping search.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from onecomp_core.contract import Method, param
 
 from .gptq import GridSpec
 from .layer import ZERO_OFFSETS
+
+#: transformers' GPTQConfig refuses a ``damp_percent`` outside (0, 1) and so refuses the
+#: whole checkpoint: a larger damping is saved under this key, ``damp_percent`` clamped
+DAMP_KEY = "onecomp_damp_percent"
+DAMP_CLAMP = 0.99
 
 
 @dataclass
@@ -60,6 +66,20 @@ class GPTQConfig(Method):
         None, int, ge=1, special=(-1,), optional=True, doc="group size of MLP layers"
     )
     module_wbits: dict[str, int] = param(factory=dict, doc="exact layer name → bits")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The parameters under their on-disk names, ``damp_percent`` within transformers' range."""
+        out = super().to_dict()
+        if self.percdamp >= 1:
+            out["damp_percent"], out[DAMP_KEY] = DAMP_CLAMP, self.percdamp
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GPTQConfig:
+        """Inverse of :meth:`to_dict` (a clamped ``damp_percent`` reads its true value)."""
+        if DAMP_KEY in data:
+            data = {**data, "damp_percent": data[DAMP_KEY]}
+        return super().from_dict(data)
 
     def more_problems(self) -> list[str]:
         """Each per-layer bit width obeys the rule ``wbits`` declares."""

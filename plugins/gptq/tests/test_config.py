@@ -106,6 +106,17 @@ def test_quant_config_has_gptq_keys_and_round_trips() -> None:
     assert back == q and back.actorder and not back.sym
 
 
+def test_a_damping_transformers_refuses_is_saved_clamped_and_read_back_true() -> None:
+    import transformers
+
+    q = GPTQ(wbits=4, percdamp=2.0)
+    cfg = q.to_dict()
+    assert (cfg["damp_percent"], cfg["onecomp_damp_percent"]) == (0.99, 2.0)
+    transformers.GPTQConfig.from_dict(cfg)  # refuses damp_percent=2.0 ("between 0 and 1")
+    assert GPTQ.from_dict(cfg) == q
+    assert "onecomp_damp_percent" not in GPTQ(percdamp=0.5).to_dict()
+
+
 def test_the_saved_config_never_aliases_the_live_mapping() -> None:
     q = GPTQ(module_wbits={"a": 8})
     q.to_dict()["module_wbits"]["a"] = 2
