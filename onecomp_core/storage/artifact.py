@@ -69,6 +69,9 @@ def quantization_config(
         keys = gptq_keys(model, rows, saved) if model is not None else "its model is unknown"
         if extra.get("rotation") and not isinstance(keys, str):
             keys = "the model is rotated (only onecomp applies the rotation before down_proj)"
+        if not isinstance(keys, str) and keys["checkpoint_format"] == "gptq_v2":
+            # measured: GPTQModel 7.6's own loader reads other weights from it, silently
+            keys = "its zero points are in the gptq_v2 layout, which GPTQModel's loader misreads"
         if isinstance(keys, str):
             print(
                 f"onecomp: saved with quant_method {OWN_QUANT_METHOD!r}, not "

@@ -100,8 +100,6 @@ def gptq_keys(
     formats = {zero_format(row) for row in rows.values()}
     if len(formats) > 1:
         return f"layers use different zero-point formats {sorted(formats)}"
-    if "gptq_v2" in formats:  # measured: GPTQModel 7.6's loader reads other values, silently
-        return "its zero points are in the gptq_v2 layout, which GPTQModel's loader misreads"
     defaults = {"bits": base["bits"], "groupsize": base["group_size"], "sym": base["sym"]}
     defaults["desc_act"] = bool(base.get("desc_act", False))
     problem = setting_problem(defaults["bits"], defaults["groupsize"])

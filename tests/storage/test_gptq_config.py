@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import transformers
 from torch import nn
 
 from onecomp_core.contract import LayerJob
@@ -130,19 +129,23 @@ def _rtn_artifact(model: nn.Module):
     return build_artifact(model, method, results, None, EXTRA)
 
 
-def test_rtn_in_kernel_shapes_is_saved_as_gptq_that_transformers_reads(tmp_path, capfd) -> None:
+def test_rtn_in_kernel_shapes_is_onecomp_because_gptqmodel_misreads_gptq_v2(
+    tmp_path, capfd
+) -> None:
+    # tests/compat measured GPTQModel 7.6's loader reading other weights from RTN's
+    # gptq_v2 layout without an error: such a folder must not claim to be plain gptq
     model = tiny_model("llama")
+    capfd.readouterr()
     out = save_quantized_model(_rtn_artifact(model), tmp_path / "q")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert (qc["quant_method"], qc["method"], qc["quantizer"]) == ("gptq", "rtn", "RTN")
-    assert (qc["bits"], qc["group_size"], qc["format"]) == (4, -1, "gptq_v2")
-    config = transformers.GPTQConfig.from_dict({k: v for k, v in qc.items() if k != "layers"})
-    assert (config.bits, config.format, config.desc_act) == (4, "gptq_v2", False)
-    assert "onecomp:" not in capfd.readouterr().err
-    loaded, _ = load_quantized_model(out)  # onecomp reads it by its layer table, as before
+    assert (qc["quant_method"], qc["method"], qc["quantizer"]) == ("onecomp", "rtn", "RTN")
+    assert "format" not in qc and "dynamic" not in qc
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gptq_v2 layout, which GPTQModel's loader misreads" in err[0]
+    loaded, _ = load_quantized_model(out)  # onecomp reads it by its layer table
     ids = torch.arange(1, 20).unsqueeze(0)
     with torch.no_grad():
-        assert torch.equal(loaded(input_ids=ids).logits, loaded(input_ids=ids).logits)
+        assert torch.isfinite(loaded(input_ids=ids).logits).all()
 
 
 def test_a_width_no_kernel_takes_gets_the_own_label_and_one_line(capfd) -> None:

@@ -34,7 +34,7 @@ def make_runner(stories_path: Path):
             batch_size=2,
         )
         config = ModelConfig(path=str(stories_path), dtype="float32", device="cpu")
-        return Runner(config, method, calibration, show_progress=False)
+        return Runner(config, method, calibration, show_progress=False, save_dtype="float32")
 
     return make
 

@@ -79,7 +79,7 @@ def saved_run(tmp_path_factory):
         dataset=str(CALIB), max_length=64, num_calibration_samples=8, batch_size=4
     )
     model_config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    runner = Runner(model_config, quantizer, calibration, show_progress=False)
+    runner = Runner(model_config, quantizer, calibration, show_progress=False, save_dtype="float32")
     runner.run()
     return runner, runner.save_quantized_model(tmp_path_factory.mktemp("jointq") / "model")
 
@@ -87,7 +87,7 @@ def saved_run(tmp_path_factory):
 def test_saved_model_loads_back_with_the_same_logits(saved_run) -> None:
     runner, folder = saved_run
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "jointq"
+    assert qc["method"] == "jointq"
     assert (qc["bits"], qc["group_size"], qc["sym"], qc["desc_act"]) == (3, 32, False, True)
     down = runner.results[
         "model.layers.2.mlp.down_proj"

@@ -17,7 +17,7 @@ def _runner(method, stories_path, calib_path) -> Runner:
         dataset=str(calib_path), max_length=32, num_calibration_samples=4, batch_size=2
     )
     config = ModelConfig(path=stories_path, dtype="float32", device="cpu")
-    return Runner(config, method, calibration, show_progress=False)
+    return Runner(config, method, calibration, show_progress=False, save_dtype="float32")
 
 
 def test_save_load_logits_equal_and_bits_are_the_formula(

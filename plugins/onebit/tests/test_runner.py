@@ -30,7 +30,7 @@ def _runner(method) -> Runner:
         dataset=str(CALIB), max_length=32, num_calibration_samples=8, batch_size=2
     )
     config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    return Runner(config, method, calibration, show_progress=False)
+    return Runner(config, method, calibration, show_progress=False, save_dtype="float32")
 
 
 def test_fine_tuned_onebit_saves_and_loads_to_the_same_logits(tmp_path):

@@ -126,7 +126,7 @@ def saved_run(tmp_path_factory):
         dataset=str(CALIB), max_length=64, num_calibration_samples=8, batch_size=4
     )
     model_config = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    runner = Runner(model_config, quantizer, calibration, show_progress=False)
+    runner = Runner(model_config, quantizer, calibration, show_progress=False, save_dtype="float32")
     runner.run()
     return runner, runner.save_quantized_model(tmp_path_factory.mktemp("quip") / "model")
 
@@ -134,7 +134,7 @@ def saved_run(tmp_path_factory):
 def test_saved_model_is_the_packed_codes_and_loads_to_the_same_logits(saved_run) -> None:
     runner, folder = saved_run
     qc = json.loads((folder / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "quip" and qc["bits"] == 3
+    assert qc["method"] == "quip" and qc["bits"] == 3
     down = qc["layers"]["model.layers.2.mlp.down_proj"]  # 172 = 4·43 inputs
     assert (down["in_features"], down["in_seed"], down["out_seed"]) == (172, 0, 1)
     up = qc["layers"]["model.layers.2.mlp.up_proj"]
