@@ -24,27 +24,34 @@ ASSETS = Path(__file__).resolve().parents[3] / "shared" / "assets"
 TOKENIZER = ASSETS / "stories260K"
 CALIBRATION = ASSETS / "text" / "wikitext2-valid.tokens.txt"
 
+#: GPTQ's plain grid, spelled out: the defaults (act-order, asymmetric, clipping search)
+#: would make every case asymmetric, which GPTQModel's own loader refuses in the v1 layout
+PLAIN = {"sym": True, "actorder": False}
 #: case name → (method, parameters); each is one claim of item 2 of issue 14
 CASES = {
-    "gptq4": ("gptq", {"wbits": 4, "groupsize": 32}),
+    "gptq4": ("gptq", {**PLAIN, "wbits": 4, "groupsize": 32}),
     # damping 2.0 is outside transformers' damp_percent range: saved clamped, loads
-    "gptq8": ("gptq", {"wbits": 8, "groupsize": 32, "percdamp": 2.0}),
-    "gptq3": ("gptq", {"wbits": 3, "groupsize": 32}),
-    "actorder": ("gptq", {"wbits": 4, "groupsize": 32, "actorder": True}),
-    "asym": ("gptq", {"wbits": 4, "groupsize": 32, "sym": False}),
-    "mixed": ("gptq", {"wbits": 4, "groupsize": 32, "mlp_wbits": 8, "mlp_groupsize": 64}),
+    "gptq8": ("gptq", {**PLAIN, "wbits": 8, "groupsize": 32, "percdamp": 2.0}),
+    "gptq3": ("gptq", {**PLAIN, "wbits": 3, "groupsize": 32}),
+    "actorder": ("gptq", {**PLAIN, "wbits": 4, "groupsize": 32, "actorder": True}),
+    "asym": ("gptq", {**PLAIN, "wbits": 4, "groupsize": 32, "sym": False}),
+    "mixed": ("gptq", {**PLAIN, "wbits": 4, "groupsize": 32, "mlp_wbits": 8, "mlp_groupsize": 64}),
     # the same layer left out of every block: block-relative modules_in_block_to_quantize
-    "excluded": ("gptq", {"wbits": 4, "groupsize": 32, "exclude_layer_keywords": ["o_proj"]}),
+    "excluded": (
+        "gptq",
+        {**PLAIN, "wbits": 4, "groupsize": 32, "exclude_layer_keywords": ["o_proj"]},
+    ),
     # one layer of one block left out: full names
     "excluded_one": (
         "gptq",
         {
+            **PLAIN,
             "wbits": 4,
             "groupsize": 32,
             "exclude_layer_names": ["lm_head", "model.layers.0.mlp.up_proj"],
         },
     ),
-    # RTN in GPTQ's layout with raw zero points: saved as gptq, format gptq_v2
+    # RTN in GPTQ's layout with raw zero points (gptq_v2): labelled onecomp, refused here
     "rtn": ("rtn", {"wbits": 4, "groupsize": 32}),
 }
 #: the input every consumer runs
@@ -79,7 +86,13 @@ def quantize(base: Path, method: str, params: dict, out: Path) -> Path:
         dataset=str(CALIBRATION), max_length=64, num_calibration_samples=8, batch_size=8
     )
     model_config = ModelConfig(path=str(base), dtype="float32", device="cpu")
-    runner = Runner(model_config, create_method(method, **params), calibration, show_progress=False)
+    runner = Runner(
+        model_config,
+        create_method(method, **params),
+        calibration,
+        show_progress=False,
+        save_dtype="float32",  # unquantized tensors as computed: from_pretrained in fp32 is exact
+    )
     runner.run()
     return runner.save_quantized_model(out)
 
