@@ -17,18 +17,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
-from torch import nn
 
 from ..contract import BlockView, FineTune, LayerResult, Method, ModelWalk, TrainableLayer
+from ..kernels.training import small_problem_threads, swapped_in
 
 logger = logging.getLogger(__name__)
 
 #: GEMMs below this many multiply-adds run on one thread (a second thread only waits)
-SMALL_GEMM = 1 << 24
 
 
 def finetune_block(
@@ -84,49 +81,6 @@ def trainable_twins(method: Method, view: BlockView) -> dict[str, TrainableLayer
         if twin is not None:
             twins[name] = twin.to(view.device)
     return twins
-
-
-@contextmanager
-def swapped_in(
-    root: nn.Module, layers: dict[str, nn.Module], twins: dict[str, nn.Module]
-) -> Iterator[None]:
-    """``root`` with each twin in its layer's place and every other parameter frozen.
-
-    Afterwards the original layers are back and the frozen parameters train
-    again: the module is left exactly as it was.
-    """
-    wanted = {layers[n]: n for n in twins}
-    parents = {}
-    for parent in root.modules():
-        for attr, child in parent.named_children():
-            if child in wanted:
-                parents[wanted[child]] = (parent, attr)
-    frozen = [p for p in root.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    for name, (parent, attr) in parents.items():
-        setattr(parent, attr, twins[name])
-    try:
-        yield
-    finally:
-        for name, (parent, attr) in parents.items():
-            setattr(parent, attr, layers[name])
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-@contextmanager
-def small_problem_threads(multiply_adds: int) -> Iterator[None]:
-    """Run tiny matrix work on one thread, restoring the thread count afterwards."""
-    before = torch.get_num_threads()
-    if multiply_adds >= SMALL_GEMM or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def adam_with_cosine(

@@ -47,9 +47,13 @@ from .orthogonal import (
 from .packed_linear import PackedIntLinear
 from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_dim1
 from .signs import pack_signs, packed_size, unpack_signs
+from .training import move_optimizer_state, small_problem_threads, swapped_in
 from .two_level import feedback_codes, inverse_factor
 
 __all__ = [
+    "move_optimizer_state",
+    "small_problem_threads",
+    "swapped_in",
     "GPTQOutput",
     "Distiller",
     "GridResult",

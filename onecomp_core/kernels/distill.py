@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..contract import BlockView, LayerResult, ModelWalk, RunView
+from .training import move_optimizer_state, swapped_in
 
 logger = logging.getLogger(__name__)
 
@@ -174,13 +175,13 @@ class _Run:
             for twin in twins.values():
                 twin.to(self.device)
             if index in self.optimizers:
-                _move_state(self.optimizers[index][0], self.device)
-            with _swapped_in(block, self.layers, twins):
+                move_optimizer_state(self.optimizers[index][0], self.device)
+            with swapped_in(block, self.layers, twins):
                 yield block
             for twin in twins.values():
                 twin.to("cpu")
             if index in self.optimizers:
-                _move_state(self.optimizers[index][0], torch.device("cpu"))
+                move_optimizer_state(self.optimizers[index][0], torch.device("cpu"))
 
     def _final(self, b: int, keep: list[torch.Tensor] | None) -> torch.Tensor:
         x = self.inputs[b]
@@ -247,36 +248,6 @@ class _Run:
                 order = torch.randperm(len(self.batches), generator=gen).tolist()
             self.step(order.pop())
         return before, self.mean_loss(monitor)
-
-
-@contextmanager
-def _swapped_in(root: nn.Module, layers: dict[str, nn.Module], twins: dict[str, nn.Module]):
-    """``root`` with each twin in its layer's place and every other parameter frozen."""
-    wanted = {layers[n]: n for n in twins}
-    parents = {}
-    for parent in root.modules():
-        for attr, child in parent.named_children():
-            if child in wanted:
-                parents[wanted[child]] = (parent, attr)
-    frozen = [p for p in root.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    for name, (parent, attr) in parents.items():
-        setattr(parent, attr, twins[name])
-    try:
-        yield
-    finally:
-        for name, (parent, attr) in parents.items():
-            setattr(parent, attr, layers[name])
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def _move_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in opt.state.values():
-        for key, value in state.items():
-            if key != "step" and isinstance(value, torch.Tensor) and value.device != device:
-                state[key] = value.to(device)
 
 
 __all__ = ["Distiller", "distill", "kl_sum"]

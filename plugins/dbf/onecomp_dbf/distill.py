@@ -33,10 +33,10 @@ import math
 import torch
 
 from onecomp_core.contract import ModelWalk
+from onecomp_core.kernels import move_optimizer_state, small_problem_threads, swapped_in
 
 from .result import DBFResult
-from .threads import small_problem_threads
-from .trainable import TrainableDBF, adam_with_cosine, kept, swapped_in, trained_results
+from .trainable import TrainableDBF, adam_with_cosine, kept, trained_results
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class _BlockInUse:
         for twin in self.twins.values():
             twin.unpark(run.device)
         if self.index in run.optimizers:
-            _move_state(run.optimizers[self.index][0], run.device)
+            move_optimizer_state(run.optimizers[self.index][0], run.device)
         self._swap = swapped_in(block, run.layers, self.twins)
         self._swap.__enter__()
         return block
@@ -294,7 +294,7 @@ class _BlockInUse:
         for twin in self.twins.values():
             twin.park("cpu")
         if self.index in run.optimizers:
-            _move_state(run.optimizers[self.index][0], torch.device("cpu"))
+            move_optimizer_state(run.optimizers[self.index][0], torch.device("cpu"))
         self._block.__exit__(*exc)
 
 
@@ -304,10 +304,3 @@ def _vocab(walk: ModelWalk, teacher: Teacher, batch: Batch) -> int:
     one = (ids[:1, :1], None if mask is None else mask[:1, :1])
     with torch.no_grad():
         return next(walk.end([teacher.hidden[0][:1, :1]], [one])).shape[-1]
-
-
-def _move_state(opt: torch.optim.Optimizer, device: torch.device) -> None:
-    for state in opt.state.values():
-        for key, value in state.items():
-            if key != "step" and isinstance(value, torch.Tensor) and value.device != device:
-                state[key] = value.to(device)

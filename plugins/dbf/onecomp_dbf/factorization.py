@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
+from onecomp_core.kernels import small_problem_threads
+
 from .config import FitSettings
 from .factors import Factors, gauge_for_fp16
 from .objective import sinkhorn_balance
 from .refit import REFIT_ROUNDS, refit_vectors
-from .threads import small_problem_threads
 
 #: ADMM steps per factor update (the method's "3-step" ADMM)
 ADMM_STEPS = 3

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -146,42 +144,6 @@ def trainable_twins(
         for name, r in results.items()
         if isinstance(r, DBFResult) and r.is_dbf_quantized and name in layers
     }
-
-
-@contextmanager
-def swapped_in(
-    root: nn.Module, layers: dict[str, nn.Module], twins: dict[str, TrainableDBF]
-) -> Iterator[None]:
-    """``root`` with each twin in its layer's place and every other parameter frozen.
-
-    Afterwards the original layers are back and the frozen parameters train
-    again: the module is left exactly as it was.
-    """
-    parents = find_parents(root, {layers[n]: n for n in twins})
-    frozen = [p for p in root.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    for name, (parent, attr) in parents.items():
-        setattr(parent, attr, twins[name])
-    try:
-        yield
-    finally:
-        for name, (parent, attr) in parents.items():
-            setattr(parent, attr, layers[name])
-        for p in frozen:
-            p.requires_grad_(True)
-
-
-def find_parents(
-    block: nn.Module, wanted: dict[nn.Module, str]
-) -> dict[str, tuple[nn.Module, str]]:
-    """Layer name → (parent module, attribute) for the layers inside ``block``."""
-    found = {}
-    for parent in block.modules():
-        for attr, child in parent.named_children():
-            if child in wanted:
-                found[wanted[child]] = (parent, attr)
-    return found
 
 
 def adam_with_cosine(

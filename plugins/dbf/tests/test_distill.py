@@ -11,10 +11,11 @@ from torch import nn
 
 from onecomp_core.contract import LayerJob, RunView
 from onecomp_core.engine.model_walk import Walk
+from onecomp_core.kernels import swapped_in
 from onecomp_core.testing import tiny_model
 from onecomp_dbf import DBF, distill
 from onecomp_dbf.distill import Teacher, _Distillation, distill_model, kl_loss
-from onecomp_dbf.trainable import swapped_in, trainable_twins
+from onecomp_dbf.trainable import trainable_twins
 
 
 def test_kl_loss_is_zero_for_equal_logits_and_respects_the_mask():
