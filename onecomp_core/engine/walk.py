@@ -323,8 +323,8 @@ class Engine:
                     collector.new_batch(mask)
                     stop.run(block, x, kw, only=collector.owners())
             hessians = collector.hessians()
-        for layer_name in group:
-            self._quantize_one(layer_name, hessians[layer_name])
+        for layer_name in group:  # popped: a solved layer's H is freed before the next solve
+            self._quantize_one(layer_name, hessians.pop(layer_name))
 
     def _group_qep(
         self,
