@@ -46,10 +46,24 @@ class LayerJob:
     hessian: torch.Tensor | None = None
     gradients: torch.Tensor | None = None
     input: torch.Tensor | None = None
+    #: set by the engine when the job holds the only reference to ``hessian``
+    hands_over: bool = False
 
     @property
     def weight(self) -> torch.Tensor:
         return self.module.weight.data
+
+    def take_hessian(self) -> torch.Tensor | None:
+        """``hessian``; when the engine handed it over, the job forgets it.
+
+        The (in × in) matrix is the largest of a layer's solve: a method that
+        takes it can free it as soon as it has what it needs (GPTQ: once the
+        inverse factor is made) instead of holding it to the end.
+        """
+        hessian = self.hessian
+        if self.hands_over:
+            self.hessian = None
+        return hessian
 
     def with_hessian(self, hessian: torch.Tensor | None) -> LayerJob:
         """The same job with other input statistics (for routing to another method)."""

@@ -338,22 +338,28 @@ class Engine:
         fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
         with self._timed("statistics_s"):
             paired = paired_statistics(block, fp_block, fp_group, group, streams, self.needs)
-        for layer_name, module in group.items():
-            hessian = corrected_hessian(module, paired.stats[layer_name], self.qep, layer_name)
-            if self.needs.inputs == "diag":
-                hessian = hessian.diagonal().clone()
-            self._quantize_one(layer_name, hessian)
+        for layer_name, module in group.items():  # each H made and handed over in one go
+            stats = paired.stats.pop(layer_name)
+            self._quantize_one(layer_name, self._qep_hessian(module, stats, layer_name))
+
+    def _qep_hessian(self, module: nn.Module, stats: Any, name: str) -> torch.Tensor:
+        hessian = corrected_hessian(module, stats, self.qep, name)
+        return hessian.diagonal().clone() if self.needs.inputs == "diag" else hessian
 
     def _quantize_one(self, name: str, hessian: torch.Tensor | None) -> None:
+        """Solve one layer; H is handed over in the job (kept only for the error statistics)."""
         module = self.layers[name]
         moments = (self.moments or {}).get(name)
         gradients = moments.b if moments is not None else None
+        errors = self.method.calc_quant_error
+        kept = hessian if errors else None
+        job = LayerJob(name, module, hessian=hessian, gradients=gradients, hands_over=not errors)
+        del hessian
         with self._timed("solve_s"):
-            result = self.method.quantize(
-                LayerJob(name, module, hessian=hessian, gradients=gradients)
-            )
-        if self.method.calc_quant_error:
-            self._fill_errors(module, result, hessian)
+            result = self.method.quantize(job)
+        del job
+        if errors:
+            self._fill_errors(module, result, kept)
         if self._layer_bar is not None:
             self._layer_bar.set_postfix_str(name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1])
             self._layer_bar.update(1)
@@ -383,4 +389,4 @@ class Engine:
                 self.model, outside, self.batches, kind, self.needs.precision, self.device
             )
         for name in outside:
-            self._quantize_one(name, hessians[name])
+            self._quantize_one(name, hessians.pop(name))

@@ -51,7 +51,7 @@ def _group_size(groupsize: int, n: int) -> int:
 
 def gptq_quantize(
     weight: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | list[torch.Tensor],
     spec: GridSpec,
     groupsize: int = -1,
     actorder: bool = False,
@@ -71,8 +71,12 @@ def gptq_quantize(
     ΔHΔᵀ: a clipping search judged by the error GPTQ actually leaves (a
     factor 0 stands for the spec's own per-group search). Falls
     back to round-to-nearest when H cannot be made positive definite or the
-    result is not finite, and says so in ``fallback``.
+    result is not finite, and says so in ``fallback``. A one-item list as
+    ``hessian`` hands the matrix over: it is dropped once the inverse factor is
+    made, so H and the factor never both outlive that step.
     """
+    if isinstance(hessian, list):
+        hessian = hessian.pop()
     w = weight.detach().float().clone()
     w[:, torch.diagonal(hessian).to(w.device) == 0] = 0.0  # dead inputs (see prepare_hessian)
     out_f, n = w.shape
@@ -82,9 +86,11 @@ def gptq_quantize(
     perm = torch.argsort(diag, descending=True) if actorder else torch.arange(n, device=w.device)
     # J·P·H·Pᵀ·J, built afresh for each try (see inverse_cholesky_flipped); mean(diag) is
     # summed in processing order, as on the permuted matrix
+    source, hessian = [hessian], None  # held only here, dropped once the factor is made
     inverse, damp = inverse_cholesky_flipped(
-        lambda: flipped_hessian(hessian, perm, w.device), percdamp, diag[perm].mean()
+        lambda: flipped_hessian(source[0], perm, w.device), percdamp, diag[perm].mean()
     )
+    source.clear()
     if inverse is None:
         return rtn_quantize(weight, diag, spec, groupsize, reason="H not positive definite")
 

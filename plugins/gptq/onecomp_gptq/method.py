@@ -37,14 +37,15 @@ class GPTQ(GPTQConfig):
 
     # -- the per-layer hooks --------------------------------------------------------------
     def quantize_layer(self, job: LayerJob) -> GPTQResult:
-        hessian = job.hessian
-        if hessian is None or hessian.dim() != 2:
+        box = [job.take_hessian()]  # handed on: the solve frees H once its factor is made
+        if box[0] is None or box[0].dim() != 2:
             raise ValueError("GPTQ needs the full Hessian H = (2/N)·XᵀX of the layer's inputs")
         bits, groupsize = self.layer_bits(job.name), self.layer_groupsize(job.name)
         weight = job.weight
+        box[0] = box[0].to(weight.device)
         out: GPTQOutput = gptq_quantize(
             weight,
-            hessian.to(weight.device),
+            box,
             self.grid_spec(bits),
             groupsize=groupsize,
             actorder=self.actorder,

@@ -139,3 +139,37 @@ def test_saved_model_loads_back_with_same_logits(mixed_run) -> None:
         got = model(input_ids=ids).logits
     # the run writes fp16-rounded dense weights back; the layer dequantizes in fp32
     assert ((got - expected).norm() / expected.norm()) < 1e-3
+
+
+def test_a_handed_over_hessian_is_freed_once_its_factor_is_made(monkeypatch) -> None:
+    """The engine hands H over (LayerJob.hands_over): the solve drops it before the column
+    sweep, so the largest matrix of a run and its inverse factor never both outlive that step;
+    a job that keeps H (a router's) gets the same codes."""
+    import weakref
+
+    import onecomp_core.kernels.gptq_solve as solve
+
+    g = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 16, bias=False)
+    linear.weight.data = torch.randn(16, 64, generator=g)
+    x = torch.randn(256, 64, generator=g)
+    alive: list[bool] = []
+    sweep = solve._best_candidate
+
+    def watched(*args, **kwargs):
+        alive.append(handed() is not None)
+        return sweep(*args, **kwargs)
+
+    monkeypatch.setattr(solve, "_best_candidate", watched)
+    kept = LayerJob("l", linear, hessian=2 * x.t() @ x / 256)
+    handed = weakref.ref(kept.hessian)
+    reference = GPTQ(wbits=3).quantize(kept)
+    assert kept.hessian is not None and alive == [True]
+
+    alive.clear()
+    job = LayerJob("l", linear, hessian=2 * x.t() @ x / 256, hands_over=True)
+    handed = weakref.ref(job.hessian)
+    result = GPTQ(wbits=3).quantize(job)
+    assert job.hessian is None and alive == [False]
+    assert torch.equal(result.codes, reference.codes)
+    assert torch.equal(result.scales, reference.scales)
