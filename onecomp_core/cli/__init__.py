@@ -13,6 +13,7 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
+from ..engine.launch import error_source
 from ..registry import PluginError
 
 #: command name → module in this package that defines ``add_parser`` and ``run``
@@ -70,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("ONECOMP_DEBUG"):
             raise
         message = str(exc).strip().replace("\n", " ")
-        print(f"onecomp {args.command}: error: {message}", file=sys.stderr)
+        where = error_source()
+        if where is not None:
+            print(f"onecomp {args.command}: error{where}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("onecomp: interrupted", file=sys.stderr)

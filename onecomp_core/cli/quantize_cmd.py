@@ -103,10 +103,23 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..seed_api import Runner
+    from ..engine import launch
 
+    # every check before joining a torchrun group: all ranks fail alike, none waits for another
     out = check_free(args.out, args.overwrite)
     method = _method(args)
+    qep_config = _qep_config(args)
+    device = launch.rank_device(args.device)
+    if method.needs().calibration or args.qep:
+        launch.launched().check_batches(-(-args.num_samples // max(1, args.batch_size)))
+    with launch.process_group(device) as ranks:
+        return _quantize(args, out, method, qep_config, device, ranks)
+
+
+def _quantize(args, out: Path, method: Method, qep_config, device: str, ranks) -> int:
+    from ..seed_api import Runner
+
+    quiet = args.quiet or not ranks.is_writer
     calibration = CalibrationConfig(
         dataset=args.calibration,
         text_key=args.text_key,
@@ -118,18 +131,20 @@ def run(args: argparse.Namespace) -> int:
     )
     checkpoint_dir = _checkpoint_dir(args, out)
     runner = Runner(
-        model_config=model_config(args.model, args.dtype, args.device),
+        model_config=model_config(args.model, args.dtype, device),
         quantizer=method,
         calibration_config=calibration,
         checkpoint_dir=checkpoint_dir,
-        show_progress=not args.quiet,
+        show_progress=not quiet,
         qep=args.qep,
-        qep_config=_qep_config(args),
+        qep_config=qep_config,
     )
     start = time.perf_counter()
     results = runner.run()
     elapsed = time.perf_counter() - start
-    if not args.quiet:
+    if not ranks.is_writer:
+        return 0  # rank 0 writes the output
+    if not quiet:
         runner.print_quantization_results()
     runner.save_quantized_model(out, overwrite=args.overwrite)
     if checkpoint_dir is not None and args.checkpoint_dir is None:

@@ -5,7 +5,10 @@ X̂. QEP first moves the weight towards what the full-precision model computed
 from its inputs X: the least-squares solution of min ‖X Wᵀ − X̂ W′ᵀ‖ is
 W′ = W + W·C·H⁻¹ with H = (2/N)·X̂ᵀX̂ and C = (2/N)·(X − X̂)ᵀX̂. QEP applies
 a damped fraction α of that step, then quantizes W′ with H as usual.
-Both matrices are accumulated batch by batch, so no activation is stored.
+Both matrices are accumulated batch by batch, so no activation is stored,
+each batch's product added into a float64 sum as the input statistics are
+(:mod:`~onecomp_core.engine.statistics`: exact, so independent of the order
+of the batches and of how processes split them).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import nn
 
 from ..contract import Config, param
+from .statistics import add_gram, wide_dtype
 
 
 @dataclass
@@ -60,7 +64,8 @@ class PairedStatistics:
     """Streams H = (2/N)·X̂ᵀX̂ and C = (2/N)·(X − X̂)ᵀX̂ for one layer."""
 
     def __init__(self, in_features: int, dtype: torch.dtype, device: torch.device):
-        self.xtx = torch.zeros(in_features, in_features, dtype=dtype, device=device)
+        self.dtype = dtype
+        self.xtx = torch.zeros(in_features, in_features, dtype=wide_dtype(dtype), device=device)
         self.cross = torch.zeros_like(self.xtx)
         self.tokens = 0
 
@@ -70,17 +75,23 @@ class PairedStatistics:
         if mask is not None:
             keep = mask.reshape(-1).to(x_q.device).bool()
             x_fp, x_q = x_fp[keep], x_q[keep]
-        x_fp = x_fp.to(self.xtx.device, self.xtx.dtype)
-        x_q = x_q.to(self.xtx.device, self.xtx.dtype)
-        self.xtx.addmm_(x_q.t(), x_q)
-        self.cross.addmm_((x_fp - x_q).t(), x_q)
+        x_fp = x_fp.to(self.xtx.device, self.dtype)
+        x_q = x_q.to(self.xtx.device, self.dtype)
+        add_gram(self.xtx, x_q, x_q)
+        add_gram(self.cross, x_fp - x_q, x_q)
         self.tokens += x_q.shape[0]
+
+    def accumulators(self) -> list[torch.Tensor]:
+        """The running sums (what a distributed run all-reduces)."""
+        return [self.xtx, self.cross]
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokens == 0:
             raise RuntimeError("no calibration token reached this layer")
         scale = 2.0 / self.tokens
-        return (self.xtx * scale).float(), (self.cross * scale).float()
+        return (self.xtx.to(self.dtype) * scale).float(), (
+            self.cross.to(self.dtype) * scale
+        ).float()
 
 
 class PairedCollector:

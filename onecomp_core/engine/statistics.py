@@ -1,9 +1,17 @@
 """Input statistics of Linear layers, accumulated by forward hooks without storing activations.
 
-"full" keeps XᵀX (in × in) in the quantizer's ``hessian_dtype``; "diag" keeps
-only Σ x_j². Both count tokens, so the result is H = (2/N)·XᵀX or its
-diagonal, exactly as if all calibration tokens had been seen at once. Padded
-tokens (mask 0) are left out.
+"full" keeps XᵀX (in × in), "diag" only Σ x_j². Both count tokens, so the
+result is H = (2/N)·XᵀX or its diagonal, exactly as if all calibration tokens
+had been seen at once. Padded tokens (mask 0) are left out.
+
+Each batch's product is computed on its own in the method's ``precision``
+(float32 unless it asks for more) and added into a float64 sum, rounded once
+at the end. A float64 sum of float32 values is exact unless, for one entry,
+the batches' values span more than ~2²⁵ in magnitude, and even then the
+rounding to float32 hides the difference but for ~1 case in 2²⁹. So the
+result does not depend on the order of the batches, nor on how they are
+split between processes (:mod:`~onecomp_core.engine.distributed`): two ranks
+give the same bits as one process.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ class InputStatistics:
             raise ValueError(f"statistics kind {kind!r}: expected 'full' or 'diag'")
         self.kind, self.dtype, self.tokens = kind, dtype, 0
         shape = (in_features, in_features) if kind == "full" else (in_features,)
-        self.sum = torch.zeros(shape, dtype=dtype, device=device)
+        self.sum = torch.zeros(shape, dtype=wide_dtype(dtype), device=device)
 
     def add(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
         x = x.reshape(-1, x.shape[-1])
@@ -31,17 +39,38 @@ class InputStatistics:
             x = x[token_mask.reshape(-1).to(x.device).bool()]
         x = x.to(self.sum.device, self.dtype)
         if self.kind == "full":
-            self.sum.addmm_(x.t(), x)
+            add_gram(self.sum, x, x)
         else:
             self.sum.add_(x.pow(2).sum(dim=0))
         self.tokens += x.shape[0]
 
+    def accumulators(self) -> list[torch.Tensor]:
+        """The running sums (what a distributed run all-reduces)."""
+        return [self.sum]
+
     def hessian(self) -> torch.Tensor:
-        """H = (2/N)·XᵀX (or its diagonal), in float32 unless the accumulator is wider."""
+        """H = (2/N)·XᵀX (or its diagonal), in float32 unless the method asked for more."""
         if self.tokens == 0:
             raise RuntimeError("no calibration token reached this layer")
-        h = self.sum * (2.0 / self.tokens)
+        h = self.sum.to(self.dtype) * (2.0 / self.tokens)
         return h if h.dtype == torch.float64 else h.float()
+
+
+#: rows of one partial product: bounds the temporary of a wide layer (a 5632-wide one: 23 MB)
+ROWS_PER_PRODUCT = 1024
+
+
+def wide_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums of ``dtype`` products are kept in: float64 (exact for float32 values)."""
+    return torch.float64 if torch.finfo(dtype).bits <= 32 else dtype
+
+
+def add_gram(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``total += aᵀb``: the product in ``a``'s dtype, row block by row block, then added into the
+    wider ``total`` (the blocks depend on the shapes only, never on the process count)."""
+    for start in range(0, a.shape[1], ROWS_PER_PRODUCT):
+        rows = slice(start, start + ROWS_PER_PRODUCT)
+        total[rows].add_(a[:, rows].t() @ b)
 
 
 class StatisticsCollector:

@@ -28,6 +28,7 @@ from ..storage.packed import apply_results
 from . import blocks as blockwise
 from . import quant_error
 from .checkpoint import BlockCheckpoint
+from .distributed import Ranks
 from .gradients import collect_moments, limit_batches
 from .qep import PairedCollector, QEPConfig, correct_weight
 from .statistics import StatisticsCollector
@@ -77,6 +78,8 @@ class Engine:
         self.needs: Needs = method.needs()
         self.moments: dict[str, LayerMoments] | None = None
         self._layer_bar = None
+        #: this process's place in a torch.distributed run (one process: rank 0 of 1)
+        self.ranks = Ranks.current()
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, LayerResult]:
@@ -84,6 +87,7 @@ class Engine:
         self.moments = self._moments()
         self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments))
         self.needs = self.method.needs()
+        self.ranks.check_same("the method's settings after prepare", self.method.to_dict())
         keep_fp = self.needs.fp_stream or self.qep is not None
         self._needs_data = bool(self.batches) and (self.needs.inputs != "none" or keep_fp)
         self._keep_fp = keep_fp
@@ -114,6 +118,8 @@ class Engine:
                     index, f"{prefix}.{index}", blocks[index], streams, checkpoint
                 )
                 bar.update(1)
+            if not self.ranks.is_writer:
+                return self.results  # the model-level steps run on rank 0 alone
             self._outside_blocks(prefix)
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
             self._update(self.method.on_model_done(view))
@@ -165,14 +171,17 @@ class Engine:
             self._restore(blocks, checkpoint, start)
         if not self._needs_data:
             return None
+        self.ranks.check_batches(len(self.batches))
+        local = self.ranks.shard(self.batches)  # each rank streams its share of the batches
         self._outer_to(blocks, self.device)
-        inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], self.batches, self.device)
+        inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], local, self.device)
         self._outer_to(blocks, torch.device("cpu"))
-        masks = [self._token_mask(mask) for _, mask in self.batches]
+        masks = [self._token_mask(mask) for _, mask in local]
         fp = [x.clone() for x in inputs] if self._keep_fp else None
         if start:
             saved = checkpoint.load_streams(start, self.device)
-            inputs, fp = saved["quantized"], saved.get("full_precision")
+            inputs = self.ranks.shard(saved["quantized"])
+            fp = self.ranks.shard(saved["full_precision"]) if "full_precision" in saved else None
         return Streams(inputs, kwargs, masks, fp)
 
     @staticmethod
@@ -225,8 +234,7 @@ class Engine:
                 else None
             )
         if streams is None:
-            for layer_name in layers:
-                self._quantize_one(layer_name, None)
+            self._solve(layers, dict.fromkeys(layers))
         else:
             for group in self._groups(block, layers, streams):
                 group_layers = {n: layers[n] for n in group}
@@ -247,7 +255,7 @@ class Engine:
             fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
-        self._update(self.method.on_block_done(view))
+        self._update(self.ranks.from_writer(self.method.on_block_done(self._whole(view))))
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         if streams is not None:
             with torch.no_grad():
@@ -258,10 +266,25 @@ class Engine:
             saved = {"quantized": streams.quantized} if streams else {}
             if streams and streams.full_precision is not None:
                 saved["full_precision"] = streams.full_precision
-            checkpoint.save_block(index, view.results, saved, self._block_rest(block, layers))
+            saved = {k: self.ranks.gather(v, to_all=False) for k, v in saved.items()}
+            if self.ranks.is_writer:
+                checkpoint.save_block(index, view.results, saved, self._block_rest(block, layers))
         if self.block_callback is not None:
             self.block_callback(view)
         return streams
+
+    def _whole(self, view: BlockView) -> BlockView:
+        """``view`` with every rank's batches, when several ranks run a method's block hook."""
+        if not self.ranks.distributed or type(self.method).on_block_done is Method.on_block_done:
+            return view
+        gather = self.ranks.gather
+        return dataclasses.replace(
+            view,
+            inputs=gather(view.inputs),
+            kwargs=gather(view.kwargs),
+            fp_inputs=None if view.fp_inputs is None else gather(view.fp_inputs),
+            fp_outputs=None if view.fp_outputs is None else gather(view.fp_outputs),
+        )
 
     def _run_all(self, block: nn.Module, inputs: list[torch.Tensor], streams: Streams):
         return [
@@ -288,9 +311,9 @@ class Engine:
                 ):
                     collector.token_mask = mask
                     blockwise.run_block(block, x, kw)
+            self.ranks.sum_statistics(collector.stats)
             hessians = collector.hessians()
-        for layer_name in group:
-            self._quantize_one(layer_name, hessians[layer_name])
+        self._solve(group, hessians)
 
     def _group_qep(
         self,
@@ -314,8 +337,11 @@ class Engine:
                 collector.token_mask = mask
                 blockwise.run_block(fp_block, xf, kw)
                 blockwise.run_block(block, xq, kw)
+        self.ranks.sum_statistics(collector.stats)
         config = self.qep
-        for layer_name, module in group.items():
+        done: dict[str, LayerResult] = {}
+        for layer_name in self.ranks.mine(group):
+            module = group[layer_name]
             hessian, cross = collector.stats[layer_name].matrices()
             if config.perccorr > 0 and config.corrects(layer_name):
                 module.weight.data = correct_weight(
@@ -323,15 +349,30 @@ class Engine:
                 )
             if self.needs.inputs == "diag":
                 hessian = hessian.diagonal().clone()
-            self._quantize_one(layer_name, hessian)
+            done[layer_name] = self._compute(layer_name, hessian)
+        for layer_name, result in self.ranks.exchange(group, done).items():
+            self._accept(layer_name, result)
+
+    def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
+        """Quantize ``group``: each rank its share (all in one process), then every result
+        stored on every rank."""
+        done = {n: self._compute(n, hessians[n]) for n in self.ranks.mine(group)}
+        for name, result in self.ranks.exchange(group, done).items():
+            self._accept(name, result)
 
     def _quantize_one(self, name: str, hessian: torch.Tensor | None) -> None:
+        self._accept(name, self._compute(name, hessian))
+
+    def _compute(self, name: str, hessian: torch.Tensor | None) -> LayerResult:
         module = self.layers[name]
         moments = (self.moments or {}).get(name)
         gradients = moments.b if moments is not None else None
         result = self.method.quantize(LayerJob(name, module, hessian=hessian, gradients=gradients))
         if self.method.calc_quant_error:
             self._fill_errors(module, result, hessian)
+        return result
+
+    def _accept(self, name: str, result: LayerResult) -> None:
         if self._layer_bar is not None:
             self._layer_bar.set_postfix_str(name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1])
             self._layer_bar.update(1)
