@@ -22,6 +22,7 @@ input and no collective runs.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ..contract import LayerResult
+from ..contract import BlockView, LayerResult, Method
 
 T = TypeVar("T")
 
@@ -121,6 +122,19 @@ class Ranks:
             if not self.is_writer:
                 return None
         return [_to(item, device) for part in parts for item in part]
+
+    def whole(self, view: BlockView, method: Method) -> BlockView:
+        """``view`` with every rank's batches, for a method that has a block hook to run."""
+        if not self.distributed or type(method).on_block_done is Method.on_block_done:
+            return view
+        fp_in, fp_out = view.fp_inputs, view.fp_outputs
+        return dataclasses.replace(
+            view,
+            inputs=self.gather(view.inputs),
+            kwargs=self.gather(view.kwargs),
+            fp_inputs=None if fp_in is None else self.gather(fp_in),
+            fp_outputs=None if fp_out is None else self.gather(fp_out),
+        )
 
     # -- statistics ---------------------------------------------------------------------------
     def sum_statistics(self, stats: dict[str, Any]) -> None:

@@ -255,7 +255,9 @@ class Engine:
             fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
-        self._update(self.ranks.from_writer(self.method.on_block_done(self._whole(view))))
+        self._update(
+            self.ranks.from_writer(self.method.on_block_done(self.ranks.whole(view, self.method)))
+        )
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         if streams is not None:
             with torch.no_grad():
@@ -272,19 +274,6 @@ class Engine:
         if self.block_callback is not None:
             self.block_callback(view)
         return streams
-
-    def _whole(self, view: BlockView) -> BlockView:
-        """``view`` with every rank's batches, when several ranks run a method's block hook."""
-        if not self.ranks.distributed or type(self.method).on_block_done is Method.on_block_done:
-            return view
-        gather = self.ranks.gather
-        return dataclasses.replace(
-            view,
-            inputs=gather(view.inputs),
-            kwargs=gather(view.kwargs),
-            fp_inputs=None if view.fp_inputs is None else gather(view.fp_inputs),
-            fp_outputs=None if view.fp_outputs is None else gather(view.fp_outputs),
-        )
 
     def _run_all(self, block: nn.Module, inputs: list[torch.Tensor], streams: Streams):
         return [
@@ -360,9 +349,6 @@ class Engine:
         for name, result in self.ranks.exchange(group, done).items():
             self._accept(name, result)
 
-    def _quantize_one(self, name: str, hessian: torch.Tensor | None) -> None:
-        self._accept(name, self._compute(name, hessian))
-
     def _compute(self, name: str, hessian: torch.Tensor | None) -> LayerResult:
         module = self.layers[name]
         moments = (self.moments or {}).get(name)
@@ -410,4 +396,4 @@ class Engine:
             self.model.to("cpu")
             hessians = collector.hessians()
         for name in outside:
-            self._quantize_one(name, hessians[name])
+            self._accept(name, self._compute(name, hessians[name]))
