@@ -194,10 +194,10 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return results if self.is_writer else {n: _unpack(s) for n, s in box[0].items()}
 
-    def check_same(self, what: str, value: Any) -> None:
-        """Fail on every rank when ``value`` (JSON-able) is not the same on all ranks."""
+    def check_same(self, what: str, value: T) -> T:
+        """``value`` (JSON-able); fails on every rank when it is not the same on all ranks."""
         if not self.distributed:
-            return
+            return value
         import torch.distributed as dist
 
         digest = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
@@ -206,6 +206,7 @@ class Ranks:
         if len(set(digests)) > 1:
             differ = [r for r, d in enumerate(digests) if d != digests[0]]
             raise RuntimeError(f"{what} differs between ranks (rank 0 vs ranks {differ})")
+        return value
 
 
 # -- moving results and tensors between processes -------------------------------------------

@@ -94,6 +94,7 @@ class Engine:
         prefix, blocks = blockwise.find_blocks(self.model)
         checkpoint = self._checkpoint_factory() if self._checkpoint_factory else None
         start = checkpoint.finished_blocks() if checkpoint else 0
+        start = self.ranks.check_same("blocks done in --checkpoint-dir (on all nodes?)", start)
         streams = self._start_streams(blocks, checkpoint, start)
         bar = tqdm(
             total=len(blocks),
@@ -343,8 +344,7 @@ class Engine:
             self._accept(layer_name, result)
 
     def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
-        """Quantize ``group``: each rank its share (all in one process), then every result
-        stored on every rank."""
+        """Quantize ``group``: each rank its share, every result stored on every rank."""
         done = {n: self._compute(n, hessians[n]) for n in self.ranks.mine(group)}
         for name, result in self.ranks.exchange(group, done).items():
             self._accept(name, result)
