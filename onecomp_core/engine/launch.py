@@ -87,11 +87,25 @@ def process_group(device: str) -> Iterator[Ranks]:
     global _JOINED
     _JOINED = True
     if not ranks.is_writer:
-        logging.getLogger().setLevel(logging.ERROR)
+        _quiet()
     try:
         yield Ranks.current()
     finally:
         dist.destroy_process_group()
+
+
+def _quiet() -> None:
+    """No warnings and no progress bars (ours, transformers', the hub's) on ranks other than 0."""
+    logging.getLogger().setLevel(logging.ERROR)
+    os.environ["ONECOMP_QUIET"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # transformers is a dependency; this only guards odd installs
+        pass
 
 
 def error_source() -> str | None:
