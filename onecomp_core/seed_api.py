@@ -126,6 +126,7 @@ class Runner:
             block_callback=self.block_callback,
         )
         self.results = engine.run()
+        self.timings = dict(engine.timings)
         self.quantized = True
         return self.results
 
@@ -188,7 +189,16 @@ class Runner:
             "layers": rows,
             "total_time_s": round(sum(r["time_s"] for r in rows), 3),
             "calibration_hash": self.calibration.sha256 if self.calibration else None,
+            "timings": self._timings(),
         }
+
+    def _timings(self) -> dict[str, float]:
+        """Seconds per engine phase; ``one_forward_s`` is one calibration forward of the model."""
+        timings = getattr(self, "timings", None) or {}
+        out = {key: round(value, 3) for key, value in sorted(timings.items())}
+        if "forward_s" in timings:
+            out["one_forward_s"] = round(timings.get("capture_s", 0) + timings["forward_s"], 3)
+        return out
 
     def print_quantization_results(self) -> None:
         from .table import format_table

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..contract.views import first_output
+from .tail import note_output
 
 # -- finding the blocks ------------------------------------------------------------------
 KNOWN_BLOCK_PATHS = (
@@ -99,8 +99,64 @@ def capture_inputs(
     return inputs, kwargs
 
 
+def other_tensors(block: nn.Module, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The block's tensors other than the quantized weights (norms, biases)."""
+    quantized = {id(m.weight) for m in layers.values()}
+    return {k: p for k, p in block.named_parameters() if id(p) not in quantized}
+
+
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
-    return first_output(block(hidden, **kwargs))
+    return note_output(block, block(hidden, **kwargs))
+
+
+# -- partial passes: run a block only as far as the layers of interest ---------------------
+class StopBlock(Exception):
+    """Raised by :class:`StopAfter`'s hook once the last layer of interest was entered."""
+
+
+class StopAfter:
+    """Stops a block's forward as soon as every one of ``modules`` has been entered.
+
+    A sub-group's statistics need only the inputs of its layers; everything
+    after them in the block (for q/k/v: attention, o, the whole MLP) would be
+    computed for nothing. Register it after the statistics hooks, so theirs
+    run first (pre-hooks run in registration order).
+    """
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.modules, self._pending = modules, set()
+        self._handles: list = []
+
+    def __enter__(self) -> StopAfter:
+        self._handles = [m.register_forward_pre_hook(self._hook) for m in self.modules]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _hook(self, module: nn.Module, args: tuple) -> None:
+        self._pending.discard(id(module))
+        if not self._pending:
+            raise StopBlock
+
+    def run(
+        self,
+        block: nn.Module,
+        hidden: torch.Tensor,
+        kwargs: dict[str, Any],
+        only: list[nn.Module] | None = None,
+    ) -> None:
+        """One batch through ``block`` up to the last of the modules (or ``only``), or its end.
+
+        ``only`` narrows the modules waited for: once q/k/v are known to read one
+        tensor, q's statistics serve all three and the pass can stop at q.
+        """
+        self._pending = {id(m) for m in (self.modules if only is None else only)}
+        try:
+            block(hidden, **kwargs)
+        except StopBlock:
+            pass
 
 
 # -- true-sequential sub-groups ----------------------------------------------------------
@@ -122,8 +178,8 @@ def sequential_groups(
 
     handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()]
     try:
-        with torch.no_grad():
-            run_block(block, hidden, kwargs)
+        with torch.no_grad(), StopAfter(list(layers.values())) as stop:
+            stop.run(block, hidden, kwargs)
     finally:
         for h in handles:
             h.remove()

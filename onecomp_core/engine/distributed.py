@@ -96,9 +96,18 @@ class Ranks:
                 "at least one (raise --num-samples or lower --batch-size)"
             )
 
+    def share_of_batches(self, batches: Sequence[T]) -> list[T]:
+        """This rank's calibration batches (an error when some rank would get none)."""
+        self.check_batches(len(batches))
+        return self.shard(batches)
+
     def shard(self, items: Sequence[T]) -> list[T]:
         """This rank's contiguous share of ``items`` (all of them in one process)."""
         return list(items[i] for i in shard_range(len(items), self.world, self.rank))
+
+    def shard_streams(self, streams: dict[str, list[T]]) -> dict[str, list[T]]:
+        """This rank's share of every per-batch list of ``streams``."""
+        return {name: self.shard(items) for name, items in streams.items()}
 
     def gather(self, items: list[Any], to_all: bool = True) -> list[Any] | None:
         """Every rank's share of a per-batch list, concatenated in batch order.
@@ -136,6 +145,11 @@ class Ranks:
             fp_outputs=None if fp_out is None else self.gather(fp_out),
         )
 
+    def block_hook(self, method: Method, view: BlockView) -> dict[str, LayerResult]:
+        """What ``method.on_block_done`` returns for the block of all ranks' batches (rank 0's
+        results, on every rank)."""
+        return self.from_writer(method.on_block_done(self.whole(view, method)))
+
     # -- statistics ---------------------------------------------------------------------------
     def sum_statistics(self, stats: dict[str, Any]) -> None:
         """All-reduce (sum) every accumulator and token count of ``stats`` in place.
@@ -165,10 +179,10 @@ class Ranks:
             return dict.fromkeys(layers, 0)
         return assign_layers({n: solve_cost(m) for n, m in layers.items()}, self.world)
 
-    def mine(self, layers: dict[str, nn.Module]) -> list[str]:
-        """The names of ``layers`` this rank solves, in their order."""
+    def mine(self, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        """The ``layers`` this rank solves, in their order."""
         owners = self.owners(layers)
-        return [name for name in layers if owners[name] == self.rank]
+        return {name: m for name, m in layers.items() if owners[name] == self.rank}
 
     def exchange(
         self, names: Iterable[str], local: dict[str, LayerResult]

@@ -114,8 +114,8 @@ class PairedCollector:
 
     @contextmanager
     def hooked(self) -> Iterator[PairedCollector]:
-        handles = [m.register_forward_hook(self._hold(n)) for n, m in self.fp_layers.items()]
-        handles += [m.register_forward_hook(self._pair(n)) for n, m in self.q_layers.items()]
+        handles = [m.register_forward_pre_hook(self._hold(n)) for n, m in self.fp_layers.items()]
+        handles += [m.register_forward_pre_hook(self._pair(n)) for n, m in self.q_layers.items()]
         try:
             yield self
         finally:
@@ -124,13 +124,13 @@ class PairedCollector:
             self._held.clear()
 
     def _hold(self, name: str):
-        def hook(module, args, output):
+        def hook(module, args):
             self._held[name] = args[0].detach()
 
         return hook
 
     def _pair(self, name: str):
-        def hook(module, args, output):
+        def hook(module, args):
             self.stats[name].add(self._held.pop(name), args[0].detach(), self.token_mask)
 
         return hook

@@ -74,32 +74,78 @@ def add_gram(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
 
 
 class StatisticsCollector:
-    """Forward hooks on a set of layers; ``token_mask`` is set per batch by the caller."""
+    """Pre-forward hooks on a set of layers; :meth:`new_batch` is called by the caller per batch.
+
+    Layers that read the very same input tensor (q/k/v, gate/up) share one
+    accumulator: XᵀX is computed once for them, and each still gets its own
+    Hessian tensor. Pre-hooks (not forward hooks) so a pass can stop as soon
+    as the last layer of interest was entered (:func:`~.blocks.run_partial`).
+    """
 
     def __init__(self, layers: dict[str, nn.Module], kind: str, dtype: torch.dtype):
-        self.stats = {
-            name: InputStatistics(m.in_features, kind, dtype, m.weight.device)
-            for name, m in layers.items()
-        }
-        self.layers = layers
+        self.kind, self.dtype, self.layers = kind, dtype, layers
+        self.stats: dict[str, InputStatistics] = {}
         self.token_mask: torch.Tensor | None = None
+        self._shares: dict[str, str] = {}  # layer → layer whose accumulator it shares
+        self._batch = 0
+        self._seen: list[
+            tuple[torch.Tensor, str]
+        ] = []  # this batch's inputs (held: ids stay unique)
+
+    def new_batch(self, token_mask: torch.Tensor | None) -> None:
+        if self._seen:
+            self._batch += 1
+        self.token_mask, self._seen = token_mask, []
 
     @contextmanager
     def hooked(self) -> Iterator[StatisticsCollector]:
         handles = [
-            module.register_forward_hook(self._hook(name)) for name, module in self.layers.items()
+            module.register_forward_pre_hook(self._hook(name))
+            for name, module in self.layers.items()
         ]
         try:
             yield self
         finally:
             for handle in handles:
                 handle.remove()
+            self._seen = []
+
+    def _owner(self, name: str, x: torch.Tensor) -> str:
+        """The layer whose accumulator ``name`` adds to (decided on the first batch)."""
+        same = next((owner for seen, owner in self._seen if seen is x), None)
+        if self._batch == 0 and name not in self._shares:
+            self._shares[name] = same or name
+        owner = self._shares.get(name, name)
+        if (owner != name) != (same is not None) or (same is not None and same != owner):
+            raise RuntimeError(f"layer {name!r} shares its input differently from batch to batch")
+        return owner
 
     def _hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            self.stats[name].add(args[0].detach(), self.token_mask)
+        def hook(module: nn.Module, args: tuple) -> None:
+            x = args[0]
+            owner = self._owner(name, x)
+            if owner == name:
+                if name not in self.stats:
+                    self.stats[name] = InputStatistics(
+                        module.in_features, self.kind, self.dtype, module.weight.device
+                    )
+                self.stats[name].add(x.detach(), self.token_mask)
+                self._seen.append((x, name))
 
         return hook
 
+    def owners(self) -> list[nn.Module] | None:
+        """After the first batch: the layers that own an accumulator (a pass may stop at them)."""
+        if self._batch == 0:
+            return None
+        return [m for n, m in self.layers.items() if self._shares.get(n, n) == n]
+
     def hessians(self) -> dict[str, torch.Tensor]:
-        return {name: s.hessian() for name, s in self.stats.items()}
+        """Each layer's own H (layers that shared an accumulator get equal, separate tensors)."""
+        out = {}
+        for name in self.layers:
+            owner = self._shares.get(name, name)
+            if owner not in self.stats:
+                raise RuntimeError(f"no calibration token reached layer {name!r}")
+            out[name] = self.stats[owner].hessian()
+        return out

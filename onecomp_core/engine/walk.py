@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,11 +82,22 @@ class Engine:
         self._layer_bar = None
         #: this process's place in a torch.distributed run (one process: rank 0 of 1)
         self.ranks = Ranks.current()
+        #: seconds per phase: capture_s + forward_s is one calibration forward of the model
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, LayerResult]:
         """Quantize every selected layer; returns :attr:`results`."""
-        self.moments = self._moments()
+        with self._timed("moments_s"):
+            self.moments = self._moments()
         self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments))
         self.needs = self.method.needs()
         self.ranks.check_same("the method's settings after prepare", self.method.to_dict())
@@ -123,7 +136,8 @@ class Engine:
                 return self.results  # the model-level steps run on rank 0 alone
             self._outside_blocks(prefix)
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
-            self._update(self.method.on_model_done(view))
+            with self._timed("model_hooks_s"):
+                self._update(self.method.on_model_done(view))
         finally:
             self._layer_bar.close()
             bar.close()
@@ -172,17 +186,16 @@ class Engine:
             self._restore(blocks, checkpoint, start)
         if not self._needs_data:
             return None
-        self.ranks.check_batches(len(self.batches))
-        local = self.ranks.shard(self.batches)  # each rank streams its share of the batches
+        local = self.ranks.share_of_batches(self.batches)  # the batches this rank streams
         self._outer_to(blocks, self.device)
-        inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], local, self.device)
+        with self._timed("capture_s"):
+            inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], local, self.device)
         self._outer_to(blocks, torch.device("cpu"))
         masks = [self._token_mask(mask) for _, mask in local]
         fp = [x.clone() for x in inputs] if self._keep_fp else None
         if start:
-            saved = checkpoint.load_streams(start, self.device)
-            inputs = self.ranks.shard(saved["quantized"])
-            fp = self.ranks.shard(saved["full_precision"]) if "full_precision" in saved else None
+            saved = self.ranks.shard_streams(checkpoint.load_streams(start, self.device))
+            inputs, fp = saved["quantized"], saved.get("full_precision")
         return Streams(inputs, kwargs, masks, fp)
 
     @staticmethod
@@ -199,13 +212,6 @@ class Engine:
             for key, b in list(module._buffers.items()):
                 if b is not None and id(b) not in inside:
                     module._buffers[key] = b.to(device)
-
-    def _block_rest(
-        self, block: nn.Module, layers: dict[str, nn.Module]
-    ) -> dict[str, torch.Tensor]:
-        """The block's tensors other than the quantized weights (norms, biases)."""
-        quantized = {id(m.weight) for m in layers.values()}
-        return {k: p for k, p in block.named_parameters() if id(p) not in quantized}
 
     def _restore(self, blocks: nn.ModuleList, checkpoint: BlockCheckpoint, start: int) -> None:
         for name, result in checkpoint.load_results(start).items():
@@ -228,7 +234,7 @@ class Engine:
         layers = {n: m for n, m in self.layers.items() if n.startswith(name + ".")}
         block.to(self.device)
         fp_block = copy.deepcopy(block) if self.qep is not None else None
-        with torch.no_grad():
+        with torch.no_grad(), self._timed("fp_forward_s"):
             fp_out = (
                 self._run_all(block, streams.full_precision, streams)
                 if (streams and streams.full_precision is not None)
@@ -256,12 +262,11 @@ class Engine:
             fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
-        self._update(
-            self.ranks.from_writer(self.method.on_block_done(self.ranks.whole(view, self.method)))
-        )
+        with self._timed("block_hooks_s"):
+            self._update(self.ranks.block_hook(self.method, view))
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         if streams is not None:
-            with torch.no_grad():
+            with torch.no_grad(), self._timed("forward_s"):
                 outputs = self._run_all(block, streams.quantized, streams)
             streams = Streams(outputs, streams.kwargs, streams.token_masks, fp_out)
         block.to("cpu")
@@ -271,7 +276,9 @@ class Engine:
                 saved["full_precision"] = streams.full_precision
             saved = {k: self.ranks.gather(v, to_all=False) for k, v in saved.items()}
             if self.ranks.is_writer:
-                checkpoint.save_block(index, view.results, saved, self._block_rest(block, layers))
+                checkpoint.save_block(
+                    index, view.results, saved, blockwise.other_tensors(block, layers)
+                )
         if self.block_callback is not None:
             self.block_callback(view)
         return streams
@@ -291,16 +298,18 @@ class Engine:
         return blockwise.sequential_groups(block, layers, streams.quantized[0], streams.kwargs[0])
 
     def _group(self, block: nn.Module, group: dict[str, nn.Module], streams: Streams) -> None:
+        """Statistics of one sub-group (each pass stops at its last layer), then its solves."""
         kind = self.needs.inputs
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(group)
         if kind != "none":
             collector = StatisticsCollector(group, kind, self.needs.precision)
-            with torch.no_grad(), collector.hooked():
+            stop = blockwise.StopAfter(list(group.values()))
+            with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop:
                 for x, kw, mask in zip(
                     streams.quantized, streams.kwargs, streams.token_masks, strict=True
                 ):
-                    collector.token_mask = mask
-                    blockwise.run_block(block, x, kw)
+                    collector.new_batch(mask)
+                    stop.run(block, x, kw, only=collector.owners())
             self.ranks.sum_statistics(collector.stats)
             hessians = collector.hessians()
         self._solve(group, hessians)
@@ -316,7 +325,9 @@ class Engine:
         """Pair each layer's full-precision and quantized-stream inputs, correct, quantize."""
         fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
         collector = PairedCollector(fp_group, group, self.needs.precision)
-        with torch.no_grad(), collector.hooked():
+        stop_fp = blockwise.StopAfter(list(fp_group.values()))
+        stop_q = blockwise.StopAfter(list(group.values()))
+        with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop_fp, stop_q:
             for xq, xf, kw, mask in zip(
                 streams.quantized,
                 streams.full_precision,
@@ -325,13 +336,12 @@ class Engine:
                 strict=True,
             ):
                 collector.token_mask = mask
-                blockwise.run_block(fp_block, xf, kw)
-                blockwise.run_block(block, xq, kw)
+                stop_fp.run(fp_block, xf, kw)
+                stop_q.run(block, xq, kw)
         self.ranks.sum_statistics(collector.stats)
         config = self.qep
         done: dict[str, LayerResult] = {}
-        for layer_name in self.ranks.mine(group):
-            module = group[layer_name]
+        for layer_name, module in self.ranks.mine(group).items():
             hessian, cross = collector.stats[layer_name].matrices()
             if config.perccorr > 0 and config.corrects(layer_name):
                 module.weight.data = correct_weight(
@@ -340,41 +350,33 @@ class Engine:
             if self.needs.inputs == "diag":
                 hessian = hessian.diagonal().clone()
             done[layer_name] = self._compute(layer_name, hessian)
-        for layer_name, result in self.ranks.exchange(group, done).items():
-            self._accept(layer_name, result)
+        self._accept(self.ranks.exchange(group, done))
 
     def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
         """Quantize ``group``: each rank its share, every result stored on every rank."""
         done = {n: self._compute(n, hessians[n]) for n in self.ranks.mine(group)}
-        for name, result in self.ranks.exchange(group, done).items():
-            self._accept(name, result)
+        self._accept(self.ranks.exchange(group, done))
 
     def _compute(self, name: str, hessian: torch.Tensor | None) -> LayerResult:
         module = self.layers[name]
         moments = (self.moments or {}).get(name)
         gradients = moments.b if moments is not None else None
-        result = self.method.quantize(LayerJob(name, module, hessian=hessian, gradients=gradients))
+        with self._timed("solve_s"):
+            result = self.method.quantize(
+                LayerJob(name, module, hessian=hessian, gradients=gradients)
+            )
         if self.method.calc_quant_error:
-            self._fill_errors(module, result, hessian)
+            quant_error.fill_errors(result, module.weight.data, hessian)
         return result
 
-    def _accept(self, name: str, result: LayerResult) -> None:
-        if self._layer_bar is not None:
-            self._layer_bar.set_postfix_str(name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1])
-            self._layer_bar.update(1)
-        if result.fallback:
-            logger.warning("%s: %s", name, result.fallback)
-        self._store(name, result)
-
-    @staticmethod
-    def _fill_errors(module: nn.Module, result: LayerResult, hessian: torch.Tensor | None) -> None:
-        weight = module.weight.data
-        deq = result.dequantize(weight.device)
-        stats = quant_error.weight_errors(weight, deq)
-        if hessian is not None:
-            stats.update(quant_error.output_errors(weight, deq, hessian))
-        for key, value in stats.items():
-            setattr(result, key, value)
+    def _accept(self, results: dict[str, LayerResult]) -> None:
+        for name, result in results.items():
+            if self._layer_bar is not None:
+                self._layer_bar.set_postfix_str(".".join(name.rsplit(".", 2)[-2:]))
+                self._layer_bar.update(1)
+            if result.fallback:
+                logger.warning("%s: %s", name, result.fallback)
+            self._store(name, result)
 
     # -- layers outside the blocks (lm_head when selected) ---------------------------------------
     def _outside_blocks(self, prefix: str) -> None:
@@ -388,12 +390,11 @@ class Engine:
             self.model.to(self.device)
             with torch.no_grad(), collector.hooked():
                 for ids, mask in self.batches:
-                    collector.token_mask = self._token_mask(mask)
+                    collector.new_batch(self._token_mask(mask))
                     self.model(
                         input_ids=ids.to(self.device),
                         attention_mask=None if mask is None else mask.to(self.device),
                     )
             self.model.to("cpu")
             hessians = collector.hessians()
-        for name in outside:
-            self._accept(name, self._compute(name, hessians[name]))
+        self._accept({name: self._compute(name, hessians[name]) for name in outside})

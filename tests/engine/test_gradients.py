@@ -30,6 +30,7 @@ def test_input_moments_match_the_runner_statistics(model_and_batches):
     collector = StatisticsCollector(layers, "full", torch.float64)
     with torch.no_grad(), collector.hooked():
         for ids, _ in batches:
+            collector.new_batch(None)
             model(input_ids=ids)
     for name, h in collector.hessians().items():
         torch.testing.assert_close(moments[name].xtx, h / 2)

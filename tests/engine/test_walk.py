@@ -210,3 +210,50 @@ def test_resume_refuses_a_different_run(tmp_path):
     )
     with pytest.raises(ValueError, match="belongs to a different run"):
         other.run()
+
+
+def test_sub_groups_do_not_rerun_the_whole_block():
+    """Each Linear runs once per batch per pass that needs its output, never for a later group.
+
+    The statistics pass of a group stops at its last layer, so down_proj (the
+    last group) computes only in the pass that makes the next block's inputs;
+    the old engine ran every Linear of the block once per group (4 + 2 times).
+    """
+    calls: dict[str, int] = {}
+    runner = Runner(_model_config(), HessianRTN(wbits=4), _calibration(4, 8), show_progress=False)
+    runner._load()
+    for name, module in runner.model.named_modules():
+        if name.startswith("model.layers.0.") and isinstance(module, torch.nn.Linear):
+            short = name.rsplit(".", 1)[1]
+            module.register_forward_hook(
+                lambda *_, key=short: calls.__setitem__(key, calls.get(key, 0) + 1)
+            )
+    runner.run()
+    batches = 2  # 8 samples / batch size 4
+    # A group's pass stops at its first layer once the group is known to share one input
+    # (after the first batch): down runs in the final pass only; gate/up + the down group's
+    # pass; o + the gate/up pass; q/k/v + the o pass. The order-finding pass (one batch)
+    # runs all but down; in the first batch of a group's pass, all but its last layer run.
+    assert calls == {
+        "down_proj": batches,
+        "gate_proj": 2 * batches + 1 + 1,
+        "up_proj": 2 * batches + 1,
+        "o_proj": 3 * batches + 1,
+        "q_proj": 4 * batches + 1 + 1,
+        "k_proj": 4 * batches + 1 + 1,
+        "v_proj": 4 * batches + 1,
+    }
+
+
+def test_engine_reports_where_the_time_went():
+    from onecomp_core.engine.walk import Engine
+
+    runner = Runner(_model_config(), HessianRTN(wbits=4), _calibration(4, 8), show_progress=False)
+    runner._load()
+    runner._calibrate()
+    layers = choose_layers(runner.model, runner.quantizer)
+    data = [(runner.calibration.input_ids[i : i + 4], None) for i in (0, 4)]
+    engine = Engine(runner.model, runner.quantizer, layers, data, torch.device("cpu"))
+    engine.run()
+    for key in ("capture_s", "statistics_s", "solve_s", "forward_s"):
+        assert engine.timings[key] > 0, key
