@@ -13,7 +13,7 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from ..engine.launch import error_source
+from ..engine.launch import PeerLost, error_source
 from ..registry import PluginError
 
 #: command name → module in this package that defines ``add_parser`` and ``run``
@@ -75,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         if where is not None:
             print(f"onecomp {args.command}: error{where}: {message}", file=sys.stderr)
         return 2
+    except PeerLost as exc:
+        if os.environ.get("ONECOMP_DEBUG"):
+            raise
+        print(f"onecomp {args.command}: stopped{error_source() or ''}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("onecomp: interrupted", file=sys.stderr)
         return 130

@@ -90,8 +90,31 @@ def process_group(device: str) -> Iterator[Ranks]:
         _quiet()
     try:
         yield Ranks.current()
+    except RuntimeError as exc:
+        if not _peer_lost(exc):
+            raise
+        raise PeerLost(
+            f"another rank failed first (its own line says why); here: {_first_line(exc)}"
+        ) from exc
     finally:
         dist.destroy_process_group()
+
+
+class PeerLost(RuntimeError):
+    """A collective failed because another rank stopped: reported in one line, not a traceback."""
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        s in text for s in ("Connection closed by peer", "remote worker", "Connection reset")
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
 def _quiet() -> None:

@@ -227,3 +227,61 @@ def test_a_killed_torchrun_run_resumes_and_writes_the_one_process_output(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed after block {done} of 5" in resumed.stderr
     _assert_same_output(out, tmp_path / "one")
+
+
+FAILING = """
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.distributed as dist
+
+from onecomp_core.cli import main
+from onecomp_core.contract import hookimpl
+from onecomp_core.testing import HessianRTN, registered_plugin
+
+
+@dataclass
+class FailsOnRank1(HessianRTN):
+    method: ClassVar[str] = "fails_on_rank1"
+
+    def quantize_layer(self, job):
+        if dist.get_rank() == 1 and ".layers.1." in job.name:
+            raise ValueError(f"layer {job.name}: broken on purpose")
+        return super().quantize_layer(job)
+
+
+class Plugin:
+    @hookimpl
+    def onecomp_register(self, register):
+        register.add_method(FailsOnRank1)
+
+
+with registered_plugin(Plugin()):
+    sys.exit(main(["quantize", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_the_run_with_one_line_and_no_hang(tmp_path):
+    script = tmp_path / "failing.py"
+    script.write_text(textwrap.dedent(FAILING))
+    out = tmp_path / "q"
+    args = [STORIES, "--method", "fails_on_rank1", *DATA, "--quiet", "--out", str(out)]
+    run = subprocess.run(
+        [*TORCHRUN, str(script), *args], env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode != 0 and not out.exists()
+    lines = [line for line in run.stderr.splitlines() if line.startswith("onecomp quantize")]
+    assert (
+        lines[0]
+        == (
+            "onecomp quantize: error (rank 1 of 2): "
+            "layer model.layers.1.self_attn.q_proj: broken on purpose"
+        )
+        or "broken on purpose" in lines[0]
+    ), run.stderr[-2000:]
+    assert all("stopped (rank 0 of 2): another rank failed first" in x for x in lines[1:])
+    assert "Traceback" not in "\n".join(
+        line for line in run.stderr.splitlines() if line.startswith("[rank")
+    )
