@@ -273,14 +273,8 @@ def test_an_error_on_one_rank_ends_the_run_with_one_line_and_no_hang(tmp_path):
     )
     assert run.returncode != 0 and not out.exists()
     lines = [line for line in run.stderr.splitlines() if line.startswith("onecomp quantize")]
-    assert (
-        lines[0]
-        == (
-            "onecomp quantize: error (rank 1 of 2): "
-            "layer model.layers.1.self_attn.q_proj: broken on purpose"
-        )
-        or "broken on purpose" in lines[0]
-    ), run.stderr[-2000:]
+    assert lines[0].startswith("onecomp quantize: error (rank 1 of 2): layer model.layers.1.")
+    assert lines[0].endswith("broken on purpose"), run.stderr[-2000:]
     assert all("stopped (rank 0 of 2): another rank failed first" in x for x in lines[1:])
     assert "Traceback" not in "\n".join(
         line for line in run.stderr.splitlines() if line.startswith("[rank")
