@@ -12,9 +12,12 @@ results a run returns.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata as md
 import logging
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +25,13 @@ from torch import nn
 
 from . import registry
 from .contract import BlockView, LayerResult, Method
+from .data import fingerprint
 from .data.adapters import linearize_conv1d
 from .data.calibration import CalibrationConfig, batches, build_calibration
 from .data.model import ModelConfig
-from .engine.checkpoint import BlockCheckpoint, fingerprint
+from .engine.blocks import find_blocks
+from .engine.checkpoint import BlockCheckpoint
+from .engine.distributed import Ranks
 from .engine.qep import QEPConfig
 from .engine.walk import Engine, choose_layers
 from .storage import artifact as saving
@@ -79,6 +85,7 @@ class Runner:
         block_callback: Callable[[BlockView], None] | None = None,
         qep: bool = False,
         qep_config: QEPConfig | None = None,
+        restart: bool = False,
     ) -> None:
         self.model_config = model_config
         self.quantizer = quantizer
@@ -90,7 +97,10 @@ class Runner:
         self.block_callback = block_callback
         self.qep = qep
         self.qep_config = qep_config or QEPConfig()
+        #: discard what ``checkpoint_dir`` holds instead of resuming it
+        self.restart = restart
         self.model: nn.Module | None = None
+        self._model_folder: Path | None = None
         self.tokenizer = None
         self.calibration = None
         self.layers: dict[str, nn.Module] = {}
@@ -107,32 +117,38 @@ class Runner:
         needs = self.quantizer.needs()
         if self.qep:
             self._check_qep(needs.inputs)
-        if needs.calibration or self.qep:
-            self._calibrate()
-        data = (
-            list(batches(self.calibration, self.calibration_config.batch_size))
-            if self.calibration is not None
-            else []
-        )
-        engine = Engine(
-            self.model,
-            self.quantizer,
-            self.layers,
-            data,
-            self.model_config.resolve_device(),
-            checkpoint=self._checkpoint,
-            qep=self.qep_config if self.qep else None,
-            show_progress=self.show_progress,
-            block_callback=self.block_callback,
-        )
-        self.results = engine.run()
-        self.timings = dict(engine.timings)
+        calibrated = needs.calibration or self.qep
+        with self._open_checkpoint(calibrated) as checkpoint:
+            if calibrated:
+                self._calibrate()
+            if checkpoint is not None:
+                sha = self.calibration.sha256 if self.calibration else None
+                checkpoint.expect(**{"calibration windows": sha})
+            data = (
+                list(batches(self.calibration, self.calibration_config.batch_size))
+                if self.calibration is not None
+                else []
+            )
+            engine = Engine(
+                self.model,
+                self.quantizer,
+                self.layers,
+                data,
+                self.model_config.resolve_device(),
+                checkpoint=(lambda: self._resume(checkpoint)) if checkpoint else None,
+                qep=self.qep_config if self.qep else None,
+                show_progress=self.show_progress,
+                block_callback=self.block_callback,
+            )
+            self.results = engine.run()
+            self.timings = dict(engine.timings)
         self.quantized = True
         return self.results
 
     def _load(self) -> None:
         if self.model is None:
             self.model = self.model_config.load_model()
+            self._model_folder = _local_folder(self.model_config.source)
             self.tokenizer = self.model_config.load_tokenizer()
             self.conv1d_linearized = linearize_conv1d(self.model)
 
@@ -147,19 +163,62 @@ class Runner:
                 f"{self.quantizer.method!r} takes none; run it without --qep"
             )
 
-    def _checkpoint(self) -> BlockCheckpoint | None:
-        """Asked for by the engine after ``prepare``, so a plan is part of the fingerprint."""
+    # -- checkpoints and resume ------------------------------------------------------------------
+    @contextmanager
+    def _open_checkpoint(self, calibrated: bool) -> Iterator[BlockCheckpoint | None]:
+        """The locked checkpoint, emptied on ``restart``, else checked against what is known
+        before any long work: the model by content, the settings, the versions."""
         if self.checkpoint_dir is None:
-            return None
-        parts = {
-            "model": self.model_config.source,
-            "dtype": str(self.model_config.dtype),
-            "quantizer": {"quant_method": self.quantizer.method, **self.quantizer.to_dict()},
+            yield None
+            return
+        checkpoint = BlockCheckpoint(self.checkpoint_dir)
+        ranks = Ranks.current()  # under torchrun rank 0 holds, empties and writes the folder
+        with checkpoint.locked() if ranks.is_writer else nullcontext():
+            if self.restart and ranks.is_writer:
+                checkpoint.discard()
+            ranks.barrier()  # the others read it after that
+            checkpoint.expect(**self._model_key())
+            checkpoint.expect(settings=self._settings(calibrated), versions=_versions())
+            yield checkpoint
+
+    def _model_key(self) -> dict[str, Any]:
+        """The model's files by content; a model handed over in memory by its tensors."""
+        if self._model_folder is not None:
+            return fingerprint.folder_key(self._model_folder)
+        config = {k: v for k, v in self.model.config.to_dict().items() if k != "_name_or_path"}
+        return {
+            **fingerprint.tensors_key(self.model.state_dict()),
+            "model config": {"config": fingerprint.settings_digest(config)},
+        }
+
+    def _settings(self, calibrated: bool) -> dict[str, Any]:
+        """Every setting that changes the result (calibration ones only when it is used)."""
+        calibration = {
+            f.name: getattr(self.calibration_config, f.name)
+            for f in dataclasses.fields(self.calibration_config)
+            if f.name != "dataset"  # by content: the "calibration windows" part
+        }
+        return {
+            "method": fingerprint.config_settings(self.quantizer),
             "layers": sorted(self.layers),
-            "calibration": self.calibration.sha256 if self.calibration else None,
+            "dtype": str(self.model_config.dtype),
+            "device": self.model_config.resolve_device().type,
+            "calibration": calibration if calibrated else None,
             "qep": dataclasses.asdict(self.qep_config) if self.qep else None,
         }
-        return BlockCheckpoint(self.checkpoint_dir, fingerprint(parts))
+
+    def _resume(self, checkpoint: BlockCheckpoint) -> BlockCheckpoint:
+        """Asked for by the engine after ``prepare``, so a plan is part of the key."""
+        checkpoint.expect(plan=self.quantizer.to_dict())
+        done = checkpoint.finished_blocks()
+        if done and Ranks.current().is_writer:
+            total = len(find_blocks(self.model)[1])
+            print(
+                f"onecomp: resuming after block {done} of {total} ({checkpoint.folder})",
+                file=sys.stderr,
+                flush=True,
+            )
+        return checkpoint
 
     # -- reporting ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -265,6 +324,33 @@ class Runner:
         if which == "original":
             return self.model_config.load_model()
         raise ValueError(f"model={which!r}: expected 'dequantized', 'quantized' or 'original'")
+
+
+def _local_folder(source: str) -> Path | None:
+    """The folder a model's files are in: a local folder, or a hub id's cached snapshot."""
+    local = Path(source).expanduser()
+    if local.is_dir():
+        return local
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, local_files_only=True))
+    except Exception:  # not cached (yet): the loaded tensors are hashed instead
+        return None
+
+
+def _versions() -> dict[str, str]:
+    """onecomp-core, the plugins that provide methods, torch and transformers."""
+    versions = {}
+    for dist in ("onecomp-core", "torch", "transformers"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = "unknown"
+    for info in registry.plugin_report():
+        if info.methods and info.status == "ok":
+            versions[info.distribution] = info.version
+    return versions
 
 
 __all__ = [

@@ -7,12 +7,14 @@ import json
 import shutil
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from ..contract import Method
 from ..data.calibration import STRATEGIES, CalibrationConfig
 from ..registry import create_method
-from ..storage.atomic import check_free
+from ..storage import lock
+from ..storage.atomic import check_free, remove_leftovers
 from .options import add_model_options, model_config, parse_settings
 
 
@@ -58,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "rerunning the same command resumes there; removed after a successful save",
     )
     p.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the checkpoint folder's progress and start over "
+        "(a checkpoint of another model or other settings is refused otherwise)",
+    )
+    p.add_argument(
         "--no-checkpoint",
         action="store_true",
         help="do not save progress per block (a crash loses the whole run)",
@@ -94,6 +102,8 @@ def _qep_config(args: argparse.Namespace):
 
 def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
     if args.no_checkpoint:
+        if args.restart:
+            raise ValueError("--restart discards a checkpoint: it has no use with --no-checkpoint")
         return None
     return (
         Path(args.checkpoint_dir)
@@ -113,13 +123,13 @@ def run(args: argparse.Namespace) -> int:
     if method.needs().calibration or args.qep:
         launch.launched().check_batches(-(-args.num_samples // max(1, args.batch_size)))
     with launch.process_group(device) as ranks:
-        return _quantize(args, out, method, qep_config, device, ranks)
+        return _on_rank(args, out, method, qep_config, device, ranks)
 
 
-def _quantize(args, out: Path, method: Method, qep_config, device: str, ranks) -> int:
+def _on_rank(args, out: Path, method: Method, qep_config, device: str, ranks) -> int:
+    """This process's part: locks and output on rank 0 only (one process: all of it)."""
     from ..seed_api import Runner
 
-    quiet = args.quiet or not ranks.is_writer
     calibration = CalibrationConfig(
         dataset=args.calibration,
         text_key=args.text_key,
@@ -130,21 +140,44 @@ def _quantize(args, out: Path, method: Method, qep_config, device: str, ranks) -
         batch_size=args.batch_size,
     )
     checkpoint_dir = _checkpoint_dir(args, out)
-    runner = Runner(
-        model_config=model_config(args.model, args.dtype, device),
-        quantizer=method,
-        calibration_config=calibration,
-        checkpoint_dir=checkpoint_dir,
-        show_progress=not quiet,
-        qep=args.qep,
-        qep_config=qep_config,
-    )
+    with ExitStack() as held:
+        if ranks.is_writer:  # rank 0 writes; a second run on the same --out stops here
+            held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
+            remove_leftovers(out)
+        if checkpoint_dir is not None and ranks.is_writer:
+            held.enter_context(
+                lock.holding(lock.inside(checkpoint_dir), f"checkpoint folder {checkpoint_dir}")
+            )
+        runner = Runner(
+            model_config=model_config(args.model, args.dtype, device),
+            quantizer=method,
+            calibration_config=calibration,
+            checkpoint_dir=checkpoint_dir,
+            show_progress=not args.quiet and ranks.is_writer,
+            qep=args.qep,
+            qep_config=qep_config,
+            restart=args.restart,
+        )
+        return _quantize(args, out, runner, checkpoint_dir, ranks)
+
+
+def _quantize(
+    args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path | None, ranks
+) -> int:
+    """Run, save, clean up (under the locks :func:`run` holds)."""
+    from ..engine.checkpoint import CheckpointMismatch
+
     start = time.perf_counter()
-    results = runner.run()
+    try:
+        results = runner.run()
+    except CheckpointMismatch as err:
+        raise ValueError(
+            f"{err.problem}; pass --restart to start over, or another --checkpoint-dir"
+        ) from None
     elapsed = time.perf_counter() - start
     if not ranks.is_writer:
         return 0  # rank 0 writes the output
-    if not quiet:
+    if not args.quiet:
         runner.print_quantization_results()
     runner.save_quantized_model(out, overwrite=args.overwrite)
     if checkpoint_dir is not None and args.checkpoint_dir is None:

@@ -87,6 +87,13 @@ class Ranks:
         """Rank 0 writes the output, the checkpoints, and prints."""
         return self.rank == 0
 
+    def barrier(self) -> None:
+        """Wait until every rank got here (nothing in one process)."""
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     # -- batches ------------------------------------------------------------------------------
     def check_batches(self, count: int) -> None:
         """Every rank needs at least one calibration batch."""

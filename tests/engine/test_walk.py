@@ -208,7 +208,7 @@ def test_resume_refuses_a_different_run(tmp_path):
         checkpoint_dir=ckpt,
         show_progress=False,
     )
-    with pytest.raises(ValueError, match="belongs to a different run"):
+    with pytest.raises(ValueError, match=r"made with other settings \(method.wbits 3, now 4\)"):
         other.run()
 
 
