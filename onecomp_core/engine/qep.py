@@ -10,7 +10,7 @@ Both matrices are accumulated batch by batch, so no activation is stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +78,10 @@ class PairedStatistics:
         self.cross.addmm_((x_fp - x_q).t(), x_q)
         self.tokens += x_q.shape[0]
 
+    def accumulators(self) -> list[torch.Tensor]:
+        """The running sums (what a distributed run hands from rank to rank)."""
+        return [self.xtx, self.cross]
+
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokens == 0:
             raise RuntimeError("no calibration token reached this layer")
@@ -134,25 +138,31 @@ def paired_statistics(
     group: dict[str, nn.Module],
     streams: Any,
     needs: Any,
+    on_batch: Callable[[int, PairedCollector], None] | None = None,
 ) -> PairedCollector:
     """H and C of every layer of ``group`` over the calibration batches.
 
     Each batch runs through the full-precision copy of the block (inputs X)
     and the block being quantized (inputs X̂), each pass stopping after the
     group's last layer. ``streams``: the engine's activations (``quantized``,
-    ``full_precision``, ``kwargs``, ``token_masks``); ``needs``: the method's.
+    ``full_precision``, ``kwargs``, ``token_masks``); ``needs``: the method's;
+    ``on_batch(i, collector)`` is called before the i-th batch (a distributed run records).
     """
     collector = PairedCollector(fp_group, group, needs.precision)
     stop_fp = blockwise.StopAfter(list(fp_group.values()))
     stop_q = blockwise.StopAfter(list(group.values()))
     with torch.no_grad(), collector.hooked(), stop_fp, stop_q:
-        for xq, xf, kw, mask in zip(
-            streams.quantized,
-            streams.full_precision,
-            streams.kwargs,
-            streams.token_masks,
-            strict=True,
+        for i, (xq, xf, kw, mask) in enumerate(
+            zip(
+                streams.quantized,
+                streams.full_precision,
+                streams.kwargs,
+                streams.token_masks,
+                strict=True,
+            )
         ):
+            if on_batch is not None:
+                on_batch(i, collector)
             collector.token_mask = mask
             stop_fp.run(fp_block, xf, kw)
             stop_q.run(block, xq, kw)

@@ -8,7 +8,7 @@ tokens (mask 0) are left out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -36,6 +36,10 @@ class InputStatistics:
             self.sum.add_(x.pow(2).sum(dim=0))
         self.tokens += x.shape[0]
 
+    def accumulators(self) -> list[torch.Tensor]:
+        """The running sums (what a distributed run hands from rank to rank)."""
+        return [self.sum]
+
     def hessian(self) -> torch.Tensor:
         """H = (2/N)·XᵀX (or its diagonal), in float32 unless the accumulator is wider."""
         if self.tokens == 0:
@@ -58,6 +62,8 @@ class StatisticsCollector:
         self.stats: dict[str, InputStatistics] = {}
         self.token_mask: torch.Tensor | None = None
         self._shares: dict[str, str] = {}  # layer → layer whose accumulator it shares
+        #: makes an accumulator (a distributed run puts a recorder in front of it)
+        self.new_stats: Callable[..., InputStatistics] = InputStatistics
         self._batch = 0
         self._seen: list[
             tuple[torch.Tensor, str]
@@ -97,7 +103,7 @@ class StatisticsCollector:
             owner = self._owner(name, x)
             if owner == name:
                 if name not in self.stats:
-                    self.stats[name] = InputStatistics(
+                    self.stats[name] = self.new_stats(
                         module.in_features, self.kind, self.dtype, module.weight.device
                     )
                 self.stats[name].add(x.detach(), self.token_mask)
