@@ -45,6 +45,14 @@ def shard_range(count: int, world: int, rank: int) -> range:
     return range(rank * count // world, (rank + 1) * count // world)
 
 
+def row_shares(rows: int, world: int, block: int = 64) -> list[slice]:
+    """One contiguous slice of ``rows`` per rank, cut at multiples of ``block`` (sizes as equal
+    as whole blocks allow; a rank gets an empty slice when there are fewer blocks than ranks)."""
+    blocks = -(-rows // block)
+    cuts = [shard_range(blocks, world, rank) for rank in range(world)]
+    return [slice(min(rows, c.start * block), min(rows, c.stop * block)) for c in cuts]
+
+
 def solve_cost(module: nn.Module) -> float:
     """Relative cost of solving one (out × in) layer: in²·(in + out), as GPTQ's inverse + updates."""
     out_features, in_features = module.weight.shape[:2]
@@ -174,33 +182,33 @@ class Ranks:
             for tensor in tensors:
                 dist.broadcast(tensor, source)
 
-    def send(self, calls: list[tuple], dest: int) -> None:
-        """Send argument tuples (tensors, None, plain values) to rank ``dest``."""
+    def share_calls(self, calls: list[tuple], source: int, device: torch.device) -> list[tuple]:
+        """Rank ``source``'s argument tuples (tensors, None, plain values) on every rank;
+        tensors arrive on ``device``."""
+        if not self.distributed:
+            return calls
         import torch.distributed as dist
 
         tensors: list[torch.Tensor] = []
         header = [tuple(_describe(a, tensors) for a in args) for args in calls]
-        dist.send_object_list([header], dst=dest, device=_wire(tensors))
-        for tensor in tensors:
-            dist.send(tensor.contiguous(), dst=dest)
-
-    def receive(self, source: int, device: torch.device) -> list[tuple]:
-        """What :meth:`send` on rank ``source`` sent here, tensors on ``device``."""
-        import torch.distributed as dist
-
-        box: list[Any] = [None]
-        dist.recv_object_list(box, src=source, device=device if device.type == "cuda" else None)
-        calls = []
+        box: list[Any] = [header if self.rank == source else None]
+        wire = device if device.type == "cuda" else None
+        dist.broadcast_object_list(box, src=source, device=wire)
+        if self.rank == source:
+            for tensor in tensors:
+                dist.broadcast(tensor.contiguous(), source)
+            return calls
+        received = []
         for args in box[0]:
             values = []
             for item in args:
                 if isinstance(item, _TensorSpec):
                     tensor = torch.empty(item.shape, dtype=item.dtype, device=device)
-                    dist.recv(tensor, src=source)
+                    dist.broadcast(tensor, source)
                     item = tensor
                 values.append(item)
-            calls.append(tuple(values))
-        return calls
+            received.append(tuple(values))
+        return received
 
     # -- layer solves ---------------------------------------------------------------------------
     def exchange_parts(self, local: dict[str, LayerResult]) -> list[dict[str, LayerResult]]:
@@ -289,9 +297,3 @@ def _describe(value: Any, tensors: list[torch.Tensor]) -> Any:
         tensors.append(value)
         return _TensorSpec(tuple(value.shape), value.dtype)
     return value
-
-
-def _wire(tensors: list[torch.Tensor]) -> torch.device | None:
-    """The device a header travels through: the tensors' GPU under NCCL, else the CPU."""
-    cuda = next((t.device for t in tensors if t.device.type == "cuda"), None)
-    return cuda

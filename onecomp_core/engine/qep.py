@@ -66,7 +66,14 @@ class PairedStatistics:
         self.cross = torch.zeros_like(self.xtx)
         self.tokens = 0
 
-    def add(self, x_fp: torch.Tensor, x_q: torch.Tensor, mask: torch.Tensor | None) -> None:
+    def add(
+        self,
+        x_fp: torch.Tensor,
+        x_q: torch.Tensor,
+        mask: torch.Tensor | None,
+        rows: slice | None = None,
+    ) -> None:
+        """Add one batch; ``rows``: only those rows of both sums (a distributed run's share)."""
         x_fp = x_fp.reshape(-1, x_fp.shape[-1])
         x_q = x_q.reshape(-1, x_q.shape[-1])
         if mask is not None:
@@ -74,8 +81,12 @@ class PairedStatistics:
             x_fp, x_q = x_fp[keep], x_q[keep]
         x_fp = x_fp.to(self.xtx.device, self.xtx.dtype)
         x_q = x_q.to(self.xtx.device, self.xtx.dtype)
-        self.xtx.addmm_(x_q.t(), x_q)
-        self.cross.addmm_((x_fp - x_q).t(), x_q)
+        if rows is None:
+            self.xtx.addmm_(x_q.t(), x_q)
+            self.cross.addmm_((x_fp - x_q).t(), x_q)
+        else:
+            self.xtx[rows].addmm_(x_q[:, rows].t(), x_q)
+            self.cross[rows].addmm_((x_fp - x_q)[:, rows].t(), x_q)
         self.tokens += x_q.shape[0]
 
     def accumulators(self) -> list[torch.Tensor]:

@@ -17,7 +17,7 @@ import dataclasses
 from torch import nn
 
 from ..contract import LayerJob, LayerResult, Method
-from .distributed import Ranks, assign_layers, shard_range, solve_cost
+from .distributed import Ranks, assign_layers, row_shares, solve_cost
 
 
 def solve_jobs(ranks: Ranks, method: Method, jobs: dict[str, LayerJob]) -> dict[str, LayerResult]:
@@ -55,12 +55,7 @@ def row_slices(method: Method, job: LayerJob, world: int) -> list[slice] | None:
     """One contiguous slice of ``job``'s rows per rank, cut at multiples of the method's row
     block (some empty when the layer has fewer blocks than ranks); None: solved whole."""
     block = method.row_block(job)
-    if block <= 0:
-        return None
-    rows = job.weight.shape[0]
-    blocks = -(-rows // block)
-    cuts = [shard_range(blocks, world, rank) for rank in range(world)]
-    return [slice(min(rows, c.start * block), min(rows, c.stop * block)) for c in cuts]
+    return row_shares(job.weight.shape[0], world, block) if block > 0 else None
 
 
 def rows_of(job: LayerJob, rows: slice) -> LayerJob:

@@ -3,15 +3,16 @@
 One process adds each calibration batch's product (XᵀX, QEP's pair) into its
 accumulator in batch order. Floating-point addition is not associative, so
 ranks that summed their own batches and then all-reduced the partial sums
-would round differently from one process (and from each other run to run
-with another split). Instead, while a rank runs its share of the batches,
-each accumulator is fronted by a :class:`Recorded` that keeps the arguments
-of every ``add`` (the layer's inputs of that batch). Then every accumulator
-is given to one rank (by its size, largest first), the recorded inputs travel
-there and are added in batch order — the very additions one process makes —
-and the finished sums are broadcast: every rank ends with the bits one
-process has. What travels is the layers' inputs of a sub-group (about one
-block stream per accumulator) and the sums (in × in each).
+would round differently from one process. Instead, while a rank runs its
+share of the batches, each accumulator is fronted by a :class:`Recorded` that
+keeps the arguments of every ``add`` (the layer's inputs of that batch). Then,
+batch by batch in order, the rank holding a batch broadcasts its inputs and
+every rank adds them into its own share of the sum's rows (``add(...,
+rows=…)``, rows cut at multiples of 64): the very products and additions one
+process makes, entry for entry. Finally each rank broadcasts its rows, and
+every rank holds the bits one process has. A diagonal (``"diag"``
+statistics) is cheap: every rank adds it whole. What travels is each
+sub-group's layer inputs once and the sums (in × in each).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .distributed import Ranks, assign_layers, shard_range
+from .distributed import Ranks, row_shares, shard_range
 from .statistics import InputStatistics
 
 
@@ -104,35 +105,27 @@ class Recording:
                 if make is None:
                     raise RuntimeError(f"no calibration token reached layer {name!r} on this rank")
                 recorded[name] = Recorded(make(name), self.clock)
-        sizes = {n: float(sum(t.numel() for t in recorded[n].target.accumulators())) for n in names}
-        owners = assign_layers(sizes, ranks.world)
         for name in names:
-            self._sum(recorded[name], owners[name])
-        for name in names:  # every rank gets the finished sums
-            target = recorded[name].target
-            tensors = target.accumulators()
-            count = torch.tensor([target.tokens], dtype=torch.int64, device=tensors[0].device)
-            ranks.broadcast([*tensors, count], owners[name])
-            target.tokens = int(count.item())
+            self._sum(recorded[name])
         return {name: recorded[name].target for name in names}
 
-    def _sum(self, record: Recorded, owner: int) -> None:
-        """Add every batch's recorded arguments into the owner's accumulator, in batch order."""
-        ranks, me = self.ranks, self.ranks.rank
+    def _sum(self, record: Recorded) -> None:
+        """Every batch's recorded arguments, in batch order, added into this rank's rows; then
+        each rank's rows to every rank."""
+        ranks, target = self.ranks, record.target
+        sums = target.accumulators()
+        split = sums[0].dim() == 2
+        shares = row_shares(sums[0].shape[0], ranks.world) if split else None
+        mine = shares[ranks.rank] if split else None
         for batch in range(self.count):
             source = _holder(batch, self.count, ranks.world)
-            if source == owner == me:
-                calls = record.of_batch(batch)
-            elif source == me:
-                ranks.send(record.of_batch(batch), owner)
-                continue
-            elif owner == me:
-                calls = ranks.receive(source, record.target.accumulators()[0].device)
-            else:
-                continue
+            calls = ranks.share_calls(record.of_batch(batch), source, sums[0].device)
             for args in calls:
-                record.target.add(*args)
+                target.add(*args, rows=mine) if split else target.add(*args)
         record.calls = []
+        if split:
+            for rank, rows in enumerate(shares):
+                ranks.broadcast([total[rows] for total in sums], rank)
 
 
 def _holder(batch: int, count: int, world: int) -> int:

@@ -25,12 +25,18 @@ class InputStatistics:
         shape = (in_features, in_features) if kind == "full" else (in_features,)
         self.sum = torch.zeros(shape, dtype=dtype, device=device)
 
-    def add(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
+    def add(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None, rows: slice | None = None
+    ) -> None:
+        """Add one batch's inputs; ``rows``: only those rows of XᵀX (a distributed run splits
+        the rows over its ranks; the same products, so the same bits; a diagonal is whole)."""
         x = x.reshape(-1, x.shape[-1])
         if token_mask is not None:
             x = x[token_mask.reshape(-1).to(x.device).bool()]
         x = x.to(self.sum.device, self.dtype)
-        if self.kind == "full":
+        if self.kind == "full" and rows is not None:
+            self.sum[rows].addmm_(x[:, rows].t(), x)
+        elif self.kind == "full":
             self.sum.addmm_(x.t(), x)
         else:
             self.sum.add_(x.pow(2).sum(dim=0))
