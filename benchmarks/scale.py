@@ -123,9 +123,11 @@ def measure(
     else:
         program = [str(BIN / "onecomp")]
     load_before = os.getloadavg()[0]
+    cpu_before = _children_cpu_s()
     run = run_tree(
         program + args, env=run_env(threads), timeout=timeout, log_dir=work / f"{out.name}.logs"
     )
+    cpu_s = _children_cpu_s() - cpu_before
     model_bytes = synthetic_model.weight_bytes(model)
     record = {
         "method": method,
@@ -136,6 +138,10 @@ def measure(
         "checkpoint": checkpoint,
         "status": "timeout" if run.timed_out else ("ok" if run.returncode == 0 else "failed"),
         "wall_s": round(run.wall_s, 1),
+        # CPU seconds of the whole tree over wall: ~1 for one thread, ~N when N ranks ran side
+        # by side (a shared machine shows here when they did not)
+        "cpu_s": round(cpu_s, 1),
+        "cores_used": round(cpu_s / run.wall_s, 2) if run.wall_s > 0 else scale_report.NA,
         "peak_tree_mb": round(run.peak_tree_rss_mb),
         "maxrss_mb": round(run.maxrss_largest_mb),
         "model_mb": round(model_bytes / 1e6, 1),
@@ -150,6 +156,14 @@ def measure(
     record["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     record["output"] = str(out)
     return record
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of every finished child process tree so far."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def reference_forward(model: Path, samples: int, length: int, threads: int) -> float | str:
