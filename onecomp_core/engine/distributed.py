@@ -127,7 +127,7 @@ class Ranks:
         """This rank's share of every per-batch list of ``streams``."""
         return {name: self.shard(items) for name, items in streams.items()}
 
-    def gather(self, items: list[Any], to_all: bool = True) -> list[Any] | None:
+    def gather(self, items: Sequence[Any], to_all: bool = True) -> Sequence[Any] | None:
         """Every rank's share of a per-batch list, concatenated in batch order.
 
         With ``to_all=False`` only rank 0 receives it (others get None).
@@ -138,6 +138,7 @@ class Ranks:
             return items
         import torch.distributed as dist
 
+        items = list(items)  # a stream kept on disk (--offload-activations) is read here
         device = _device_of(items)
         local = _to(items, torch.device("cpu"))
         if to_all:
@@ -157,10 +158,10 @@ class Ranks:
         fp_in, fp_out = view.fp_inputs, view.fp_outputs
         return dataclasses.replace(
             view,
-            inputs=self.gather(list(view.inputs)),
+            inputs=self.gather(view.inputs),
             kwargs=self.gather(view.kwargs),
-            fp_inputs=None if fp_in is None else self.gather(list(fp_in)),
-            fp_outputs=None if fp_out is None else self.gather(list(fp_out)),
+            fp_inputs=None if fp_in is None else self.gather(fp_in),
+            fp_outputs=None if fp_out is None else self.gather(fp_out),
         )
 
     # -- plain collectives (what shared_statistics and the solves use) ------------------------
