@@ -121,11 +121,15 @@ class Recording:
             source = _holder(batch, self.count, ranks.world)
             calls = ranks.share_calls(record.of_batch(batch), source, sums[0].device)
             for args in calls:
-                target.add(*args, rows=mine) if split else target.add(*args)
+                if split:
+                    target.add(*args, rows=mine)
+                else:
+                    target.add(*args)
         record.calls = []
         if split:
             for rank, rows in enumerate(shares):
-                ranks.broadcast([total[rows] for total in sums], rank)
+                if rows.stop > rows.start:
+                    ranks.broadcast([total[rows] for total in sums], rank)
 
 
 def _holder(batch: int, count: int, world: int) -> int:

@@ -122,7 +122,7 @@ stories, calib, out = sys.argv[1:4]
 cases = {
     "gptq": ("gptq", {"wbits": 4, "groupsize": 32}, False),
     "gptq_qep": ("gptq", {"wbits": 3}, True),
-    "dbf": ("dbf", {"iters": 4, "finetune_steps": 10, "distill_steps": 3}, False),
+    "dbf": ("dbf", {"iters": 2, "finetune_steps": 4, "distill_steps": 2}, False),
 }
 for name, (method, params, qep) in cases.items():
     runner = Runner(
@@ -154,8 +154,8 @@ def test_two_ranks_write_what_one_process_writes(tmp_path):
     _one_process(tmp_path / "gptq", "--method", "gptq", "--set", "wbits=4", "--set", "groupsize=32")
     _one_process(tmp_path / "gptq_qep", "--method", "gptq", "--set", "wbits=3", "--qep")
     _one_process(
-        tmp_path / "dbf", "--method", "dbf", "--set", "iters=4", "--set", "finetune_steps=10",
-        "--set", "distill_steps=3",
+        tmp_path / "dbf", "--method", "dbf", "--set", "iters=2", "--set", "finetune_steps=4",
+        "--set", "distill_steps=2",
     )  # fmt: skip
     for name in ("gptq", "gptq_qep", "dbf"):
         _assert_same_output(tmp_path / "ranks" / name, tmp_path / name)
