@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +46,8 @@ from process_tree import MB, run_tree  # noqa: E402
 #: the protocol's settings per method (DBF: its defaults at 1.5 bits)
 METHODS = {"gptq": ["wbits=4", "groupsize=128"], "dbf": ["target_bits=1.5"]}
 BIN = Path(sys.executable).parent
+#: wraps each rank of a torchrun run: prints its user and system CPU seconds
+RANK_TIMER = ["/usr/bin/time", "-f", "rank-cpu %U %S"] if Path("/usr/bin/time").exists() else []
 
 
 def quantize_command(
@@ -119,7 +122,7 @@ def measure(
     args = quantize_command(model, method, out, summary, samples, length, device, checkpoint)
     if ranks > 1:
         program = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={ranks}"]
-        program += ["--no-python", str(BIN / "onecomp")]
+        program += ["--no-python", *RANK_TIMER, str(BIN / "onecomp")]
     else:
         program = [str(BIN / "onecomp")]
     load_before = os.getloadavg()[0]
@@ -151,6 +154,11 @@ def measure(
         lines = [x for x in run.stderr.splitlines() if x.strip() and set(x.strip()) != {"="}]
         ours = [x for x in lines if x.startswith("onecomp")]  # the CLI's one-line errors
         record["error"] = (ours or lines)[-3:] or ["(no stderr)"]
+    if ranks > 1:  # each rank's CPU seconds: the busiest one bounds the run on free cores
+        record["rank_cpu_s"] = [
+            round(float(user) + float(system), 1)
+            for user, system in re.findall(r"rank-cpu ([\d.]+) ([\d.]+)", run.stderr)
+        ]
     if summary.is_file():
         record |= scale_report.timing_fields(json.loads(summary.read_text()), run.wall_s)
     record["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
