@@ -207,7 +207,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--methods", nargs="+", default=["gptq", "dbf"], choices=sorted(METHODS))
     parser.add_argument("--shape", default="tinyllama", choices=sorted(synthetic_model.SHAPES))
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 blocks, 8 × 128 tokens")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 blocks, 8 × 128 tokens (per rank)"
+    )
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="per process; 0 = torch default")
@@ -228,8 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default=str(RESULTS / "scale.jsonl"), help="'' = print only")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.blocks, args.num_samples, args.max_length = [2], 8, 128
+    if args.quick:  # under --distributed N: one batch (of the CLI's 8) per rank
+        args.blocks, args.num_samples, args.max_length = [2], 8 * max(1, args.distributed), 128
     if args.distributed == 1 or args.distributed < 0:
         parser.error(f"--distributed {args.distributed}: give N ≥ 2 ranks (or leave it out)")
     if min(args.blocks) < 1:
