@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from ..contract import BlockView, LayerResult
+from ..contract import BlockView, LayerResult, Method
 
 T = TypeVar("T")
 
@@ -150,6 +150,11 @@ class Ranks:
             if not self.is_writer:
                 return None
         return [_to(item, device) for part in parts for item in part]
+
+    def for_hooks(self, view: BlockView, method: Method, fine_tunes: bool) -> BlockView:
+        """``view`` with every rank's batches when block fine-tuning or a block hook reads it."""
+        hooked = fine_tunes or type(method).on_block_done is not Method.on_block_done
+        return self.whole(view) if hooked else view
 
     def whole(self, view: BlockView) -> BlockView:
         """``view`` with every rank's batches (for block fine-tuning and a block hook)."""

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
-from ..contract import LayerJob, LayerResult, Method
+from ..contract import LayerJob, LayerMoments, LayerResult, Method
 from .distributed import Ranks, assign_layers, row_shares, solve_cost
 
 
@@ -51,6 +52,18 @@ def solve_jobs(ranks: Ranks, method: Method, jobs: dict[str, LayerJob]) -> dict[
     return results
 
 
+def job_of(
+    name: str,
+    layers: dict[str, nn.Module],
+    hessian: torch.Tensor | None,
+    moments: dict[str, LayerMoments] | None,
+) -> LayerJob:
+    """The job of layer ``name``: its statistics and, when collected, its gradient moments."""
+    layer_moments = (moments or {}).get(name)
+    gradients = None if layer_moments is None else layer_moments.b
+    return LayerJob(name, layers[name], hessian=hessian, gradients=gradients)
+
+
 def row_slices(method: Method, job: LayerJob, world: int) -> list[slice] | None:
     """One contiguous slice of ``job``'s rows per rank, cut at multiples of the method's row
     block (some empty when the layer has fewer blocks than ranks); None: solved whole."""
@@ -68,4 +81,4 @@ def rows_of(job: LayerJob, rows: slice) -> LayerJob:
     return dataclasses.replace(job, module=module, gradients=gradients)
 
 
-__all__ = ["row_slices", "rows_of", "solve_jobs"]
+__all__ = ["job_of", "row_slices", "rows_of", "solve_jobs"]

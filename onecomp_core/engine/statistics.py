@@ -46,11 +46,18 @@ class InputStatistics:
         """The running sums (what a distributed run hands from rank to rank)."""
         return [self.sum]
 
-    def hessian(self) -> torch.Tensor:
-        """H = (2/N)·XᵀX (or its diagonal), in float32 unless the accumulator is wider."""
+    def hessian(self, consume: bool = False) -> torch.Tensor:
+        """H = (2/N)·XᵀX (or its diagonal), in float32 unless the accumulator is wider.
+
+        ``consume`` scales the accumulator in place and hands it over (the same
+        numbers): a 5632-wide ``down_proj`` then holds one (in × in) matrix, not two.
+        """
         if self.tokens == 0:
             raise RuntimeError("no calibration token reached this layer")
-        h = self.sum * (2.0 / self.tokens)
+        if consume:
+            h, self.sum = self.sum.mul_(2.0 / self.tokens), None
+        else:
+            h = self.sum * (2.0 / self.tokens)
         return h if h.dtype == torch.float64 else h.float()
 
 
@@ -124,13 +131,19 @@ class StatisticsCollector:
         return [m for n, m in self.layers.items() if self._shares.get(n, n) == n]
 
     def hessians(self) -> dict[str, torch.Tensor]:
-        """Each layer's own H (layers that shared an accumulator get equal, separate tensors)."""
+        """Each layer's own H (layers that shared an accumulator get equal, separate tensors).
+
+        Called once, at the end: the accumulators are consumed (the last layer
+        reading one gets it, scaled in place).
+        """
+        owners = {name: self._shares.get(name, name) for name in self.layers}
+        last = {owner: name for name, owner in owners.items()}
         out = {}
-        for name in self.layers:
-            owner = self._shares.get(name, name)
+        for name, owner in owners.items():
             if owner not in self.stats:
                 raise RuntimeError(f"no calibration token reached layer {name!r}")
-            out[name] = self.stats[owner].hessian()
+            out[name] = self.stats[owner].hessian(consume=last[owner] == name)
+        self.stats.clear()
         return out
 
 

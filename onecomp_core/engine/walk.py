@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..contract import BlockView, LayerJob, LayerMoments, LayerResult, Method, Needs, RunView
+from ..contract import BlockView, LayerMoments, LayerResult, Method, Needs, RunView
 from ..contract.selection import select_layers
 from ..data.streamed import ResidentModel
 from ..storage.packed import apply_results
@@ -37,7 +37,7 @@ from .gradients import moments_for
 from .model_walk import Walk
 from .offload import DiskStreams, light_result
 from .qep import QEPConfig, corrected_hessian, paired_statistics
-from .shared_solves import solve_jobs
+from .shared_solves import job_of, solve_jobs
 from .shared_statistics import Recording
 from .statistics import StatisticsCollector, model_statistics, token_mask
 
@@ -241,8 +241,7 @@ class Engine:
         streams: Streams | None,
         checkpoint: BlockCheckpoint | None,
     ) -> Streams | None:
-        layers = {n: m for n, m in self.layers.items() if n.startswith(name + ".")}
-        block = self.source.materialize(name, self.device)
+        layers, block = self._block_layers(name), self.source.materialize(name, self.device)
         fp_block = copy.deepcopy(block) if self.qep is not None else None
         with torch.no_grad(), self._timed("fp_forward_s"):
             fp_out = (
@@ -272,10 +271,7 @@ class Engine:
             fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
-        hooked = (
-            self.needs.fine_tunes or type(self.method).on_block_done is not Method.on_block_done
-        )
-        whole = self.ranks.whole(view) if hooked else view  # every rank's batches, when needed
+        whole = self.ranks.for_hooks(view, self.method, self.needs.fine_tunes)
         if self.needs.fine_tunes and streams is not None:  # engine block fine-tuning
             with self._timed("finetune_s"):
                 tuned = finetune_block(self.method, whole, self.needs.finetune)[0]
@@ -366,22 +362,28 @@ class Engine:
 
     def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
         """Quantize ``group`` (under torchrun each rank its share) and store every result."""
-        jobs = {}
-        for name, module in group.items():
-            moments = (self.moments or {}).get(name)
-            gradients = moments.b if moments is not None else None
-            jobs[name] = LayerJob(name, module, hessian=hessians[name], gradients=gradients)
-        with self._timed("solve_s"):
-            results = solve_jobs(self.ranks, self.method, jobs)
-        for name, result in results.items():
-            if self.method.calc_quant_error:
-                quant_error.fill_errors(result, group[name].weight.data, hessians[name])
-            if self._layer_bar is not None:
-                self._layer_bar.set_postfix_str(".".join(name.rsplit(".", 2)[-2:]))
-                self._layer_bar.update(1)
-            if result.fallback:
-                logger.warning("%s: %s", name, result.fallback)
-            self._store(name, result)
+        if self.ranks.distributed:
+            jobs = {n: job_of(n, self.layers, hessians.pop(n), self.moments) for n in group}
+            with self._timed("solve_s"):
+                results = solve_jobs(self.ranks, self.method, jobs)
+            for name, result in results.items():
+                self._accept(name, result, jobs[name].hessian)
+            return
+        for name in group:  # popped: a solved layer's H is freed before the next solve
+            job = job_of(name, self.layers, hessians.pop(name), self.moments)
+            with self._timed("solve_s"):
+                result = self.method.quantize(job)
+            self._accept(name, result, job.hessian)
+
+    def _accept(self, name: str, result: LayerResult, hessian: torch.Tensor | None) -> None:
+        if self.method.calc_quant_error:
+            quant_error.fill_errors(result, self.layers[name].weight.data, hessian)
+        if self._layer_bar is not None:
+            self._layer_bar.set_postfix_str(".".join(name.rsplit(".", 2)[-2:]))
+            self._layer_bar.update(1)
+        if result.fallback:
+            logger.warning("%s: %s", name, result.fallback)
+        self._store(name, result)
 
     # -- layers outside the blocks (lm_head when selected) ---------------------------------------
     def _outside_blocks(self, prefix: str) -> None:

@@ -24,6 +24,7 @@ import torch
 
 from .gptq_spec import GPTQOutput, GridSpec
 from .grid import max_code
+from .hessian_inverse import flipped_hessian, inverse_cholesky_flipped, upper_rows
 
 
 def prepare_hessian(
@@ -38,89 +39,10 @@ def prepare_hessian(
     return w, h
 
 
-def inverse_cholesky(
-    h: torch.Tensor, percdamp: float, retries: int = 3
-) -> tuple[torch.Tensor | None, float | None]:
-    """Upper Cholesky factor U of (H + λ·mean(diag H)·I)⁻¹ = UᵀU; λ grows 10× per failed try.
-
-    With J the reversal permutation and JHJ = L'L'ᵀ, H⁻¹ = (J L'⁻¹ J)ᵀ(J L'⁻¹ J), so
-    U = J L'⁻¹ J: one Cholesky and one triangular inverse, without forming H⁻¹.
-    """
-    mean_diag = torch.diagonal(h).mean()
-    return inverse_cholesky_flipped([h.flip(0, 1)], percdamp, mean_diag, retries)
-
-
-def inverse_cholesky_flipped(
-    box: list[torch.Tensor], percdamp: float, mean_diag: torch.Tensor, retries: int = 3
-) -> tuple[torch.Tensor | None, float | None]:
-    """:func:`inverse_cholesky` of H given JHJ, taken out of ``box`` and overwritten.
-
-    The (in × in) matrices are the peak memory of a whole quantization run
-    (a 5632-wide ``down_proj``: 127 MB each in fp32), so this keeps at most
-    three at once: JHJ is damped in place (its diagonal restored exactly
-    before a retry) and freed once factored. The list hands the matrix over,
-    so no caller's name keeps it alive. A factor whose inverse is not finite
-    ends the tries (JHJ is gone by then): the caller rounds to nearest.
-    """
-    flipped = box.pop()
-    diagonal = flipped.diagonal().clone()
-    for attempt in range(retries + 1):
-        damp = percdamp * 10**attempt
-        flipped.diagonal().copy_(diagonal).add_(damp * mean_diag)
-        lower, info = torch.linalg.cholesky_ex(flipped)
-        if info.item() != 0:
-            del lower
-            continue
-        del flipped, diagonal
-        upper = _flipped_inverse(lower)
-        del lower
-        if bool(torch.isfinite(upper).all()):
-            return upper, damp
-        return None, None
-    return None, None
-
-
-#: columns of the identity solved against the Cholesky factor at once
-_INVERSE_COLUMNS = 512
-
-
-def _flipped_inverse(lower: torch.Tensor) -> torch.Tensor:
-    """J·L⁻¹·J, solved a slice of columns at a time straight into place.
-
-    The same triangular solves as one solve against the whole identity (each
-    column of L⁻¹ is its own solve; the results are bit-identical), but
-    neither the identity nor L⁻¹ exists whole beside the result.
-    """
-    n = lower.shape[0]
-    upper = torch.empty_like(lower)
-    for j in range(0, n, _INVERSE_COLUMNS):
-        k = min(_INVERSE_COLUMNS, n - j)
-        eye = torch.zeros(n, k, dtype=lower.dtype, device=lower.device)
-        eye[j : j + k].diagonal().fill_(1.0)
-        solved = torch.linalg.solve_triangular(lower, eye, upper=False)
-        upper[:, n - j - k : n - j] = solved.flip(0, 1)
-    return upper
-
-
-def _flipped_hessian(
-    hessian: torch.Tensor, order: torch.Tensor, device: torch.device
-) -> torch.Tensor:
-    """J·Hₚ·J in float32, Hₚ = H in ``order`` with dead inputs' H_jj set to 1.
-
-    One (in × in) copy where :func:`prepare_hessian` and a permutation took three.
-    """
-    h = hessian.detach().to(device, torch.float32)  # a copy only from another dtype/device
-    dead = torch.diagonal(h) == 0
-    rev = order.flip(0).to(device)
-    flipped = h[rev][:, rev]
-    del h
-    flipped.diagonal()[dead[rev]] = 1.0
-    return flipped
-
-
-#: float elements of the stacked row candidates in one GPTQ pass (512 MB in fp32):
-#: larger layers are done in slices of rows, which GPTQ treats independently
-_STACK_ELEMENTS = 1 << 27
+#: float elements of the stacked row candidates in one GPTQ pass (16 MB in fp32; a
+#: pass holds about four such arrays): larger layers are done in slices of rows,
+#: which GPTQ treats independently (the numbers do not depend on the slicing)
+_STACK_ELEMENTS = 1 << 22
 
 
 def _group_size(groupsize: int, n: int) -> int:
@@ -158,11 +80,12 @@ def gptq_quantize(
     diag = torch.diagonal(hessian).to(w.device, torch.float32).clone()
     diag[diag == 0] = 1.0
     perm = torch.argsort(diag, descending=True) if actorder else torch.arange(n, device=w.device)
-    # J·P·H·Pᵀ·J in one copy, handed over (see inverse_cholesky_flipped); mean(diag) is
+    # J·P·H·Pᵀ·J, built afresh for each try (see inverse_cholesky_flipped); mean(diag) is
     # summed in processing order, as on the permuted matrix
-    box = [_flipped_hessian(hessian, perm, w.device)]
-    upper, damp = inverse_cholesky_flipped(box, percdamp, diag[perm].mean())
-    if upper is None:
+    inverse, damp = inverse_cholesky_flipped(
+        lambda: flipped_hessian(hessian, perm, w.device), percdamp, diag[perm].mean()
+    )
+    if inverse is None:
         return rtn_quantize(weight, diag, spec, groupsize, reason="H not positive definite")
 
     lam = damp * float(diag.mean())
@@ -171,10 +94,10 @@ def gptq_quantize(
     parts = []
     for r0 in range(0, out_f, step):
         args = (perm, diag, lam, spec, gs, blocksize, static_groups, factors)
-        part = _best_candidate(w[r0 : r0 + step], upper, *args)
+        part = _best_candidate(w[r0 : r0 + step], inverse, *args)
         if part is None:
             return rtn_quantize(weight, diag, spec, groupsize, reason="non-finite values in GPTQ")
-        parts.append(part)
+        parts.append((part[0].to(torch.uint8), *part[1:]))  # codes ≤ 8 bits: exact
     codes, scales, zeros = (torch.cat(t) for t in zip(*parts, strict=True))
     return GPTQOutput(
         codes=codes.to(torch.uint8).cpu(),
@@ -187,7 +110,7 @@ def gptq_quantize(
 
 def _best_candidate(
     w: torch.Tensor,
-    upper: torch.Tensor,
+    inverse: torch.Tensor,
     perm: torch.Tensor,
     diag: torch.Tensor,
     lam: float,
@@ -204,7 +127,7 @@ def _best_candidate(
     if factors:
         shrink = torch.tensor(factors, device=w.device).repeat_interleave(rows)
     stacked = w.repeat(count, 1)
-    run = _run_gptq(stacked, upper, perm, diag, spec, gs, blocksize, static_groups, shrink)
+    run = _run_gptq(stacked, inverse, perm, diag, spec, gs, blocksize, static_groups, shrink)
     if run is None:
         return None
     codes, scales, zeros, damped_loss, delta_sq = run
@@ -226,7 +149,7 @@ def _g_idx(perm: torch.Tensor, gs: int, static_groups: bool) -> torch.Tensor:
 
 def _run_gptq(
     w: torch.Tensor,
-    upper: torch.Tensor,
+    inverse: torch.Tensor,
     perm: torch.Tensor,
     diag: torch.Tensor,
     spec: GridSpec,
@@ -249,7 +172,7 @@ def _run_gptq(
     wt = w[:, perm].t().contiguous()
     diag_p = diag[perm]
     orig_group = (perm // gs).tolist()
-    codes = torch.empty_like(wt)
+    codes = torch.empty(wt.shape, dtype=torch.uint8, device=wt.device)  # ≤ 8-bit codes, exact
     if static is not None:
         scales, zeros = (t.t().contiguous() for t in static)  # (groups, out)
     else:
@@ -261,15 +184,16 @@ def _run_gptq(
 
     for b0 in range(0, n, blocksize):
         b1 = min(b0 + blocksize, n)
+        upper = upper_rows(inverse, b0, b1)  # rows [b0, b1) of U, all columns
         w1 = wt[b0:b1].clone()
         err1 = torch.empty_like(w1)
         deq1 = torch.empty_like(w1)
-        u1 = upper[b0:b1, b0:b1]
+        u1 = upper[:, b0:b1]
         # runs of columns that start a group (dynamic groups) or the block
         starts = [b0] + [j for j in range(b0 + 1, b1) if static is None and j % gs == 0]
         for r0, r1 in zip(starts, starts[1:] + [b1], strict=True):
             if static is None and r0 % gs == 0:
-                rows = _current_group(wt, w1, err1, upper, b0, b1, r0 - b0, min(r0 + gs, n))
+                rows = _current_group(wt, w1, err1, upper, b1, r0 - b0, min(r0 + gs, n))
                 fitted = spec.fit(rows.t(), diag_p[r0 : r0 + gs], shrink)
                 scales[r0 // gs], zeros[r0 // gs] = fitted
             groups = [j // gs for j in range(r0, r1)] if static is None else orig_group[r0:r1]
@@ -287,7 +211,7 @@ def _run_gptq(
         loss.add_(err1.square().sum(dim=0))
         delta_sq.add_((w[:, perm[b0:b1]].t() - deq1).square_().sum(dim=0))
         if b1 < n:
-            wt[b1:].addmm_(upper[b0:b1, b1:].t(), err1, alpha=-1.0)
+            wt[b1:].addmm_(upper[:, b1:].t(), err1, alpha=-1.0)
 
     if not bool(torch.isfinite(loss).all()):  # a NaN or inf anywhere in a row reaches its loss
         return None
@@ -317,18 +241,21 @@ def _current_group(
     w1: torch.Tensor,
     err1: torch.Tensor,
     upper: torch.Tensor,
-    b0: int,
     b1: int,
     i: int,
     end: int,
 ) -> torch.Tensor:
-    """Up-to-date rows [b0+i, end) of Wᵀ: the block's are current, later ones get pending updates."""
+    """Up-to-date rows [b0+i, end) of Wᵀ: the block's are current, later ones get pending updates.
+
+    ``upper`` holds the block's rows of U (from b0 on), all columns.
+    """
+    b0 = b1 - w1.shape[0]
     inner = w1[i : min(end, b1) - b0]
     if end <= b1:
         return inner
     outer = wt[b1:end]
     if i > 0:
-        outer = outer - upper[b0 : b0 + i, b1:end].t() @ err1[:i]
+        outer = outer - upper[:i, b1:end].t() @ err1[:i]
     return torch.cat([inner, outer], dim=0)
 
 
