@@ -28,6 +28,7 @@ COMMANDS = {
     "gptq_defaults": "python benchmarks/gptq_defaults.py --out benchmarks/results/gptq_defaults.jsonl",
     "checkpoint_size": "python benchmarks/checkpoint_size.py --out benchmarks/results/checkpoint_size.jsonl",
     "inference": "python benchmarks/inference.py --threads 1 2 (appends to benchmarks/results/inference.jsonl)",
+    "scale_distributed": "flock /tmp/onecomp-cpu.lock python benchmarks/scale.py --blocks 2 --methods gptq --distributed 2 --out benchmarks/results/scale_distributed.jsonl",
 }
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +46,8 @@ from process_tree import MB, run_tree  # noqa: E402
 #: the protocol's settings per method (DBF: its defaults at 1.5 bits)
 METHODS = {"gptq": ["wbits=4", "groupsize=128"], "dbf": ["target_bits=1.5"]}
 BIN = Path(sys.executable).parent
+#: wraps each rank of a torchrun run: prints its user and system CPU seconds
+RANK_TIMER = ["/usr/bin/time", "-f", "rank-cpu %U %S"] if Path("/usr/bin/time").exists() else []
 
 
 def quantize_command(
@@ -119,13 +122,15 @@ def measure(
     args = quantize_command(model, method, out, summary, samples, length, device, checkpoint)
     if ranks > 1:
         program = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={ranks}"]
-        program += ["--no-python", str(BIN / "onecomp")]
+        program += ["--no-python", *RANK_TIMER, str(BIN / "onecomp")]
     else:
         program = [str(BIN / "onecomp")]
     load_before = os.getloadavg()[0]
+    cpu_before = _children_cpu_s()
     run = run_tree(
         program + args, env=run_env(threads), timeout=timeout, log_dir=work / f"{out.name}.logs"
     )
+    cpu_s = _children_cpu_s() - cpu_before
     model_bytes = synthetic_model.weight_bytes(model)
     record = {
         "method": method,
@@ -136,6 +141,10 @@ def measure(
         "checkpoint": checkpoint,
         "status": "timeout" if run.timed_out else ("ok" if run.returncode == 0 else "failed"),
         "wall_s": round(run.wall_s, 1),
+        # CPU seconds of the whole tree over wall: ~1 for one thread, ~N when N ranks ran side
+        # by side (a shared machine shows here when they did not)
+        "cpu_s": round(cpu_s, 1),
+        "cores_used": round(cpu_s / run.wall_s, 2) if run.wall_s > 0 else scale_report.NA,
         "peak_tree_mb": round(run.peak_tree_rss_mb),
         "maxrss_mb": round(run.maxrss_largest_mb),
         "model_mb": round(model_bytes / 1e6, 1),
@@ -145,11 +154,24 @@ def measure(
         lines = [x for x in run.stderr.splitlines() if x.strip() and set(x.strip()) != {"="}]
         ours = [x for x in lines if x.startswith("onecomp")]  # the CLI's one-line errors
         record["error"] = (ours or lines)[-3:] or ["(no stderr)"]
+    if ranks > 1:  # each rank's CPU seconds: the busiest one bounds the run on free cores
+        record["rank_cpu_s"] = [
+            round(float(user) + float(system), 1)
+            for user, system in re.findall(r"rank-cpu ([\d.]+) ([\d.]+)", run.stderr)
+        ]
     if summary.is_file():
         record |= scale_report.timing_fields(json.loads(summary.read_text()), run.wall_s)
     record["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     record["output"] = str(out)
     return record
+
+
+def _children_cpu_s() -> float:
+    """User + system CPU seconds of every finished child process tree so far."""
+    import resource
+
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def reference_forward(model: Path, samples: int, length: int, threads: int) -> float | str:
@@ -185,7 +207,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--methods", nargs="+", default=["gptq", "dbf"], choices=sorted(METHODS))
     parser.add_argument("--shape", default="tinyllama", choices=sorted(synthetic_model.SHAPES))
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2 blocks, 8 × 128 tokens")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 blocks, 8 × 128 tokens (per rank)"
+    )
     parser.add_argument("--num-samples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="per process; 0 = torch default")
@@ -206,8 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default=str(RESULTS / "scale.jsonl"), help="'' = print only")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.blocks, args.num_samples, args.max_length = [2], 8, 128
+    if args.quick:  # under --distributed N: one batch (of the CLI's 8) per rank
+        args.blocks, args.num_samples, args.max_length = [2], 8 * max(1, args.distributed), 128
     if args.distributed == 1 or args.distributed < 0:
         parser.error(f"--distributed {args.distributed}: give N ≥ 2 ranks (or leave it out)")
     if min(args.blocks) < 1:

@@ -149,6 +149,10 @@ def compare_runs(single: dict, multi: dict) -> dict:
     fields: dict = {}
     if single["status"] == "ok" and multi["status"] == "ok":
         fields["speedup"] = round(single["wall_s"] / multi["wall_s"], 2)
+        busiest = max(multi.get("rank_cpu_s") or [0])
+        if busiest and isinstance(single.get("cpu_s"), float | int):
+            # what the split allows on free cores: one process's CPU over the busiest rank's
+            fields["cpu_bound_speedup"] = round(single["cpu_s"] / busiest, 2)
         equal = tensors_equal(Path(single["output"]), Path(multi["output"]))
         fields |= {"identical": equal["identical"], "tensors": equal["tensors"]}
         if equal["differ"]:

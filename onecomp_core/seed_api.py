@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .data.calibration import CalibrationConfig, batches, build_calibration
 from .data.model import ModelConfig
 from .engine.blocks import find_blocks
 from .engine.checkpoint import BlockCheckpoint
+from .engine.distributed import Ranks
 from .engine.qep import QEPConfig
 from .engine.walk import Engine, choose_layers
 from .storage import artifact as saving
@@ -204,9 +205,11 @@ class Runner:
             yield None
             return
         checkpoint = BlockCheckpoint(self.checkpoint_dir)
-        with checkpoint.locked():
-            if self.restart:
+        ranks = Ranks.current()  # under torchrun rank 0 holds, empties and writes the folder
+        with checkpoint.locked() if ranks.is_writer else nullcontext():
+            if self.restart and ranks.is_writer:
                 checkpoint.discard()
+            ranks.barrier()  # the others read it after that
             checkpoint.expect(**self._model_key())
             checkpoint.expect(
                 settings=self._settings(calibrated), versions=fingerprint.run_versions()
@@ -249,7 +252,7 @@ class Runner:
         """Asked for by the engine after ``prepare``, so a plan is part of the key."""
         checkpoint.expect(plan=self.quantizer.to_dict())
         done = checkpoint.finished_blocks()
-        if done:
+        if done and Ranks.current().is_writer:
             total = len(find_blocks(self.model)[1])
             print(
                 f"onecomp: resuming after block {done} of {total} ({checkpoint.folder})",

@@ -21,6 +21,7 @@ from typing import Any
 from .contract import LayerResult
 from .data.streamed import NotStreamable, StreamedModel, open_streamed
 from .engine import blocks as blockwise
+from .engine.distributed import Ranks
 from .engine.offload import DiskStreams
 from .engine.walk import choose_layers
 from .storage.artifact import quantization_config
@@ -49,17 +50,18 @@ def quantize_to(
     if reason is None:
         run = StreamedRun(runner, out, offload)
         reason = run.refusal
+    writer = Ranks.current().is_writer  # under torchrun rank 0 alone writes
     if reason is None:
         try:
             run.run()
-            return run.save(overwrite)
+            return run.save(overwrite) if writer else out
         except RuntimeError as exc:
             if not run.reads_weights_early(exc):
                 raise
             reason, runner.model, runner.rotation_spec = str(exc), None, None
     logger.warning("streaming off (%s): the whole model is loaded into memory", reason)
     runner.run()
-    return runner.save_quantized_model(out, overwrite=overwrite)
+    return runner.save_quantized_model(out, overwrite=overwrite) if writer else out
 
 
 def whole_model_reason(runner: Runner) -> str | None:
@@ -109,6 +111,9 @@ class StreamedRun:
     def run(self) -> dict[str, LayerResult]:
         return_freed_memory()
         runner = self.runner
+        self.writer = None
+        if not Ranks.current().is_writer:  # the other ranks of a torchrun run write nothing
+            return runner.run_engine(source=self.source, offload=self._offload())
         checkpoint = runner.checkpoint_dir
         if checkpoint is not None:
             self.partial = checkpoint / PARTIAL
@@ -120,20 +125,24 @@ class StreamedRun:
         self.writer = ShardWriter(
             self.partial, self.source, self.prefix, self.count, runner.resolved_save_dtype()
         )
-        offload = DiskStreams(self.offload) if self.offload is not None else None
         try:
-            return runner.run_engine(source=self.source, writer=self.writer, offload=offload)
+            return runner.run_engine(
+                source=self.source, writer=self.writer, offload=self._offload()
+            )
         except BaseException:
             # a checkpoint keeps its shards for the resume, unless this run made none
             if checkpoint is None or (fresh and self.writer.written == 0):
                 shutil.rmtree(self.partial, ignore_errors=True)
             raise
 
+    def _offload(self) -> DiskStreams | None:
+        return DiskStreams(self.offload) if self.offload is not None else None
+
     def reads_weights_early(self, exc: BaseException) -> bool:
         """Whether ``exc`` says a planning step read weight values of the skeleton (AutoBit's
         weight-error scores read every layer before the first block): then the whole model
         is loaded instead. Only before any block was written."""
-        return "meta tensor" in str(exc) and self.writer.written == 0
+        return "meta tensor" in str(exc) and (self.writer is None or self.writer.written == 0)
 
     def save(self, overwrite: bool) -> Path:
         """Finish the folder (outer tensors, index, config, tokenizer) and rename it to ``out``."""

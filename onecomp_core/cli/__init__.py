@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from safetensors import SafetensorError
 
+from ..engine.launch import PeerLost, error_source
 from ..registry import PluginError
 
 #: command name → module in this package that defines ``add_parser`` and ``run``
@@ -88,8 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if debug:
             raise
-        report(f"onecomp {args.command}: error: {message_of(exc)}")
+        where = error_source()
+        if where is not None:
+            report(f"onecomp {args.command}: error{where}: {message_of(exc)}")
         return 2
+    except PeerLost as exc:
+        if debug:
+            raise
+        report(f"onecomp {args.command}: stopped{error_source() or ''}: {exc}")
+        return 1
     except KeyboardInterrupt:
         if debug:
             raise

@@ -148,8 +148,9 @@ def _checkpoint_dir(args: argparse.Namespace, out: Path) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..seed_api import Runner
+    from ..engine import launch
 
+    # every check before joining a torchrun group: all ranks fail alike, none waits for another
     args.quiet = quiet_requested(args.quiet)
     out = check_destination(args.out, args.overwrite)
     method = _method(args)
@@ -168,20 +169,34 @@ def run(args: argparse.Namespace) -> int:
     if rotation is not None:
         check_model_supported(args.model)
     check_before_work(args, method, out, checkpoint_dir)  # before the model is loaded
+    device = launch.rank_device(args.device)
+    if method.needs().calibration or args.qep:
+        launch.launched().check_batches(-(-args.num_samples // max(1, args.batch_size)))
+    with launch.process_group(device) as ranks:
+        return _on_rank(
+            args, out, method, calibration, (checkpoint_dir, qep_config, rotation), ranks, device
+        )
+
+
+def _on_rank(args, out: Path, method: Method, calibration, settings, ranks, device: str) -> int:
+    """This process's part: locks and output on rank 0 only (one process: all of it)."""
+    from ..seed_api import Runner
+
+    checkpoint_dir, qep_config, rotation = settings
     with ExitStack() as held:
-        # a second run on the same --out (or checkpoint) stops here, naming this one
-        held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
-        remove_leftovers(out)
-        if checkpoint_dir is not None:
+        if ranks.is_writer:  # rank 0 writes; a second run on the same --out stops here
+            held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
+            remove_leftovers(out)
+        if checkpoint_dir is not None and ranks.is_writer:
             held.enter_context(
                 lock.holding(lock.inside(checkpoint_dir), f"checkpoint folder {checkpoint_dir}")
             )
         runner = Runner(
-            model_config=model_config(args.model, args.dtype, args.device),
+            model_config=model_config(args.model, args.dtype, device),
             quantizer=method,
             calibration_config=calibration,
             checkpoint_dir=checkpoint_dir,
-            show_progress=not args.quiet,
+            show_progress=not args.quiet and ranks.is_writer,
             qep=args.qep,
             qep_config=qep_config,
             restart=args.restart,
@@ -189,10 +204,12 @@ def run(args: argparse.Namespace) -> int:
             rotation_seed=args.rotate_seed,
             save_dtype=args.save_dtype,
         )
-        return _quantize(args, out, runner, checkpoint_dir)
+        return _quantize(args, out, runner, checkpoint_dir, ranks)
 
 
-def _quantize(args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path | None) -> int:
+def _quantize(
+    args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path | None, ranks
+) -> int:
     """Run, save, clean up (under the locks :func:`run` holds)."""
     from ..engine.checkpoint import CheckpointMismatch
 
@@ -205,6 +222,8 @@ def _quantize(args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path 
         ) from None
     results = runner.results
     elapsed = time.perf_counter() - start
+    if not ranks.is_writer:
+        return 0  # rank 0 writes the output
     if not args.quiet:
         runner.print_quantization_results()
     if checkpoint_dir is not None and args.checkpoint_dir is None:

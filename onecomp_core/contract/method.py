@@ -184,6 +184,24 @@ class Method(Config):
         """
         return None
 
+    # -- one layer's solve split over processes (torch.distributed; default: not split) --------
+    def row_block(self, job: LayerJob) -> int:
+        """Rows of ``job``'s weight that may be solved apart; 0 (the default): the layer is one solve.
+
+        ``k > 0`` promises that ``quantize_layer`` on consecutive row slices that start at
+        multiples of ``k`` (each job's module holding its slice of the weight, with the same
+        ``hessian`` and its slice of ``gradients``), joined by :meth:`join_rows`, gives exactly
+        the whole layer's result. A distributed run then gives every process a share of the
+        rows of every layer instead of whole layers.
+        """
+        return 0
+
+    def join_rows(self, parts: list[LayerResult]) -> LayerResult | None:
+        """The whole layer's result from its row slices' results, in row order (only called when
+        :meth:`row_block` is positive). None when they cannot be joined (one slice fell back to
+        another solve): the engine then solves the whole layer."""
+        raise NotImplementedError(f"method {self.method!r} splits rows but cannot join them")
+
     # -- lifecycle hooks (default: nothing) ---------------------------------------------------
     def choose_layers(self, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
         """After selection, before calibration: the layers this method will quantize."""

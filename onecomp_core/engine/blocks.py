@@ -99,6 +99,12 @@ def capture_inputs(
     return inputs, kwargs
 
 
+def other_tensors(block: nn.Module, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The block's tensors other than the quantized weights (norms, biases)."""
+    quantized = {id(m.weight) for m in layers.values()}
+    return {k: p for k, p in block.named_parameters() if id(p) not in quantized}
+
+
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
     return note_output(block, block(hidden, **kwargs))
 

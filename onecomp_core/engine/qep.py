@@ -10,7 +10,7 @@ Both matrices are accumulated batch by batch, so no activation is stored.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +66,14 @@ class PairedStatistics:
         self.cross = torch.zeros_like(self.xtx)
         self.tokens = 0
 
-    def add(self, x_fp: torch.Tensor, x_q: torch.Tensor, mask: torch.Tensor | None) -> None:
+    def add(
+        self,
+        x_fp: torch.Tensor,
+        x_q: torch.Tensor,
+        mask: torch.Tensor | None,
+        rows: slice | None = None,
+    ) -> None:
+        """Add one batch; ``rows``: only those rows of both sums (a distributed run's share)."""
         x_fp = x_fp.reshape(-1, x_fp.shape[-1])
         x_q = x_q.reshape(-1, x_q.shape[-1])
         if mask is not None:
@@ -74,9 +81,17 @@ class PairedStatistics:
             x_fp, x_q = x_fp[keep], x_q[keep]
         x_fp = x_fp.to(self.xtx.device, self.xtx.dtype)
         x_q = x_q.to(self.xtx.device, self.xtx.dtype)
-        self.xtx.addmm_(x_q.t(), x_q)
-        self.cross.addmm_((x_fp - x_q).t(), x_q)
+        if rows is None:
+            self.xtx.addmm_(x_q.t(), x_q)
+            self.cross.addmm_((x_fp - x_q).t(), x_q)
+        else:
+            self.xtx[rows].addmm_(x_q[:, rows].t(), x_q)
+            self.cross[rows].addmm_((x_fp - x_q)[:, rows].t(), x_q)
         self.tokens += x_q.shape[0]
+
+    def accumulators(self) -> list[torch.Tensor]:
+        """The running sums (what a distributed run hands from rank to rank)."""
+        return [self.xtx, self.cross]
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tokens == 0:
@@ -134,25 +149,31 @@ def paired_statistics(
     group: dict[str, nn.Module],
     streams: Any,
     needs: Any,
+    on_batch: Callable[[int, PairedCollector], None] | None = None,
 ) -> PairedCollector:
     """H and C of every layer of ``group`` over the calibration batches.
 
     Each batch runs through the full-precision copy of the block (inputs X)
     and the block being quantized (inputs X̂), each pass stopping after the
     group's last layer. ``streams``: the engine's activations (``quantized``,
-    ``full_precision``, ``kwargs``, ``token_masks``); ``needs``: the method's.
+    ``full_precision``, ``kwargs``, ``token_masks``); ``needs``: the method's;
+    ``on_batch(i, collector)`` is called before the i-th batch (a distributed run records).
     """
     collector = PairedCollector(fp_group, group, needs.precision)
     stop_fp = blockwise.StopAfter(list(fp_group.values()))
     stop_q = blockwise.StopAfter(list(group.values()))
     with torch.no_grad(), collector.hooked(), stop_fp, stop_q:
-        for xq, xf, kw, mask in zip(
-            streams.quantized,
-            streams.full_precision,
-            streams.kwargs,
-            streams.token_masks,
-            strict=True,
+        for i, (xq, xf, kw, mask) in enumerate(
+            zip(
+                streams.quantized,
+                streams.full_precision,
+                streams.kwargs,
+                streams.token_masks,
+                strict=True,
+            )
         ):
+            if on_batch is not None:
+                on_batch(i, collector)
             collector.token_mask = mask
             stop_fp.run(fp_block, xf, kw)
             stop_q.run(block, xq, kw)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -38,3 +40,13 @@ def output_errors(
         "mean_output_squared_error": num / w.shape[0],
         "relative_output_squared_error": num / den if den > 0 else float("nan"),
     }
+
+
+def fill_errors(result: Any, weight: torch.Tensor, hessian: torch.Tensor | None) -> None:
+    """Set a layer result's error fields: weight errors, and output errors when H is known."""
+    dequantized = result.dequantize(weight.device)
+    stats = weight_errors(weight, dequantized)
+    if hessian is not None:
+        stats.update(output_errors(weight, dequantized, hessian))
+    for key, value in stats.items():
+        setattr(result, key, value)

@@ -8,7 +8,7 @@ tokens (mask 0) are left out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -25,16 +25,26 @@ class InputStatistics:
         shape = (in_features, in_features) if kind == "full" else (in_features,)
         self.sum = torch.zeros(shape, dtype=dtype, device=device)
 
-    def add(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> None:
+    def add(
+        self, x: torch.Tensor, token_mask: torch.Tensor | None = None, rows: slice | None = None
+    ) -> None:
+        """Add one batch's inputs; ``rows``: only those rows of XᵀX (a distributed run splits
+        the rows over its ranks; the same products, so the same bits; a diagonal is whole)."""
         x = x.reshape(-1, x.shape[-1])
         if token_mask is not None:
             x = x[token_mask.reshape(-1).to(x.device).bool()]
         x = x.to(self.sum.device, self.dtype)
-        if self.kind == "full":
+        if self.kind == "full" and rows is not None:
+            self.sum[rows].addmm_(x[:, rows].t(), x)
+        elif self.kind == "full":
             self.sum.addmm_(x.t(), x)
         else:
             self.sum.add_(x.pow(2).sum(dim=0))
         self.tokens += x.shape[0]
+
+    def accumulators(self) -> list[torch.Tensor]:
+        """The running sums (what a distributed run hands from rank to rank)."""
+        return [self.sum]
 
     def hessian(self, consume: bool = False) -> torch.Tensor:
         """H = (2/N)·XᵀX (or its diagonal), in float32 unless the accumulator is wider.
@@ -65,6 +75,8 @@ class StatisticsCollector:
         self.stats: dict[str, InputStatistics] = {}
         self.token_mask: torch.Tensor | None = None
         self._shares: dict[str, str] = {}  # layer → layer whose accumulator it shares
+        #: makes an accumulator (a distributed run puts a recorder in front of it)
+        self.new_stats: Callable[..., InputStatistics] = InputStatistics
         self._batch = 0
         self._seen: list[
             tuple[torch.Tensor, str]
@@ -104,7 +116,7 @@ class StatisticsCollector:
             owner = self._owner(name, x)
             if owner == name:
                 if name not in self.stats:
-                    self.stats[name] = InputStatistics(
+                    self.stats[name] = self.new_stats(
                         module.in_features, self.kind, self.dtype, module.weight.device
                     )
                 self.stats[name].add(x.detach(), self.token_mask)

@@ -24,18 +24,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..contract import BlockView, LayerJob, LayerMoments, LayerResult, Method, Needs, RunView
+from ..contract import BlockView, LayerMoments, LayerResult, Method, Needs, RunView
 from ..contract.selection import select_layers
 from ..data.streamed import ResidentModel
 from ..storage.packed import apply_results
 from . import blocks as blockwise
 from . import quant_error
 from .checkpoint import BlockCheckpoint
+from .distributed import Ranks
 from .finetune import finetune_block
 from .gradients import moments_for
 from .model_walk import Walk
 from .offload import DiskStreams, light_result
 from .qep import QEPConfig, corrected_hessian, paired_statistics
+from .shared_solves import job_of, solve_jobs
+from .shared_statistics import Recording
 from .statistics import StatisticsCollector, model_statistics, token_mask
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,8 @@ class Engine:
         self.needs: Needs = method.needs()
         self.moments: dict[str, LayerMoments] | None = None
         self._layer_bar = None
+        #: this process's place in a torch.distributed run (one process: rank 0 of 1)
+        self.ranks = Ranks.current()
         #: seconds per phase: capture_s + forward_s is one calibration forward of the model
         self.timings: dict[str, float] = {}
 
@@ -109,6 +114,7 @@ class Engine:
         walk = Walk(self.model, self.device, self.source, fill=self._fill_block)
         self.method.prepare(RunView(self.model, self.layers, self.batches, {}, self.moments, walk))
         self.needs = self.method.needs()
+        self.ranks.check_same("the method's settings after prepare", self.method.to_dict())
         keep_fp = self.needs.fp_stream or self.qep is not None
         self._needs_data = bool(self.batches) and (self.needs.inputs != "none" or keep_fp)
         self._keep_fp = keep_fp
@@ -117,6 +123,7 @@ class Engine:
         prefix, blocks = blockwise.find_blocks(self.model)
         checkpoint = self._checkpoint_factory() if self._checkpoint_factory else None
         start = checkpoint.finished_blocks() if checkpoint else 0
+        start = self.ranks.check_same("blocks done in --checkpoint-dir (on all nodes?)", start)
         streams = self._start_streams(prefix, blocks, checkpoint, start)
         bar = tqdm(
             total=len(blocks),
@@ -142,6 +149,8 @@ class Engine:
                 )
                 bar.update(1)
             self._outside_blocks(prefix)
+            if not self.ranks.is_writer:
+                return self.results  # the model-level step runs on rank 0 alone
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
             with self._timed("model_hooks_s"):
                 changed = self.method.on_model_done(dataclasses.replace(view, walk=walk))
@@ -197,15 +206,14 @@ class Engine:
             self._restore(blocks, checkpoint, start)
         if not self._needs_data:
             return None
+        local = self.ranks.share_of_batches(self.batches)  # the batches this rank streams
         with self.source.outside(prefix, self.device), self._timed("capture_s"):
-            inputs, kwargs = blockwise.capture_inputs(
-                self.model, blocks[0], self.batches, self.device
-            )
+            inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], local, self.device)
         inputs = self._keep(inputs)
-        masks = [token_mask(mask) for _, mask in self.batches]
+        masks = [token_mask(mask) for _, mask in local]
         fp = self._keep(x.clone() for x in inputs) if self._keep_fp else None
         if start:
-            saved = checkpoint.load_streams(start, self.device)
+            saved = self.ranks.shard_streams(checkpoint.load_streams(start, self.device))
             inputs = self._keep(saved["quantized"])
             fp = self._keep(saved["full_precision"]) if "full_precision" in saved else None
         return Streams(inputs, kwargs, masks, fp)
@@ -213,13 +221,6 @@ class Engine:
     def _keep(self, tensors) -> list[torch.Tensor]:
         """A stream of activations: a list, or files on disk with ``--offload-activations``."""
         return self.offload.stream(tensors) if self.offload is not None else list(tensors)
-
-    def _block_rest(
-        self, block: nn.Module, layers: dict[str, nn.Module]
-    ) -> dict[str, torch.Tensor]:
-        """The block's tensors other than the quantized weights (norms, biases)."""
-        quantized = {id(m.weight) for m in layers.values()}
-        return {k: p for k, p in block.named_parameters() if id(p) not in quantized}
 
     def _restore(self, blocks: nn.ModuleList, checkpoint: BlockCheckpoint, start: int) -> None:
         for name, result in checkpoint.load_results(start).items():
@@ -240,8 +241,7 @@ class Engine:
         streams: Streams | None,
         checkpoint: BlockCheckpoint | None,
     ) -> Streams | None:
-        layers = {n: m for n, m in self.layers.items() if n.startswith(name + ".")}
-        block = self.source.materialize(name, self.device)
+        layers, block = self._block_layers(name), self.source.materialize(name, self.device)
         fp_block = copy.deepcopy(block) if self.qep is not None else None
         with torch.no_grad(), self._timed("fp_forward_s"):
             fp_out = (
@@ -250,8 +250,7 @@ class Engine:
                 else None
             )
         if streams is None:
-            for layer_name in layers:
-                self._quantize_one(layer_name, None)
+            self._solve(layers, dict.fromkeys(layers))
         else:
             for group in self._groups(block, layers, streams):
                 group_layers = {n: layers[n] for n in group}
@@ -272,12 +271,15 @@ class Engine:
             fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
+        whole = self.ranks.for_hooks(view, self.method, self.needs.fine_tunes)
         if self.needs.fine_tunes and streams is not None:  # engine block fine-tuning
             with self._timed("finetune_s"):
-                self._update(finetune_block(self.method, view, self.needs.finetune)[0])
+                tuned = finetune_block(self.method, whole, self.needs.finetune)[0]
+                self._update(self.ranks.from_writer(tuned))
             view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
+            whole = dataclasses.replace(whole, results=view.results)
         with self._timed("block_hooks_s"):
-            self._update(self.method.on_block_done(view))
+            self._update(self.ranks.from_writer(self.method.on_block_done(whole)))
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         if streams is not None:
             with torch.no_grad(), self._timed("forward_s"):
@@ -289,7 +291,10 @@ class Engine:
             saved = {"quantized": streams.quantized} if streams else {}
             if streams and streams.full_precision is not None:
                 saved["full_precision"] = streams.full_precision
-            checkpoint.save_block(index, view.results, saved, self._block_rest(block, layers))
+            saved = {k: self.ranks.gather(v, to_all=False) for k, v in saved.items()}
+            if self.ranks.is_writer:
+                rest = blockwise.other_tensors(block, layers)
+                checkpoint.save_block(index, view.results, saved, rest)
         self.source.release(name)
         if self.block_callback is not None:
             self.block_callback(view)
@@ -315,16 +320,20 @@ class Engine:
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(group)
         if kind != "none":
             collector = StatisticsCollector(group, kind, self.needs.precision)
+            record = Recording.of(self.ranks, len(self.batches), collector)
             stop = blockwise.StopAfter(list(group.values()))
             with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop:
-                for x, kw, mask in zip(
-                    streams.quantized, streams.kwargs, streams.token_masks, strict=True
+                for i, (x, kw, mask) in enumerate(
+                    zip(streams.quantized, streams.kwargs, streams.token_masks, strict=True)
                 ):
+                    if record is not None:
+                        record.batch(i)
                     collector.new_batch(mask)
                     stop.run(block, x, kw, only=collector.owners())
+                if record is not None:
+                    record.finish_collector(collector)
             hessians = collector.hessians()
-        for layer_name in group:  # popped: a solved layer's H is freed before the next solve
-            self._quantize_one(layer_name, hessians.pop(layer_name))
+        self._solve(group, hessians)
 
     def _group_qep(
         self,
@@ -336,46 +345,46 @@ class Engine:
     ) -> None:
         """Pair each layer's full-precision and quantized-stream inputs, correct, quantize."""
         fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
+        record = Recording.of(self.ranks, len(self.batches))
         with self._timed("statistics_s"):
-            paired = paired_statistics(block, fp_block, fp_group, group, streams, self.needs)
-        for layer_name, module in group.items():  # each H made and handed over in one go
-            stats = paired.stats.pop(layer_name)
-            self._quantize_one(layer_name, self._qep_hessian(module, stats, layer_name))
+            paired = paired_statistics(
+                block, fp_block, fp_group, group, streams, self.needs, record and record.on_batch
+            )
+            if record is not None:
+                paired.stats = record.finish(paired.stats)
+        hessians: dict[str, torch.Tensor | None] = {}
+        for layer_name, module in group.items():
+            hessian = corrected_hessian(module, paired.stats[layer_name], self.qep, layer_name)
+            if self.needs.inputs == "diag":
+                hessian = hessian.diagonal().clone()
+            hessians[layer_name] = hessian
+        self._solve(group, hessians)
 
-    def _qep_hessian(self, module: nn.Module, stats: Any, name: str) -> torch.Tensor:
-        hessian = corrected_hessian(module, stats, self.qep, name)
-        return hessian.diagonal().clone() if self.needs.inputs == "diag" else hessian
+    def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
+        """Quantize ``group`` (under torchrun each rank its share) and store every result."""
+        if self.ranks.distributed:
+            jobs = {n: job_of(n, self.layers, hessians.pop(n), self.moments) for n in group}
+            with self._timed("solve_s"):
+                results = solve_jobs(self.ranks, self.method, jobs)
+            for name, result in results.items():
+                self._accept(name, result, jobs[name].hessian)
+            return
+        hand_over = not self.method.calc_quant_error  # the solve may free H (LayerJob)
+        for name in group:  # popped: a solved layer's H is freed before the next solve
+            job = job_of(name, self.layers, hessians.pop(name), self.moments, hand_over)
+            with self._timed("solve_s"):
+                result = self.method.quantize(job)
+            self._accept(name, result, job.hessian)
 
-    def _quantize_one(self, name: str, hessian: torch.Tensor | None) -> None:
-        """Solve one layer; H is handed over in the job (kept only for the error statistics)."""
-        module = self.layers[name]
-        moments = (self.moments or {}).get(name)
-        gradients = moments.b if moments is not None else None
-        errors = self.method.calc_quant_error
-        kept = hessian if errors else None
-        job = LayerJob(name, module, hessian=hessian, gradients=gradients, hands_over=not errors)
-        del hessian
-        with self._timed("solve_s"):
-            result = self.method.quantize(job)
-        del job
-        if errors:
-            self._fill_errors(module, result, kept)
+    def _accept(self, name: str, result: LayerResult, hessian: torch.Tensor | None) -> None:
+        if self.method.calc_quant_error:
+            quant_error.fill_errors(result, self.layers[name].weight.data, hessian)
         if self._layer_bar is not None:
-            self._layer_bar.set_postfix_str(name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1])
+            self._layer_bar.set_postfix_str(".".join(name.rsplit(".", 2)[-2:]))
             self._layer_bar.update(1)
         if result.fallback:
             logger.warning("%s: %s", name, result.fallback)
         self._store(name, result)
-
-    @staticmethod
-    def _fill_errors(module: nn.Module, result: LayerResult, hessian: torch.Tensor | None) -> None:
-        weight = module.weight.data
-        deq = result.dequantize(weight.device)
-        stats = quant_error.weight_errors(weight, deq)
-        if hessian is not None:
-            stats.update(quant_error.output_errors(weight, deq, hessian))
-        for key, value in stats.items():
-            setattr(result, key, value)
 
     # -- layers outside the blocks (lm_head when selected) ---------------------------------------
     def _outside_blocks(self, prefix: str) -> None:
@@ -388,5 +397,4 @@ class Engine:
             hessians = model_statistics(
                 self.model, outside, self.batches, kind, self.needs.precision, self.device
             )
-        for name in outside:
-            self._quantize_one(name, hessians.pop(name))
+        self._solve(outside, hessians)

@@ -11,7 +11,8 @@ from torch import nn
 
 from onecomp_core import QuantizationResult, Quantizer
 from onecomp_core.contract import ConfigError, LayerJob, Method, Needs
-from onecomp_core.engine.walk import Engine, choose_layers
+from onecomp_core.engine import quant_error
+from onecomp_core.engine.walk import choose_layers
 from onecomp_core.rtn import RTN, RTNResult
 from onecomp_core.seed_api import ResultLoader, apply_results_to_model, save_results
 from onecomp_core.testing import HessianRTN, tiny_model
@@ -132,7 +133,7 @@ def test_calc_quant_error_fills_weight_and_output_errors():
     x = torch.randn(64, 16)
     hessian = 2 * x.T @ x / x.shape[0]
     result = RTN(wbits=3).quantize(LayerJob("fc", layer, hessian=hessian))
-    Engine._fill_errors(layer, result, hessian)
+    quant_error.fill_errors(result, layer.weight.data, hessian)
     w = layer.weight.data
     deq = result.compute_dequantized_weight().float()
     assert result.weight_squared_error == pytest.approx((w - deq).pow(2).sum().item(), rel=1e-5)

@@ -7,9 +7,11 @@ The bits and group size of a layer come from its name (``job.name``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from onecomp_core.contract import LayerJob, LayerResult, Needs
 from onecomp_core.kernels import gptq_effective_bits
 from torch import nn
@@ -67,6 +69,20 @@ class GPTQ(GPTQConfig):
             damping=out.damping,
             fallback=out.fallback,
         )
+
+    # -- rows solved apart (a distributed run splits every layer's rows over its processes) ----
+    def row_block(self, job: LayerJob) -> int:
+        """GPTQ's rows are independent given H (the act-order permutation, the inverse factor
+        and the clipping search all come from H or from one row): any slice solves on its own.
+        Slices start at multiples of 64 rows, so the kernel's row blocks stay whole."""
+        return 64
+
+    def join_rows(self, parts: list[GPTQResult]) -> GPTQResult | None:
+        """The slices' codes, scales and zeros stacked; None if a slice fell back (to RTN) alone."""
+        if len({p.fallback for p in parts}) > 1:
+            return None
+        stack = {k: torch.cat([getattr(p, k) for p in parts]) for k in ("codes", "scales", "zeros")}
+        return dataclasses.replace(parts[0], **stack)
 
     def inference_layer(self, result: GPTQResult, linear: nn.Module) -> GPTQLinear:
         return GPTQLinear.from_codes(
