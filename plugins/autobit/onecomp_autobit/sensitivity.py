@@ -93,8 +93,11 @@ def score_layer(
     candidate: Method,
     moments: LayerMoments | None,
     use_b: bool,
+    keep: list | None = None,
 ) -> tuple[float, float]:
-    """(predicted error, effective bits) of one candidate on one layer; the weight is kept."""
+    """(predicted error, effective bits) of one candidate on one layer; the weight is kept.
+
+    ``keep``: a list the dequantized weight is appended to (validation reads it)."""
     weight = module.weight
     original = weight.data.clone()
     a = moments.a if moments is not None else None
@@ -115,6 +118,8 @@ def score_layer(
             "(LayerResult.effective_bits returned None), so AutoBit cannot budget it"
         )
     quantized = result.dequantize(original.device)
+    if keep is not None:
+        keep.append(quantized.detach().cpu())
     b = moments.b if (moments is not None and use_b) else None
     gtg = moments.gtg if (moments is not None and use_b) else None
     return predicted_error(original, quantized, a, b, xtx, gtg), float(bits)
@@ -126,6 +131,7 @@ def score_candidates(
     moments: dict[str, LayerMoments] | None,
     use_b: bool = True,
     walk: ModelWalk | None = None,
+    keep: dict | None = None,
 ) -> Costs:
     """Score every candidate on every layer (layers in the given order).
 
@@ -134,7 +140,9 @@ def score_candidates(
     size does not divide the layer's width). A method listed twice for one
     layer is scored once. With ``walk`` the layers are scored block by block,
     each block in memory only while its layers are scored (a streamed model's
-    weights are on disk until then).
+    weights are on disk until then). ``keep``: a dict that receives every scored
+    dequantized weight under (layer name, column index) (for validation only: it
+    holds a copy of the model per column).
     """
     rows: dict[str, tuple[list[float], list[float]]] = {}
 
@@ -142,11 +150,21 @@ def score_candidates(
         for name in names:
             here = candidates[name] if isinstance(candidates, Mapping) else candidates
             scored: dict[int, tuple[float, float]] = {}
+            weights: dict[int, list] = {}
             for candidate in here:
                 if id(candidate) not in scored:
+                    weights[id(candidate)] = [] if keep is not None else None
                     scored[id(candidate)] = score_layer(
-                        name, layers[name], candidate, moments.get(name) if moments else None, use_b
+                        name,
+                        layers[name],
+                        candidate,
+                        moments.get(name) if moments else None,
+                        use_b,
+                        weights[id(candidate)],
                     )
+            if keep is not None:
+                for k, candidate in enumerate(here):
+                    keep[(name, k)] = weights[id(candidate)][0]
             rows[name] = ([scored[id(c)][0] for c in here], [scored[id(c)][1] for c in here])
             logger.debug("%s: errors %s bits %s", name, *rows[name])
 
