@@ -1,8 +1,10 @@
 """Does AutoBit's planning score rank (layer, candidate) pairs as the measured ppl does?
 
 stories260K, the protocol of ../shared/benchmarks.md (128 × 256 wikitext2-valid calibration
-tokens, seed 0). AutoBit plans through the Runner (in process) with candidates GPTQ
-B-bit g32 at GPTQ's defaults (the ILP's columns also hold each candidate's per-row twin);
+tokens, seed 0). AutoBit plans through the Runner (in process) with candidates GPTQ at
+its defaults, ``--bits`` × ``--groups`` (default 2/3/4/8 bit g32; ``--bits default``:
+AutoBit's default candidates), budget 3.59375 effective bits (uniform 3-bit g32); the
+ILP's columns also hold each candidate's per-row twin where 32 does not divide;
 every weight it scored is kept (``AutoBitQuantizer.scored_weights``). Then, on the
 original model, each (layer, column) weight is put in alone and the TinyStories NLL is
 measured ("ts", evaluation text: used here only to judge the score, never by AutoBit).
@@ -16,8 +18,12 @@ Records (JSON lines, field "kind"):
   predicted vs measured loss saved per bit), the median measured/predicted ratio per
   module type and per block, the plan's ts and its sum-of-parts prediction.
 
-    python benchmarks/autobit_validation.py --out benchmarks/results/autobit_validation.jsonl
-    python benchmarks/autobit_validation.py --set planning_hessian=diag --label diag
+    python benchmarks/autobit_validation.py --label g32-2348 --out benchmarks/results/autobit_validation.jsonl
+    python benchmarks/autobit_validation.py --bits default --label defaults --out ...
+    python benchmarks/autobit_validation.py --bits 2,3,4,5,8 --groups 32,-1 --label rich --out ...
+
+``--pairs`` also writes every pair's record. Measuring takes one ts evaluation per pair
+(160 pairs for 2/3/4/8 g32: about 3 minutes on an idle core).
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import CALIBRATION, STORIES, TS_TEXT, emit  # noqa: E402
 
-GROUPSIZE = 32
 #: the effective bits of uniform 3-bit GPTQ g32 on stories260K (3 + 19/32, every layer)
 BUDGET = 3.59375
 
@@ -105,16 +110,20 @@ def block_of(name: str) -> int:
     return next(int(p) for p in parts if p.isdigit())
 
 
-def plan_with_weights(extra: dict, bits: list[int], groups: list[int]):
-    """Run AutoBit through the Runner; returns (runner, quantizer, settings)."""
+def plan_with_weights(extra: dict, bits: list[int] | None, groups: list[int]):
+    """Run AutoBit through the Runner (``bits`` None: its default candidates); returns
+    (runner, quantizer, settings)."""
     from onecomp_core import Runner
     from onecomp_core.contract import Method
     from onecomp_core.data.calibration import CalibrationConfig
     from onecomp_core.data.model import ModelConfig
 
-    candidates = [{"method": "gptq", "wbits": b, "groupsize": g} for g in groups for b in bits]
-    settings = {
-        "quantizers": candidates,
+    settings: dict = {}
+    if bits is not None:
+        settings["quantizers"] = [
+            {"method": "gptq", "wbits": b, "groupsize": g} for g in groups for b in bits
+        ]
+    settings |= {
         "target_bit": BUDGET,
         "target_bit_is_effective": True,
     } | extra
@@ -196,7 +205,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--bits", default="2,3,4,8", help="candidate GPTQ bit widths")
+    parser.add_argument(
+        "--bits", default="2,3,4,8", help='candidate GPTQ bit widths; "default": AutoBit\'s own'
+    )
     parser.add_argument("--groups", default="32", help="their group sizes (-1: per row)")
     parser.add_argument("--set", action="append", default=[], help="AutoBit option k=v")
     parser.add_argument("--label", default="", help="names this run in the records")
@@ -205,7 +216,7 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     extra = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
-    bits = [int(b) for b in args.bits.split(",")]
+    bits = None if args.bits == "default" else [int(b) for b in args.bits.split(",")]
 
     start = time.perf_counter()
     groups = [int(g) for g in args.groups.split(",")]
@@ -270,8 +281,7 @@ def main() -> int:
         "kind": "summary",
         "label": label,
         "settings": {k: v for k, v in settings.items() if k != "quantizers"},
-        "candidate_bits": bits,
-        "candidate_groups": groups,
+        "candidates": column_labels(quantizer)[: len(quantizer.plan.candidates)],
         "pairs": len(rows),
         "spearman": round(spearman(predicted, measured), 4),
         "kendall": round(kendall(predicted, measured), 4),

@@ -1,26 +1,32 @@
-"""AutoBit's default candidates on the real stories260K model: GPTQ bracketing the target."""
+"""AutoBit's default candidates on the real stories260K layers: GPTQ bracketing the target."""
 
 from __future__ import annotations
+
+from transformers import AutoModelForCausalLM
 
 from onecomp_core import create_method
 
 
-def test_default_candidates_bracket_the_target_and_mix_groupings(make_runner):
+def test_default_candidates_bracket_the_target_grouped_and_per_row(stories_path):
     # the 3-bit-g32 budget (3 + 19/32 effective bits): GPTQ 3/4/5 bit at group size 32 and
-    # per row; no 2-bit candidate, so no layer gets 2 bits (they lose in the quantized
-    # model although their per-layer score says they pay: README, "Validation")
+    # per row, no 2-bit candidate (2-bit layers lose in the quantized model although their
+    # per-layer score says they pay: README, "Validation"); planning then scores these
+    model = AutoModelForCausalLM.from_pretrained(stories_path)
+    layers = {
+        n: m
+        for n, m in model.named_modules()
+        if n.startswith("model.layers.") and hasattr(m, "in_features")
+    }
     quantizer = create_method("autobit", target_bit=3.59375, target_bit_is_effective=True)
-    runner = make_runner(quantizer, samples=4, length=32)
-    runner.run()
+    kept = quantizer.choose_layers(layers)
     plan = quantizer.plan
+    assert kept == layers and not plan.planned
     assert plan.default_groupsize == 32
     assert [(c.method, c.wbits, c.groupsize) for c in plan.candidates] == [
         ("gptq", b, g) for g in (32, -1) for b in (3, 4, 5)
     ]
-    bits = {r["layer"]: r["bits"] for r in plan.rows}
-    assert plan.achieved_bits <= 3.59375 + 1e-12
-    assert {runner.results[n].bits for n in bits} >= {3, 4}  # a real mix
-    assert min(runner.results[n].bits for n in bits) == 3
-    groupings = {runner.results[n].groupsize for n in bits}
-    assert -1 in groupings  # per row is chosen where it pays (its 19/64 bits of metadata)
     assert quantizer.to_dict()["default_groupsize"] == 32
+    # a raw 2.5-bit target brackets 2..4 bits
+    low = create_method("autobit", target_bit=2.5, auto_dbf=False)
+    low.choose_layers(layers)
+    assert sorted({c.wbits for c in low.plan.candidates}) == [2, 3, 4]
