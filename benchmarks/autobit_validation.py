@@ -23,7 +23,7 @@ Records (JSON lines, field "kind"):
     python benchmarks/autobit_validation.py --bits 2,3,4,5,8 --groups 32,-1 --label rich --out ...
 
 ``--pairs`` also writes every pair's record. Measuring takes one ts evaluation per pair
-(160 pairs for 2/3/4/8 g32: about 3 minutes on an idle core).
+(160 pairs for 2/3/4/8 g32).
 """
 
 from __future__ import annotations
@@ -193,6 +193,17 @@ def trades(rows: list[dict]) -> tuple[list[float], list[float]]:
     return predicted, measured
 
 
+def layer_spearman(rows: list[dict]) -> dict[str, float]:
+    """Per column below 5 bits: Spearman across layers (which layer is sensitive)."""
+    out = {}
+    for column in sorted({r["column"] for r in rows}):
+        picked = [r for r in rows if r["column"] == column and r["bits"] < 5]
+        if len(picked) > 2:
+            predicted = [r["predicted"] for r in picked]
+            out[column] = round(spearman(predicted, [r["measured"] for r in picked]), 4)
+    return out
+
+
 def median_ratio(rows: list[dict], key) -> dict[str, float]:
     groups: dict[str, list[float]] = {}
     for row in rows:
@@ -288,6 +299,7 @@ def main() -> int:
         "trades": len(trade_p),
         "trade_spearman": round(spearman(trade_p, trade_m), 4),
         "trade_kendall": round(kendall(trade_p, trade_m), 4),
+        "layer_spearman": layer_spearman(rows),
         "ratio_by_type": median_ratio(rows, lambda r: module_type(r["layer"])),
         "ratio_by_block": median_ratio(rows, lambda r: block_of(r["layer"])),
         "plan_bits": round(quantizer.plan.achieved_bits, 6),

@@ -138,7 +138,7 @@ def score_candidates(
     ``candidates`` is one list for all layers, or per layer name the methods
     that stand for the candidates there (e.g. a per-row twin where the group
     size does not divide the layer's width). A method listed twice for one
-    layer is scored once. With ``walk`` the layers are scored block by block,
+    layer (or two equal ones) is scored once. With ``walk`` the layers are scored block by block,
     each block in memory only while its layers are scored (a streamed model's
     weights are on disk until then). ``keep``: a dict that receives every scored
     dequantized weight under (layer name, column index) (for validation only: it
@@ -149,23 +149,24 @@ def score_candidates(
     def score(names: list[str]) -> None:
         for name in names:
             here = candidates[name] if isinstance(candidates, Mapping) else candidates
+            first = [_first_equal(here, c) for c in here]  # equal methods are scored once
             scored: dict[int, tuple[float, float]] = {}
             weights: dict[int, list] = {}
-            for candidate in here:
-                if id(candidate) not in scored:
-                    weights[id(candidate)] = [] if keep is not None else None
-                    scored[id(candidate)] = score_layer(
+            for k, candidate in enumerate(here):
+                if first[k] == k:
+                    weights[k] = [] if keep is not None else None
+                    scored[k] = score_layer(
                         name,
                         layers[name],
                         candidate,
                         moments.get(name) if moments else None,
                         use_b,
-                        weights[id(candidate)],
+                        weights[k],
                     )
             if keep is not None:
-                for k, candidate in enumerate(here):
-                    keep[(name, k)] = weights[id(candidate)][0]
-            rows[name] = ([scored[id(c)][0] for c in here], [scored[id(c)][1] for c in here])
+                for k in range(len(here)):
+                    keep[(name, k)] = weights[first[k]][0]
+            rows[name] = ([scored[f][0] for f in first], [scored[f][1] for f in first])
             logger.debug("%s: errors %s bits %s", name, *rows[name])
 
     left = list(layers)
@@ -181,3 +182,9 @@ def score_candidates(
         [rows[n][1] for n in layers],
         [layers[n].weight.numel() for n in layers],
     )
+
+
+def _first_equal(methods: Sequence[Method], method: Method) -> int:
+    """Index of the first of ``methods`` that is ``method`` or equals it (same parameters):
+    e.g. a g32 candidate's per-row twin and a per-row candidate given as well."""
+    return next(i for i, m in enumerate(methods) if m is method or m == method)
