@@ -13,6 +13,9 @@ Configurations (the same GPTQ options, defaults + group size 32, for every GPTQ 
   divide the layer's width, the ILP may also pick each candidate's per-row twin), budget = the uniform run's
   parameter-weighted effective bits from its saved per-layer table,
   ``target_bit_is_effective=True``;
+* ``defaults-3b`` / ``defaults-2b``: AutoBit's default candidates (GPTQ at its defaults,
+  from floor(budget) to floor(budget) + 2 bits, each at group size 32 and per row), same
+  budget;
 * ``fallback-1.5``: ``target_bit=1.5``, i.e. the DBF fallback, saved and loaded back.
 
     python benchmarks/autobit_quality.py --out benchmarks/results/autobit_quality.jsonl
@@ -44,8 +47,10 @@ CANDIDATE_BITS = (2, 3, 4, 8)
 CONFIGS: dict[str, tuple[str, dict, str | None]] = {
     "uniform-3b": ("gptq", {"wbits": 3, "groupsize": GROUPSIZE}, None),
     "autobit-3b": ("autobit", {}, "uniform-3b"),
+    "defaults-3b": ("autobit", {}, "uniform-3b"),
     "uniform-2b": ("gptq", {"wbits": 2, "groupsize": GROUPSIZE}, None),
     "autobit-2b": ("autobit", {}, "uniform-2b"),
+    "defaults-2b": ("autobit", {}, "uniform-2b"),
     "fallback-1.5": ("autobit", {"target_bit": 1.5, "dbf_iters": 100}, None),
 }
 
@@ -90,11 +95,11 @@ def run(name: str, extra: dict, label: str, done: dict[str, dict], out: str | No
     record: dict = {"bench": "autobit_quality", "config": name + (f" {label}" if label else "")}
     if baseline is not None:
         uniform = latest(baseline, done, out) or run(baseline, {}, "", done, out)
-        candidates = [
-            {"method": "gptq", "wbits": b, "groupsize": GROUPSIZE} for b in CANDIDATE_BITS
-        ]
+        if not name.startswith("defaults"):
+            settings["quantizers"] = [
+                {"method": "gptq", "wbits": b, "groupsize": GROUPSIZE} for b in CANDIDATE_BITS
+            ]
         settings |= {
-            "quantizers": candidates,
             "target_bit": uniform["effective_bits"],
             "target_bit_is_effective": True,
         }

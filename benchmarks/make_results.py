@@ -22,6 +22,7 @@ COMMANDS = {
     "dbf_layer_speed": "python benchmarks/dbf_layer_speed.py --out benchmarks/results/dbf_layer_speed.jsonl",
     "dbf_quality": "python benchmarks/dbf_quality.py --set target_bits=1.5 [--set finetune_steps=0] [--qep] (appends to benchmarks/results/dbf_quality.jsonl)",
     "autobit_quality": "python benchmarks/autobit_quality.py --out benchmarks/results/autobit_quality.jsonl",
+    "autobit_validation": "python benchmarks/autobit_validation.py [--bits default|B,B,... --groups G,G] --label LABEL --out benchmarks/results/autobit_validation.jsonl",
     "qep_quality": "python benchmarks/qep_quality.py --out benchmarks/results/qep_quality.jsonl",
     "frontier": "python benchmarks/frontier.py --method METHOD [--set KEY=VALUE ...] --out benchmarks/results/frontier.jsonl (each row's own command)",
     "binary_quality": "python benchmarks/binary_quality.py --method NAME [--set key=value] (appends to benchmarks/results/binary_quality.jsonl)",

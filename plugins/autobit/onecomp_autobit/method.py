@@ -58,6 +58,9 @@ class AutoBitQuantizer(AutoBitConfig):
     _names: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     #: whether planning keeps the full Kronecker factors (decided in ``choose_layers``)
     full_planning: bool = field(default=False, init=False, repr=False, compare=False)
+    #: set to a dict before the run to receive every scored candidate's dequantized weight
+    #: under (layer name, column index) (``benchmarks/autobit_validation.py`` reads it)
+    scored_weights: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     # -- before calibration -------------------------------------------------------------------
     def choose_layers(self, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -97,7 +100,7 @@ class AutoBitQuantizer(AutoBitConfig):
             self.choose_layers(view.layers)
         if not self.plan.planned:
             layers = {n: view.layers[n] for n in self.plan.shapes}
-            planner.solve(self, self.plan, layers, view.moments, view.walk)
+            planner.solve(self, self.plan, layers, view.moments, view.walk, self.scored_weights)
         for method, names in self.plan.children():
             method.prepare(_restricted(view, names))
 

@@ -65,7 +65,9 @@ def choose(
     if config.quantizers:
         candidates, size = build_candidates(config.quantizers), None
     else:
-        candidates, size = build_default_candidates(m.in_features for m in layers.values())
+        candidates, size = build_default_candidates(
+            (m.in_features for m in layers.values()), config.target_bit
+        )
     shapes = {n: (m.out_features, m.in_features) for n, m in layers.items()}
     plan = Plan(candidates, shapes, config.dividing_groups_only, size)
     if config.assignment_strategy == "manual":
@@ -150,10 +152,12 @@ def solve(
     layers: dict[str, nn.Module],
     moments: dict[str, LayerMoments] | None,
     walk: ModelWalk | None = None,
+    keep: dict | None = None,
 ) -> None:
     """Score every candidate on every layer, convert the target, solve (or fall back to DBF).
 
-    ``walk``: score block by block through the model's walk (a streamed model)."""
+    ``walk``: score block by block through the model's walk (a streamed model); ``keep``:
+    receives the scored weights (see :func:`~onecomp_autobit.sensitivity.score_candidates`)."""
     if config.assignment_strategy == "activation_aware" and moments is None:
         logger.warning("AutoBit got no calibration moments: plain weight error is used")
     if config.assignment_strategy != "activation_aware":
@@ -161,7 +165,7 @@ def solve(
     plan.columns = _columns(plan)
     per_layer = {n: [plan.variant(i, n, twin) for i, twin in plan.columns] for n in layers}
     _log_per_row_layers(plan)
-    costs = score_candidates(layers, per_layer, moments, config.use_curvature_b, walk)
+    costs = score_candidates(layers, per_layer, moments, config.use_curvature_b, walk, keep)
     plan.costs = costs
     given = _given_bits(plan, costs)
     if config.target_bit_is_effective:

@@ -93,8 +93,11 @@ def score_layer(
     candidate: Method,
     moments: LayerMoments | None,
     use_b: bool,
+    keep: list | None = None,
 ) -> tuple[float, float]:
-    """(predicted error, effective bits) of one candidate on one layer; the weight is kept."""
+    """(predicted error, effective bits) of one candidate on one layer; the weight is kept.
+
+    ``keep``: a list the dequantized weight is appended to (validation reads it)."""
     weight = module.weight
     original = weight.data.clone()
     a = moments.a if moments is not None else None
@@ -115,6 +118,8 @@ def score_layer(
             "(LayerResult.effective_bits returned None), so AutoBit cannot budget it"
         )
     quantized = result.dequantize(original.device)
+    if keep is not None:
+        keep.append(quantized.detach().cpu())
     b = moments.b if (moments is not None and use_b) else None
     gtg = moments.gtg if (moments is not None and use_b) else None
     return predicted_error(original, quantized, a, b, xtx, gtg), float(bits)
@@ -126,28 +131,42 @@ def score_candidates(
     moments: dict[str, LayerMoments] | None,
     use_b: bool = True,
     walk: ModelWalk | None = None,
+    keep: dict | None = None,
 ) -> Costs:
     """Score every candidate on every layer (layers in the given order).
 
     ``candidates`` is one list for all layers, or per layer name the methods
     that stand for the candidates there (e.g. a per-row twin where the group
     size does not divide the layer's width). A method listed twice for one
-    layer is scored once. With ``walk`` the layers are scored block by block,
+    layer (or two equal ones) is scored once. With ``walk`` the layers are scored block by block,
     each block in memory only while its layers are scored (a streamed model's
-    weights are on disk until then).
+    weights are on disk until then). ``keep``: a dict that receives every scored
+    dequantized weight under (layer name, column index) (for validation only: it
+    holds a copy of the model per column).
     """
     rows: dict[str, tuple[list[float], list[float]]] = {}
 
     def score(names: list[str]) -> None:
         for name in names:
             here = candidates[name] if isinstance(candidates, Mapping) else candidates
+            first = [_first_equal(here, c) for c in here]  # equal methods are scored once
             scored: dict[int, tuple[float, float]] = {}
-            for candidate in here:
-                if id(candidate) not in scored:
-                    scored[id(candidate)] = score_layer(
-                        name, layers[name], candidate, moments.get(name) if moments else None, use_b
+            weights: dict[int, list] = {}
+            for k, candidate in enumerate(here):
+                if first[k] == k:
+                    weights[k] = [] if keep is not None else None
+                    scored[k] = score_layer(
+                        name,
+                        layers[name],
+                        candidate,
+                        moments.get(name) if moments else None,
+                        use_b,
+                        weights[k],
                     )
-            rows[name] = ([scored[id(c)][0] for c in here], [scored[id(c)][1] for c in here])
+            if keep is not None:
+                for k in range(len(here)):
+                    keep[(name, k)] = weights[first[k]][0]
+            rows[name] = ([scored[f][0] for f in first], [scored[f][1] for f in first])
             logger.debug("%s: errors %s bits %s", name, *rows[name])
 
     left = list(layers)
@@ -163,3 +182,9 @@ def score_candidates(
         [rows[n][1] for n in layers],
         [layers[n].weight.numel() for n in layers],
     )
+
+
+def _first_equal(methods: Sequence[Method], method: Method) -> int:
+    """Index of the first of ``methods`` that is ``method`` or equals it (same parameters):
+    e.g. a g32 candidate's per-row twin and a per-row candidate given as well."""
+    return next(i for i, m in enumerate(methods) if m is method or m == method)

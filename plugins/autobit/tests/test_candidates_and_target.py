@@ -7,6 +7,8 @@ import torch
 
 from onecomp_autobit.candidates import (
     build_candidates,
+    default_bits,
+    default_grouping,
     default_groupsize,
     default_specs,
     labels,
@@ -32,8 +34,27 @@ def test_default_groupsize_is_the_largest_that_divides_every_layer():
     assert default_groupsize([64, 172]) == -1  # stories260K's down_proj: per row
     specs, size = default_specs([4096])
     assert size == 128
-    assert [s["wbits"] for s in specs] == [2, 3, 4, 8]
+    assert [(s["wbits"], s["groupsize"]) for s in specs] == [
+        (b, g) for g in (128, -1) for b in (2, 3, 4, 8)
+    ]  # without a target
     assert {s["method"] for s in specs} == {"gptq"}
+
+
+def test_default_candidates_bracket_the_target_grouped_and_per_row():
+    # the 3-bit-g32 budget on stories260K: 3/4/5 bit, g32 (a group of the 64-wide layers,
+    # ragged on the 172-wide down_proj) and per row; no 2-bit candidate (see the README)
+    specs, size = default_specs([64, 172], 3.59375)
+    assert size == 32
+    assert [(s["wbits"], s["groupsize"]) for s in specs] == [
+        (3, 32), (4, 32), (5, 32), (3, -1), (4, -1), (5, -1)
+    ]  # fmt: skip
+    assert default_bits(2.5625) == (2, 3, 4)
+    assert default_bits(1.0) == (2, 3, 4) and default_bits(7.5) == (7, 8)
+    assert default_grouping([4096, 11008]) == 128
+    assert default_grouping([64]) == 32 and default_grouping([48]) == -1
+    assert default_specs([48], 3.0)[0] == [
+        {"method": "gptq", "wbits": b, "groupsize": -1} for b in (3, 4, 5)
+    ]
 
 
 def test_candidates_are_copies_and_the_callers_list_is_untouched():

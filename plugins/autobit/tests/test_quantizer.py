@@ -64,6 +64,7 @@ def rtn_run(make_runner, tmp_path_factory):
     """One activation-aware run at raw 3 bits over RTN 2/3/4/8 g32, with a heatmap."""
     png = tmp_path_factory.mktemp("autobit") / "plan.png"
     quantizer = autobit(rtn_candidates(), target_bit=3.0, save_path=str(png))
+    quantizer.scored_weights = {}  # keep every scored weight (the validation benchmark's hook)
     runner = make_runner(quantizer)
     runner.run()
     return runner, quantizer, png
@@ -99,6 +100,18 @@ def test_plan_keeps_the_budget_ties_fused_groups_and_routes_each_layer(rtn_run):
     assert [c["label"] for c in config["candidates"]] == [
         "rtn-2b-g32", "rtn-3b-g32", "rtn-4b-g32", "rtn-8b-g32"
     ]  # fmt: skip
+
+
+def test_scored_weights_are_the_weights_each_column_makes(rtn_run):
+    # RTN ignores the statistics, so the weight planning scored for the chosen column is
+    # exactly the layer's final weight; every (layer, column) pair is kept
+    runner, quantizer, _ = rtn_run
+    plan, kept = quantizer.plan, quantizer.scored_weights
+    assert set(kept) == {(n, k) for n in runner.layers for k in range(len(plan.columns))}
+    for name, result in runner.results.items():
+        assert torch.equal(kept[(name, plan.column_for(name))], result.dequantize("cpu"))
+    cheap, dear = plan.columns.index((0, False)), plan.columns.index((3, False))
+    assert not torch.equal(kept[(name, cheap)], kept[(name, dear)])
 
 
 def test_a_group_size_that_does_not_divide_offers_ragged_and_per_row(rtn_run):
