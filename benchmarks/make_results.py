@@ -28,6 +28,7 @@ COMMANDS = {
     "gptq_defaults": "python benchmarks/gptq_defaults.py --out benchmarks/results/gptq_defaults.jsonl",
     "checkpoint_size": "python benchmarks/checkpoint_size.py --out benchmarks/results/checkpoint_size.jsonl",
     "inference": "python benchmarks/inference.py --threads 1 2 (appends to benchmarks/results/inference.jsonl)",
+    "rotation": "python benchmarks/rotation_quality.py --rotate learned --rows ROW --no-baseline --out benchmarks/results/rotation.jsonl (each row's own command)",
 }
 
 
