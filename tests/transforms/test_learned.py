@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from onecomp_core.data.calibration import CalibrationConfig
 from onecomp_core.data.model import ModelConfig
 from onecomp_core.rtn import RTN
 from onecomp_core.seed_api import Runner
@@ -104,6 +105,11 @@ def test_learned_rotation_saves_and_reloads(stories_path, tmp_path, monkeypatch)
     runner = Runner(
         model_config=ModelConfig(path=str(stories_path), dtype="float32", device="cpu"),
         quantizer=RTN(wbits=3, sym=False),
+        calibration_config=CalibrationConfig(
+            dataset=["Once upon a time there was a little dog who liked to run. " * 8] * 4,
+            max_length=48,
+            num_calibration_samples=4,
+        ),
         rotation="learned",
         show_progress=False,
         save_dtype="float32",
