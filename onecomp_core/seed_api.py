@@ -37,6 +37,7 @@ from .storage import artifact as saving
 from .storage import results_io
 from .storage.packed import apply_results, packed_model
 from .storage.save_dtype import choose_save_dtype
+from .transforms.learned import rotate_model_learned, target_grid
 from .transforms.rotation import attach_online, check_rotation, rotate_model
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class Runner:
         self.qep, self.qep_config = qep, qep_config or QEPConfig()
         #: discard what ``checkpoint_dir`` holds instead of resuming it
         self.restart = restart
-        #: "hadamard": a seeded rotation folded into the model before quantization (its spec)
+        #: "hadamard": a seeded rotation folded into the model before quantization (its spec);
+        #: "learned": that rotation trained for the method's grid first (transforms/learned.py)
         self.rotation, self.rotation_seed = check_rotation(rotation, "rotation"), rotation_seed
         self.rotation_spec: dict[str, Any] | None = None
         self.model: nn.Module | None = None
@@ -119,7 +121,7 @@ class Runner:
         """Quantize every selected layer; returns the results (also ``self.results``)."""
         self._load()
         if self.rotation is not None and self.rotation_spec is None:
-            self.rotation_spec = rotate_model(self.model, self.rotation_seed)
+            self.rotation_spec = self._rotate()
         self.layers = choose_layers(self.model, self.quantizer)
         logger.info("selected %d layers", len(self.layers))
         return self.run_engine()
@@ -184,6 +186,15 @@ class Runner:
             self._model_folder = fingerprint.local_folder(self.model_config.source)
             self.tokenizer = self.model_config.load_tokenizer()
             self.conv1d_linearized = linearize_conv1d(self.model)
+
+    def _rotate(self) -> dict[str, Any]:
+        """Fold the chosen rotation into the loaded model; the spec to save."""
+        if self.rotation != "learned":
+            return rotate_model(self.model, self.rotation_seed)
+        self._calibrate()  # the learned rotation trains on the calibration windows
+        bits, group = target_grid(self.quantizer)
+        windows = self.calibration.input_ids
+        return rotate_model_learned(self.model, windows, bits, group, self.rotation_seed)
 
     def _calibrate(self) -> None:
         self.calibration = build_calibration(self.calibration_config, self.tokenizer, self.model)

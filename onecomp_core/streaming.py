@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .storage.atomic import check_free, partial_name
 from .storage.packed import layer_table
 from .storage.shards import ShardWriter
 from .storage.skeleton import skeleton
+from .transforms.learned import too_large_reason
 from .transforms.streamed import RotatedStreamedModel
 
 #: a seed_api.Runner (not imported: the Runner imports this module)
@@ -71,6 +73,17 @@ def whole_model_reason(runner: Runner) -> str | None:
         return "the calibration text is sampled from the model itself"
     if runner.model is not None:
         return "the model is already in memory"
+    if runner.rotation == "learned":
+        too_large = too_large_reason(runner.model_config.source)
+        if too_large is None:
+            return "--rotate learned trains its rotation on the whole model"
+        print(
+            f"onecomp: --rotate learned is off for this model ({too_large}); "
+            "it is rotated with --rotate hadamard, streamed",
+            file=sys.stderr,
+            flush=True,
+        )
+        runner.rotation = "hadamard"
     folder = Path(runner.model_config.source).expanduser()
     if not folder.is_dir():
         return f"{runner.model_config.source} is not a local folder"

@@ -90,7 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--rotate",
         metavar="KIND",
         help="hadamard: fold a seeded orthogonal rotation into the model before quantizing "
-        "(Llama-style models; any method)",
+        "(Llama-style models; any method); learned: that rotation and per-channel scales "
+        "trained first for the method's grid (whole model in memory, up to 2 GB of weights)",
     )
     p.add_argument("--rotate-seed", type=int, default=0, help="seed of the --rotate transforms")
     p.add_argument("--out", required=True, help="output folder")

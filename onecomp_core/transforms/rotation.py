@@ -36,8 +36,8 @@ from torch import nn
 
 from ..kernels.orthogonal import OrthogonalTransform, orthogonal_transform
 
-#: values of ``--rotate`` / ``Runner(rotation=...)``
-ROTATIONS = ("hadamard",)
+#: values of ``--rotate`` / ``Runner(rotation=...)`` ("learned": :mod:`.learned`)
+ROTATIONS = ("hadamard", "learned")
 #: architectures whose blocks are pre-RMSNorm with q/k/v/o and gate/up/down linears
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 #: the pre-hook handle kept on a module that has an online rotation

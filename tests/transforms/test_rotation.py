@@ -81,7 +81,9 @@ def test_saved_rotated_model_loads_to_the_same_logits(stories_path, tmp_path) ->
 def test_rotation_values() -> None:
     assert check_rotation(None) is None and check_rotation("none") is None
     assert check_rotation("hadamard") == "hadamard"
-    with pytest.raises(ValueError, match="--rotate 'quarot': expected one of hadamard, none"):
+    with pytest.raises(
+        ValueError, match="--rotate 'quarot': expected one of hadamard, learned, none"
+    ):
         check_rotation("quarot")
     with pytest.raises(ValueError, match="model type 'gpt2' is not supported"):
         rotate_model(tiny_model("gpt2"))
