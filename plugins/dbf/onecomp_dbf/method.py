@@ -45,7 +45,7 @@ from .layer import DoubleBinaryLinear, dense_layer
 from .objective import activation_scales, gradient_scales, input_correlation
 from .refit import refit_vectors_hessian
 from .result import DBFResult
-from .samples import generate_sequences, last_hidden, resident, sample_sequences
+from .samples import last_hidden, resident, sample_sequences, sample_with_cache
 from .trainable import TrainableDBF
 
 logger = logging.getLogger(__name__)
@@ -229,10 +229,8 @@ class DBF(DBFConfig):
         bos = getattr(getattr(view.model, "config", None), "bos_token_id", None)
         bos = int(ids[0, 0]) if bos is None else int(bos)
         shape = (count, int(ids.shape[1]), bos, self.seed + 104729, int(ids.shape[0]))
-        if callable(getattr(view.model, "generate", None)) and resident(
-            view.model, view.walk.device
-        ):
-            batches = generate_sequences(view.model, *shape)
+        if resident(view.model, view.walk.device):
+            batches = sample_with_cache(view.model, *shape)
         else:
             batches = sample_sequences(view.walk, *shape)
         return batches, Teacher(last_hidden(view.walk, batches))

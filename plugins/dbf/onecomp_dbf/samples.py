@@ -11,15 +11,18 @@ layer is quantized (in ``prepare``), and :func:`last_hidden` gives the
 teacher's last-block outputs on them.
 
 How: a model that sits whole on the compute device (the usual CPU run, or a
-GPU run of a model that fits) samples with its own ``generate`` (key/value
-cache: one token of work per step; stories260K, 128 × 256 tokens: ≈ 15 s on
-one CPU thread). Otherwise, never the whole model on one device: each new
+GPU run of a model that fits) samples with its own key/value cache (one
+token of work per step). Otherwise, never the whole model on one device: each new
 token is one pass through the blocks (``ModelWalk``) over the prefix so far
 (the walk runs whole blocks, so no cache), about L/2 forwards of the same
-sequences for L tokens (stories260K: ≈ 190 s CPU, so only a fallback).
+sequences for L tokens (stories260K: ≈ 190 s CPU, so only a fallback). Both
+draw the same tokens (same private generator, same exponential-race draw), so
+a streamed run distils on the same text as an in-memory one.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -38,40 +41,49 @@ def _through_blocks(walk: ModelWalk, batches: list[Batch]) -> list[torch.Tensor]
 
 
 def resident(model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether every weight of ``model`` is on ``device`` (so its own ``generate`` may run)."""
+    """Whether every weight of ``model`` is on ``device`` (so it may run whole, with a cache)."""
     params = list(model.parameters())
     return bool(params) and all(p.device == device for p in params)
 
 
+def draw(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One token per row from softmax(logits): argmax of p / Exp(1) noise (the exponential race).
+
+    The noise comes from ``gen`` on the host, so both samplers below draw the same
+    tokens from the same distributions, whatever device computed them.
+    """
+    probs = logits.float().softmax(-1).cpu()
+    noise = torch.empty_like(probs).exponential_(generator=gen)
+    return (probs / noise).argmax(-1, keepdim=True)
+
+
+def _starts(count: int, bos: int, rows: int) -> list[torch.Tensor]:
+    return [
+        torch.full((min(rows, count - s), 1), bos, dtype=torch.long) for s in range(0, count, rows)
+    ]
+
+
 @torch.no_grad()
-def generate_sequences(
+def sample_with_cache(
     model: torch.nn.Module, count: int, length: int, bos: int, seed: int, rows: int
 ) -> list[Batch]:
-    """The same sampling as :func:`sample_sequences` by the model's ``generate`` (cached).
+    """:func:`sample_sequences` by the whole model with its key/value cache (same tokens).
 
-    Seeded through a forked global RNG (``generate`` has no generator argument),
-    so the caller's random state is left as it was.
+    One token of work per step; for a model whose weights all sit on one device.
     """
     device = next(model.parameters()).device
-    out = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for start in range(0, count, rows):
-            prompt = torch.full((min(rows, count - start), 1), bos, dtype=torch.long, device=device)
-            ids = model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                do_sample=True,
-                top_k=0,
-                top_p=1.0,
-                temperature=1.0,
-                max_new_tokens=length - 1,
-                min_new_tokens=length - 1,
-                pad_token_id=bos,
-                use_cache=True,
-            )
-            out.append((ids[:, :length].cpu(), None))
-    return out
+    # transformers ≥ 5 names the cache ``cache``; earlier versions ``past_key_values``
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    gen = torch.Generator().manual_seed(seed)
+    ids = _starts(count, bos, rows)
+    caches: list = [None] * len(ids)
+    for _ in range(length - 1):
+        for i, x in enumerate(ids):
+            step = x if caches[i] is None else x[:, -1:]
+            out = model(input_ids=step.to(device), use_cache=True, **{key: caches[i]})
+            caches[i] = out[key]
+            ids[i] = torch.cat([x, draw(out.logits[:, -1], gen)], 1)
+    return [(x, None) for x in ids]
 
 
 def next_token_logits(walk: ModelWalk, ids: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -91,12 +103,10 @@ def sample_sequences(
     one token per pass over the blocks.
     """
     gen = torch.Generator().manual_seed(seed)
-    sizes = [min(rows, count - s) for s in range(0, count, rows)]
-    ids = [torch.full((n, 1), bos, dtype=torch.long) for n in sizes]
+    ids = _starts(count, bos, rows)
     for _ in range(length - 1):
         for i, logits in enumerate(next_token_logits(walk, ids)):
-            probs = logits.float().softmax(-1).cpu()
-            ids[i] = torch.cat([ids[i], torch.multinomial(probs, 1, generator=gen)], 1)
+            ids[i] = torch.cat([ids[i], draw(logits, gen)], 1)
     return [(x, None) for x in ids]
 
 

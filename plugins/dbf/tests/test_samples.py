@@ -13,10 +13,10 @@ from onecomp_core.testing import tiny_model
 from onecomp_dbf import DBF
 from onecomp_dbf.distill import Teacher, kl_loss
 from onecomp_dbf.samples import (
-    generate_sequences,
     last_hidden,
     next_token_logits,
     sample_sequences,
+    sample_with_cache,
 )
 
 
@@ -38,7 +38,7 @@ def test_samples_are_seeded_start_at_bos_and_follow_the_model():
     model = tiny_model("llama", seed=0)
     walk = Walk(model, "cpu")
     state = torch.random.get_rng_state()
-    for draw in (sample_sequences, generate_sequences):
+    for draw in (sample_sequences, sample_with_cache):
         where = walk if draw is sample_sequences else model
         one = draw(where, 5, 9, 3, seed=4, rows=2)
         assert [tuple(b[0].shape) for b in one] == [(2, 9), (2, 9), (1, 9)]
@@ -48,6 +48,10 @@ def test_samples_are_seeded_start_at_bos_and_follow_the_model():
         other = draw(where, 5, 9, 3, seed=5, rows=2)
         assert not all(torch.equal(a[0], b[0]) for a, b in zip(one, other, strict=True))
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+    # streamed (walk, no cache) and in-memory (cache) runs distil on the same text
+    walked = sample_sequences(walk, 5, 9, 3, seed=4, rows=2)
+    cached = sample_with_cache(model, 5, 9, 3, seed=4, rows=2)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(walked, cached, strict=True))
     # the model's own text is likelier under the model than uniform random tokens (a random
     # tiny model is nearly uniform: a sharper head makes the difference measurable)
     model.get_output_embeddings().weight.data *= 30
