@@ -11,6 +11,9 @@ machine is shared, so times are noisy).
     python benchmarks/dbf_quality.py --set target_bits=1.5                     # defaults
     python benchmarks/dbf_quality.py --set target_bits=1.5 --set finetune_steps=0
     python benchmarks/dbf_quality.py --set target_bits=1.5 --set finetune_steps=0 --qep
+    python benchmarks/dbf_quality.py --set target_bits=2.0 --out benchmarks/results/dbf_distill_data.jsonl
+    python benchmarks/dbf_quality.py --set target_bits=2.0 --set distill_data=calibration \
+        --out benchmarks/results/dbf_distill_data.jsonl    # the distillation before issue 16
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ COMMANDS = {
     "gptq_quality": "python benchmarks/gptq_quality.py --out benchmarks/results/gptq_quality.jsonl",
     "dbf_layer_speed": "python benchmarks/dbf_layer_speed.py --out benchmarks/results/dbf_layer_speed.jsonl",
     "dbf_quality": "python benchmarks/dbf_quality.py --set target_bits=1.5 [--set finetune_steps=0] [--qep] (appends to benchmarks/results/dbf_quality.jsonl)",
+    "dbf_distill_data": "python benchmarks/dbf_quality.py --set target_bits=B [--set distill_data=calibration] --out benchmarks/results/dbf_distill_data.jsonl",
     "autobit_quality": "python benchmarks/autobit_quality.py --out benchmarks/results/autobit_quality.jsonl",
     "autobit_validation": "python benchmarks/autobit_validation.py [--bits default|B,B,... --groups G,G] --label LABEL --out benchmarks/results/autobit_validation.jsonl",
     "qep_quality": "python benchmarks/qep_quality.py --out benchmarks/results/qep_quality.jsonl",

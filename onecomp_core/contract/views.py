@@ -70,6 +70,11 @@ class LayerJob:
         return LayerJob(self.name, self.module, hessian, self.gradients, self.input)
 
 
+#: block class → whether its forward returns a tuple, recorded whenever a block runs through
+#: :meth:`ModelWalk.run` (or the engine's ``run_block``); a model's end needs it
+TUPLE_OUTPUT: dict[type, bool] = {}
+
+
 def first_output(output: Any) -> torch.Tensor:
     """Decoder blocks return a tensor or a tuple whose first item is the hidden states."""
     if isinstance(output, torch.Tensor):
@@ -151,7 +156,9 @@ class ModelWalk(ABC):
     @staticmethod
     def run(block: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
         """One block's hidden-state output, whatever structure the block returns."""
-        return first_output(block(hidden, **kwargs))
+        output = block(hidden, **kwargs)
+        TUPLE_OUTPUT[type(block)] = isinstance(output, tuple | list)
+        return first_output(output)
 
     @staticmethod
     def detached(value: Any) -> Any:

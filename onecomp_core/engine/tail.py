@@ -23,12 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..contract.views import TUPLE_OUTPUT as _TUPLE_OUTPUT
 from ..contract.views import first_output
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
-
-#: block class → whether its forward returns a tuple (recorded by :func:`note_output`)
-_TUPLE_OUTPUT: dict[type, bool] = {}
 
 
 def note_output(block: nn.Module, output: Any) -> torch.Tensor:

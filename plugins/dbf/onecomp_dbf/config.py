@@ -19,6 +19,9 @@ from onecomp_core.contract import Config, Method, param
 #: (2 bits, stories260K: 200 → ts 20.0, 400 → 18.5, 600 → 18.4)
 DEFAULT_DISTILL_STEPS = 400
 WEIGHTINGS = ("activation", "activation_gradient", "none")
+#: what the model-level distillation trains on: the calibration text, text the full-precision
+#: model samples itself (:mod:`onecomp_dbf.samples`), or both
+DISTILL_DATA = ("calibration", "generated", "both")
 #: the balancing knobs, read (and so validated) only when ``use_balancing`` is on
 BALANCING = ("balance_iters", "balance_alpha", "balance_mode")
 
@@ -79,6 +82,10 @@ class DBFConfig(FitSettings, Method):
     distill_blocks: int | None = param(
         None, int, ge=1, optional=True,
         doc="distil only the last N blocks (block-local); null = every block, streamed end to end",
+    )  # fmt: skip
+    distill_data: str = param(
+        "generated", choices=DISTILL_DATA,
+        doc="distil on the calibration text, on text the fp model samples itself, or both",
     )  # fmt: skip
     distill_lr: float = param(1e-2, gt=0, doc="Adam learning rate of the vectors")
     distill_sign_lr: float = param(0.02, ge=0, doc="sign learning rate of the distillation")

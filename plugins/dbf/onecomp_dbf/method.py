@@ -45,6 +45,7 @@ from .layer import DoubleBinaryLinear, dense_layer
 from .objective import activation_scales, gradient_scales, input_correlation
 from .refit import refit_vectors_hessian
 from .result import DBFResult
+from .samples import last_hidden, resident, sample_sequences, sample_with_cache
 from .trainable import TrainableDBF
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class DBF(DBFConfig):
     #: blocks of the run (from ``prepare``); None: no block walk, so no distillation
     _blocks: int | None = field(default=None, init=False, repr=False, compare=False)
     _prepared: bool = field(default=False, init=False, repr=False, compare=False)
+    #: text the full-precision model sampled itself in ``prepare`` and its teacher outputs
+    _sampled: tuple[list, Teacher] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def needs(self) -> Needs:
         """After ``prepare``, a model pass only if the run can distil (a walk with a head)."""
@@ -207,13 +212,28 @@ class DBF(DBFConfig):
 
     def prepare(self, view: RunView) -> None:
         """Note the run's blocks: the teacher is the fp stream after the last of them."""
-        self._teacher, self._prepared, self._blocks = None, True, None
+        self._teacher, self._prepared, self._blocks, self._sampled = None, True, None, None
         if self.resolved_distill_steps() <= 0 or not view.batches:
             return
         if view.walk is None or not view.walk.has_head:
             logger.warning("DBF: the model has no output head to distil from; distillation off")
             return
         self._blocks = len(view.walk)
+        if self.distill_data != "calibration":
+            self._sampled = self._sample(view)
+
+    def _sample(self, view: RunView) -> tuple[list, Teacher]:
+        """As many sequences as calibration windows, sampled by the fp model, and its outputs."""
+        ids = view.batches[0][0]
+        count = sum(int(b[0].shape[0]) for b in view.batches)
+        bos = getattr(getattr(view.model, "config", None), "bos_token_id", None)
+        bos = int(ids[0, 0]) if bos is None else int(bos)
+        shape = (count, int(ids.shape[1]), bos, self.seed + 104729, int(ids.shape[0]))
+        if resident(view.model, view.walk.device):
+            batches = sample_with_cache(view.model, *shape)
+        else:
+            batches = sample_sequences(view.walk, *shape)
+        return batches, Teacher(last_hidden(view.walk, batches))
 
     def _keep_teacher(self, view: BlockView) -> None:
         if self._blocks is not None and view.index == self._blocks - 1 and view.fp_outputs:
@@ -222,14 +242,21 @@ class DBF(DBFConfig):
     def on_model_done(self, view: RunView) -> dict[str, LayerResult]:
         """Distil the vectors (and signs) of every DBF layer against the teacher, streamed."""
         teacher, self._teacher, self._prepared = self._teacher, None, False
-        self._blocks = None
+        sampled, self._sampled, self._blocks = self._sampled, None, None
         if teacher is None or not view.batches or view.walk is None:
             return {}
+        batches = list(view.batches)
+        if sampled is not None:
+            own, sampled_teacher = sampled
+            if self.distill_data == "generated":
+                batches, teacher = own, sampled_teacher
+            else:
+                batches, teacher = batches + own, Teacher(teacher.hidden + sampled_teacher.hidden)
         results, losses = distill_model(
             view.walk,
             view.layers,
             view.results,
-            view.batches,
+            batches,
             teacher,
             self.resolved_distill_steps(),
             self.distill_lr,

@@ -28,6 +28,7 @@ SEED_KEYS = {
     "hessian_damp",
     "distill_steps",
     "distill_blocks",
+    "distill_data",
     "distill_lr",
     "distill_sign_lr",
 }

@@ -159,7 +159,10 @@ def test_block_local_variant_trains_only_the_last_blocks():
 
 
 def test_hooks_keep_the_last_blocks_fp_stream_and_distil_with_it():
-    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, distill_steps=30, distill_lr=2e-2)
+    q = DBF(
+        target_bits=1.0, iters=5, finetune_steps=0, distill_steps=30, distill_lr=2e-2,
+        distill_data="calibration",
+    )  # fmt: skip
     model, layers, results, batches, teacher, logits = _setup(q)
     walk = Walk(model, "cpu")
     assert q.needs().model_pass and q.needs().fp_stream

@@ -52,8 +52,12 @@ def test_runner_save_load_logits_equal(tmp_path):
 
 
 def _runner_kl(distill_steps: int) -> tuple[float, DBF, Runner]:
-    """KL of the fake-quantized stories260K to the full-precision logits on the calibration."""
-    method = DBF(iters=4, finetune_steps=0, distill_steps=distill_steps, distill_lr=2e-2)
+    """KL of the fake-quantized stories260K to the full-precision logits on the calibration
+    (distilled on the calibration text; the sampled-text default: tests/test_samples.py)."""
+    method = DBF(
+        iters=4, finetune_steps=0, distill_steps=distill_steps, distill_lr=2e-2,
+        distill_data="calibration",
+    )  # fmt: skip
     runner = _runner(method)
     runner.run()
     data = list(batches(runner.calibration, runner.calibration_config.batch_size))
