@@ -84,7 +84,7 @@ class DBFConfig(FitSettings, Method):
         doc="distil only the last N blocks (block-local); null = every block, streamed end to end",
     )  # fmt: skip
     distill_data: str = param(
-        "generated", choices=DISTILL_DATA,
+        "calibration", choices=DISTILL_DATA,
         doc="distil on the calibration text, on text the fp model samples itself, or both",
     )  # fmt: skip
     distill_lr: float = param(1e-2, gt=0, doc="Adam learning rate of the vectors")

@@ -67,8 +67,8 @@ def test_prepare_samples_calibration_shaped_text_and_its_fp_teacher():
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 128, (2, 10), generator=gen), None) for _ in range(3)]
     walk = Walk(fp, "cpu")
-    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, distill_steps=5)
-    assert q.distill_data == "generated"  # the default
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, distill_steps=5, distill_data="generated")
+    assert DBF().distill_data == "calibration"  # the default (see the plugin README)
     q.prepare(RunView(model=fp, layers=_layers(fp), batches=batches, walk=walk))
     own, teacher = q._sampled
     assert [tuple(b[0].shape) for b in own] == [(2, 10)] * 3
@@ -84,7 +84,10 @@ def test_distillation_on_sampled_text_matches_the_model_on_its_own_text():
     fp = tiny_model("llama", seed=0)
     gen = torch.Generator().manual_seed(0)
     batches = [(torch.randint(0, 128, (2, 16), generator=gen), None) for _ in range(4)]
-    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, distill_steps=30, distill_lr=2e-2)
+    q = DBF(
+        target_bits=1.0, iters=5, finetune_steps=0, distill_steps=30, distill_lr=2e-2,
+        distill_data="generated",
+    )  # fmt: skip
     q.prepare(RunView(model=fp, layers=_layers(fp), batches=batches, walk=Walk(fp, "cpu")))
     own = [b[0] for b in q._sampled[0]]
     with torch.no_grad():
