@@ -15,26 +15,16 @@ from collections.abc import Callable
 import torch
 
 
-def inverse_cholesky(
-    h: torch.Tensor, percdamp: float, retries: int = 3
-) -> tuple[torch.Tensor | None, float | None]:
-    """Upper Cholesky factor U of (H + λ·mean(diag H)·I)⁻¹ = UᵀU; λ grows 10× per failed try.
-
-    With J the reversal permutation and JHJ = L'L'ᵀ, H⁻¹ = (J L'⁻¹ J)ᵀ(J L'⁻¹ J), so
-    U = J L'⁻¹ J: one Cholesky and one triangular inverse, without forming H⁻¹.
-    """
-    mean_diag = torch.diagonal(h).mean()
-    inverse, damp = inverse_cholesky_flipped(lambda: h.flip(0, 1), percdamp, mean_diag, retries)
-    return (None, None) if inverse is None else (upper_rows(inverse, 0, len(h)), damp)
-
-
 def inverse_cholesky_flipped(
     flipped_hessian: Callable[[], torch.Tensor],
     percdamp: float,
     mean_diag: torch.Tensor,
     retries: int = 3,
 ) -> tuple[torch.Tensor | None, float | None]:
-    """L'⁻¹ for :func:`inverse_cholesky`, given a maker of fresh JHJ copies (one per try).
+    """L'⁻¹ (JHJ + λ·mean_diag·I = L'L'ᵀ), given a maker of fresh JHJ copies (one per try).
+
+    λ = ``percdamp``, growing 10× per failed try; U = J·L'⁻¹·J is the upper
+    Cholesky factor of the damped H⁻¹ (UᵀU), so no H⁻¹ is ever formed.
 
     Returns the inverse factor itself (U = J·L'⁻¹·J is read a block of rows at
     a time by :func:`upper_rows`). The (in × in) matrices are the peak memory

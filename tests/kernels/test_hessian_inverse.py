@@ -4,7 +4,6 @@ import torch
 
 from onecomp_core.kernels.hessian_inverse import (
     flipped_hessian,
-    inverse_cholesky,
     inverse_cholesky_flipped,
     upper_rows,
 )
@@ -29,8 +28,13 @@ def _dense_upper(h: torch.Tensor, percdamp: float, mean: torch.Tensor | None = N
 def test_upper_factor_bit_identical_to_the_dense_recipe_and_inverts_h():
     n = 1100  # not a multiple of the 512-column slices
     h = _hessian(n)
-    upper, damp = inverse_cholesky(h, 0.01)
+    natural = torch.arange(n)
+    mean = torch.diagonal(h).mean()
+    inverse, damp = inverse_cholesky_flipped(
+        lambda: flipped_hessian(h, natural, torch.device("cpu")), 0.01, mean
+    )
     assert damp == 0.01
+    upper = upper_rows(inverse, 0, n)
     assert torch.equal(upper, _dense_upper(h, 0.01))
     damped = h + 0.01 * torch.diagonal(h).mean() * torch.eye(n)
     eye = (upper.t() @ upper).double() @ damped.double()
