@@ -1,7 +1,7 @@
 """Peak memory of one GPTQ solve with the plugin's defaults, above its inputs, and its codes' hash.
 
 A seeded (out × in) weight and H = XᵀX/N (one dead input) are built, then
-``gptq_quantize`` runs alone in this process: the peak resident memory it
+``gptq_quantize`` runs alone in this process, H handed over as the engine hands it: the peak resident memory it
 adds over W and H (``VmHWM`` reset just before) is what the solve itself
 holds; the hash of codes, scales, zeros and g_idx shows whether a change
 kept the numbers. Default shape: TinyLlama's ``down_proj`` (2048 × 5632).
@@ -55,8 +55,9 @@ def main() -> None:
     start = psutil.Process().memory_info().rss
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     t0 = time.perf_counter()
+    box, h = [h], None  # handed over, as the engine does (LayerJob.take_hessian)
     res = gptq_quantize(
-        w, h, cfg.grid_spec(4), groupsize=128, actorder=cfg.actorder, row_shrinks=cfg.row_shrinks()
+        w, box, cfg.grid_spec(4), groupsize=128, actorder=cfg.actorder, row_shrinks=cfg.row_shrinks()
     )
     seconds = time.perf_counter() - t0
     parts = (res.codes, res.scales, res.zeros, res.g_idx)

@@ -192,7 +192,10 @@ class Method(Config):
         multiples of ``k`` (each job's module holding its slice of the weight, with the same
         ``hessian`` and its slice of ``gradients``), joined by :meth:`join_rows`, gives exactly
         the whole layer's result. A distributed run then gives every process a share of the
-        rows of every layer instead of whole layers.
+        rows of every layer instead of whole layers, and the processes build the slices'
+        shared structures together (the kernels' inverse-Hessian factor, see
+        :mod:`onecomp_core.kernels.team`): every slice's solve must make the same kernel
+        calls on ``hessian`` as the others.
         """
         return 0
 

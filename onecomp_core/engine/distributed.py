@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..contract import BlockView, LayerResult, Method
+from ..kernels.team import Team
 
 T = TypeVar("T")
 
@@ -217,6 +218,15 @@ class Ranks:
         return received
 
     # -- layer solves ---------------------------------------------------------------------------
+    def team(self) -> Team | None:
+        """Every rank as one team that builds a layer's shared factor together (see
+        :mod:`onecomp_core.kernels.team`); None in one process."""
+        if not self.distributed:
+            return None
+        import torch.distributed as dist
+
+        return Team(self.rank, self.world, dist.broadcast)
+
     def exchange_parts(self, local: dict[str, LayerResult]) -> list[dict[str, LayerResult]]:
         """Every rank's ``local`` results (this rank's as they are), in rank order."""
         if not self.distributed:

@@ -5,7 +5,9 @@ A method whose rows are separable (:meth:`~onecomp_core.contract.Method.row_bloc
 multiples of its row block; each rank solves its slice of every layer and the
 slices are joined (:meth:`~onecomp_core.contract.Method.join_rows`). So every
 rank does an equal share of every layer, the widest ``down_proj`` included,
-instead of one rank solving it alone. Other methods get whole layers, assigned
+instead of one rank solving it alone; while every rank solves a slice of the
+same layer, the ranks build its inverse-Hessian factor together
+(:mod:`onecomp_core.kernels.team`). Other methods get whole layers, assigned
 by solve cost (longest first). Every rank ends with every result; one process
 solves each job in order, exactly as before.
 """
@@ -18,6 +20,7 @@ import torch
 from torch import nn
 
 from ..contract import LayerJob, LayerMoments, LayerResult, Method
+from ..kernels.team import working_together
 from .distributed import Ranks, assign_layers, row_shares, solve_cost
 
 
@@ -34,6 +37,9 @@ def solve_jobs(ranks: Ranks, method: Method, jobs: dict[str, LayerJob]) -> dict[
         if cut is None:
             if owners[name] == ranks.rank:
                 local[name] = method.quantize(job)
+        elif all(rows.stop > rows.start for rows in cut):  # every rank solves this layer now
+            with working_together(ranks.team()):
+                local[name] = method.quantize(rows_of(job, cut[ranks.rank]))
         elif cut[ranks.rank].stop > cut[ranks.rank].start:
             local[name] = method.quantize(rows_of(job, cut[ranks.rank]))
     shared = ranks.exchange_parts(local)

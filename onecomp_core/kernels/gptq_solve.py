@@ -77,22 +77,29 @@ def gptq_quantize(
     """
     if isinstance(hessian, list):
         hessian = hessian.pop()
-    w = weight.detach().float().clone()
-    w[:, torch.diagonal(hessian).to(w.device) == 0] = 0.0  # dead inputs (see prepare_hessian)
-    out_f, n = w.shape
+    device = weight.device
+    out_f, n = weight.shape
     gs = _group_size(groupsize, n)
-    diag = torch.diagonal(hessian).to(w.device, torch.float32).clone()
+    dead = torch.diagonal(hessian).to(device) == 0  # dead inputs (see prepare_hessian)
+    diag = torch.diagonal(hessian).to(device, torch.float32).clone()
     diag[diag == 0] = 1.0
-    perm = torch.argsort(diag, descending=True) if actorder else torch.arange(n, device=w.device)
+    perm = torch.argsort(diag, descending=True) if actorder else torch.arange(n, device=device)
     # J·P·H·Pᵀ·J, built afresh for each try (see inverse_cholesky_flipped); mean(diag) is
-    # summed in processing order, as on the permuted matrix
-    source, hessian = [hessian], None  # held only here, dropped once the factor is made
+    # summed in processing order, as on the permuted matrix. H is held only in ``source``,
+    # dropped as soon as a factorization succeeded (before the inverse's temporaries), and
+    # the working copy of W is made after the factor: the (in × in) pair is the peak.
+    source, hessian = [hessian], None
     inverse, damp = inverse_cholesky_flipped(
-        lambda: flipped_hessian(source[0], perm, w.device), percdamp, diag[perm].mean()
+        lambda: flipped_hessian(source[0], perm, device),
+        percdamp,
+        diag[perm].mean(),
+        factored=source.clear,
     )
     source.clear()
     if inverse is None:
         return rtn_quantize(weight, diag, spec, groupsize, reason="H not positive definite")
+    w = weight.detach().float().clone()
+    w[:, dead] = 0.0
 
     lam = damp * float(diag.mean())
     factors = list(row_shrinks) or None

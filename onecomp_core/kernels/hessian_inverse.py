@@ -14,12 +14,15 @@ from collections.abc import Callable
 
 import torch
 
+from .team import Team, current_team
+
 
 def inverse_cholesky_flipped(
     flipped_hessian: Callable[[], torch.Tensor],
     percdamp: float,
     mean_diag: torch.Tensor,
     retries: int = 3,
+    factored: Callable[[], object] | None = None,
 ) -> tuple[torch.Tensor | None, float | None]:
     """L'⁻¹ (JHJ + λ·mean_diag·I = L'L'ᵀ), given a maker of fresh JHJ copies (one per try).
 
@@ -33,6 +36,9 @@ def inverse_cholesky_flipped(
     works in) is damped, factored and inverted in place. A failed try leaves
     a half-factored matrix, hence a fresh copy for the next. A factor whose
     inverse is not finite ends the tries: the caller rounds to nearest.
+    ``factored`` is called once a factorization succeeded, before the inverse
+    is made: no further copy is needed, so the caller can drop H there (H
+    and the factor are then never held during the inverse's temporaries).
     """
     for attempt in range(retries + 1):
         damp = percdamp * 10**attempt
@@ -43,6 +49,8 @@ def inverse_cholesky_flipped(
         if info.item() != 0:
             del lower
             continue
+        if factored is not None:
+            factored()
         _invert_lower_in_place(lower)
         if _finite(lower.mT):
             return lower, damp
@@ -64,12 +72,38 @@ def _invert_lower_in_place(lower: torch.Tensor) -> None:
     L from j on are read before they are overwritten.
     """
     n = lower.shape[0]
-    for j in range(0, n, _INVERSE_COLUMNS):
+    team = current_team()
+    starts = list(range(0, n, _INVERSE_COLUMNS))
+    for index, j in enumerate(starts):
+        if team is not None and index % team.world != team.rank:
+            continue  # another member's slice (every slice costs the same: a full-height solve)
         k = min(_INVERSE_COLUMNS, n - j)
         eye = torch.zeros(n, k, dtype=lower.dtype, device=lower.device)
         eye[j : j + k].diagonal().fill_(1.0)
         solved = torch.linalg.solve_triangular(lower, eye, upper=False)
         lower[j:, j : j + k] = solved[j:]
+    if team is not None:
+        _exchange_slices(lower, starts, team)
+
+
+def _exchange_slices(lower: torch.Tensor, starts: list[int], team: Team) -> None:
+    """Every member's solved column slices into every member's ``lower``, from their owners.
+
+    A slice solved by one member is the one a lone process solves: the columns
+    it reads before its own hold L or L⁻¹ depending on the member, but they
+    are only ever multiplied by the zero rows of the solution.
+    """
+    n = lower.shape[0]
+    for index, j in enumerate(starts):
+        k = min(_INVERSE_COLUMNS, n - j)
+        owner = index % team.world
+        if owner == team.rank:
+            piece = lower[j:, j : j + k].contiguous()
+        else:
+            piece = torch.empty(n - j, k, dtype=lower.dtype, device=lower.device)
+        team.broadcast(piece, owner)
+        if owner != team.rank:
+            lower[j:, j : j + k] = piece
 
 
 def _column_major(matrix: torch.Tensor) -> torch.Tensor:

@@ -23,12 +23,19 @@ def pack_dim0(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """(n, m) codes → (ceil(n·b/32), m) int32, packed along dim 0."""
     if not 1 <= bits <= 8:
         raise ValueError(f"bits={bits}: packing supports 1 to 8 bits")
+    if 32 % bits == 0:
+        return _pack_whole_codes(codes, bits)
+    return _pack_stream(codes, bits)
+
+
+def _pack_stream(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`pack_dim0` through the bit stream itself (any width; 3-bit codes straddle words)."""
     n, m = codes.shape
     # the bit stream is 64·b bytes per code: a 5632 × 2048 layer at 4 bits would take
     # 370 MB at once (twice, with the shifts), so columns are packed in slices
     step = max(1, _STREAM_ELEMENTS // max(1, n * bits))
     if m > step:
-        return torch.cat([pack_dim0(codes[:, i : i + step], bits) for i in range(0, m, step)], 1)
+        return torch.cat([_pack_stream(codes[:, i : i + step], bits) for i in range(0, m, step)], 1)
     c = codes.to(torch.int64) & ((1 << bits) - 1)
     stream = ((c.unsqueeze(1) >> torch.arange(bits).view(1, bits, 1)) & 1).reshape(n * bits, m)
     words = packed_length(n, bits)
@@ -36,6 +43,27 @@ def pack_dim0(codes: torch.Tensor, bits: int) -> torch.Tensor:
     if pad:
         stream = torch.cat([stream, stream.new_zeros(pad, m)])
     packed = (stream.view(words, 32, m) << _SHIFTS.view(1, 32, 1)).sum(dim=1)
+    return _to_int32(packed)
+
+
+def _pack_whole_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """:func:`pack_dim0` when ``bits`` divides 32: no code straddles a word, so word w is
+    Σ_k code[w·per + k] << (k·b), one shift-and-add per position in the word.
+
+    The same words as the bit stream (code i's bit j is stream bit i·b + j), without
+    its 64·b bytes per code (a 5632 × 2048 layer packed in 0.1 s, not 1 s).
+    """
+    n, m = codes.shape
+    per = 32 // bits
+    words = packed_length(n, bits)
+    padded = codes.new_zeros(words * per, m) if words * per != n else codes
+    if padded is not codes:
+        padded[:n] = codes
+    lanes = padded.reshape(words, per, m)
+    packed = torch.zeros(words, m, dtype=torch.int64, device=codes.device)
+    mask = (1 << bits) - 1
+    for k in range(per):
+        packed += (lanes[:, k].to(torch.int64) & mask) << (k * bits)
     return _to_int32(packed)
 
 

@@ -76,6 +76,43 @@ def test_gptq_rows_solved_apart_and_joined_are_the_whole_layer_bit_for_bit():
             assert torch.equal(getattr(joined, key), getattr(whole, key)), key
 
 
+@pytest.mark.parametrize("qep", [False, True])
+def test_a_window_added_slice_by_slice_is_the_sum_added_batch_by_batch(qep):
+    """The distributed sum adds a window of batches into one row slice at a time: the same
+    bits as whole-share adds in batch order, and each batch's tokens counted once."""
+    from onecomp_core.engine import shared_statistics
+    from onecomp_core.engine.qep import PairedStatistics
+    from onecomp_core.engine.shared_statistics import _add_window
+    from onecomp_core.engine.statistics import InputStatistics
+
+    g = torch.Generator().manual_seed(0)
+    n, rows = 200, slice(64, 200)
+    inputs = [torch.randn(2, 7, n, generator=g) for _ in range(5)]
+    if qep:
+        calls = [(x + 0.1 * torch.randn(x.shape, generator=g), x, None) for x in inputs]
+    else:
+        calls = [(x, None) for x in inputs]
+
+    def fresh():
+        cpu = torch.device("cpu")
+        if qep:
+            return PairedStatistics(n, torch.float32, cpu)
+        return InputStatistics(n, "full", torch.float32, cpu)
+
+    batch_major, slice_major = fresh(), fresh()
+    for args in calls:
+        batch_major.add(*args, rows=rows)
+    slices = shared_statistics.SLICE_ROWS
+    shared_statistics.SLICE_ROWS = 64  # three slices of the share, the last one short
+    try:
+        _add_window(slice_major, calls, rows)
+    finally:
+        shared_statistics.SLICE_ROWS = slices
+    assert slice_major.tokens == batch_major.tokens == 5 * 14
+    for a, b in zip(batch_major.accumulators(), slice_major.accumulators(), strict=True):
+        assert torch.equal(a, b) and bool(a[rows].abs().sum() > 0)
+
+
 # -- real process groups ------------------------------------------------------------------------
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     tensors: dict[str, torch.Tensor] = {}

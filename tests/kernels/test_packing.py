@@ -109,3 +109,14 @@ def test_zero_points_of_zero_survive_and_leave_neighbours_alone(bits, zero_offse
     assert torch.equal(layer.codes().long(), codes)
     expected = scales.half().float()[:, g_idx] * (codes - zeros[:, g_idx]).float()
     assert torch.equal(layer.dequantize(), expected.half())
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_the_word_path_packs_the_bits_the_stream_packs(bits):
+    """Widths dividing 32 skip the bit stream; uint8 and transposed (non-contiguous) codes
+    must give the stream's words exactly, including the zero padding of the last word."""
+    from onecomp_core.kernels.packing import _pack_stream, _pack_whole_codes
+
+    codes = random_codes(301, 70, bits, seed=bits).to(torch.uint8)
+    for case in (codes, codes.t().contiguous().t(), codes[:, ::2]):
+        assert torch.equal(_pack_whole_codes(case, bits), _pack_stream(case, bits))
