@@ -59,10 +59,12 @@ def quantize_command(
     length: int,
     device: str,
     checkpoint: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
-    """The ``onecomp quantize`` arguments of one run (without the program)."""
+    """The ``onecomp quantize`` arguments of one run (without the program); ``extra``:
+    settings after the protocol's (``--set KEY=VALUE``)."""
     args = ["quantize", str(model), "--method", method]
-    for setting in METHODS[method]:
+    for setting in [*METHODS[method], *extra]:
         args += ["--set", setting]
     args += ["--calibration", str(CALIBRATION), "--num-samples", str(samples)]
     args += ["--max-length", str(length), "--seed", "0", "--strategy", "concat_chunk"]
@@ -114,12 +116,13 @@ def measure(
     timeout: float | None = None,
     device: str = "auto",
     checkpoint: bool = True,
+    extra: tuple[str, ...] = (),
 ) -> dict:
     """One quantize run of ``model`` through the CLI (under torchrun when ``ranks`` > 1)."""
     out = work / f"{model.name}-{method}-{ranks}r"
     summary = out.with_name(out.name + ".summary.json")
     summary.unlink(missing_ok=True)
-    args = quantize_command(model, method, out, summary, samples, length, device, checkpoint)
+    args = quantize_command(model, method, out, summary, samples, length, device, checkpoint, extra)
     if ranks > 1:
         program = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={ranks}"]
         program += ["--no-python", *RANK_TIMER, str(BIN / "onecomp")]
@@ -134,7 +137,7 @@ def measure(
     model_bytes = synthetic_model.weight_bytes(model)
     record = {
         "method": method,
-        "settings": METHODS[method],
+        "settings": [*METHODS[method], *extra],
         "samples": f"{samples}x{length}",
         "threads": threads or "default",
         "ranks": ranks,
@@ -227,6 +230,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " timings)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the quantized outputs")
+    parser.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method setting after the protocol's (e.g. fewer DBF iterations for a memory-only"
+        " run; recorded in the row's settings)",
+    )
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default=str(RESULTS / "scale.jsonl"), help="'' = print only")
     args = parser.parse_args(argv)
@@ -267,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=args.timeout,
                 device=args.device,
                 checkpoint=not args.no_checkpoint,
+                extra=tuple(args.extra),
             )
             base = {"benchmark": "scale", "label": args.label, "shape": args.shape}
             base["blocks"] = blocks
