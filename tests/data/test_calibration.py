@@ -329,3 +329,34 @@ def test_a_source_may_return_ready_windows(tokenizer: Any) -> None:
         assert data.sha256 == token_hash(torch.arange(12).view(3, 4))
         with pytest.raises(ValueError, match="source 'windows' returned a torch.float32 tensor"):
             build_calibration(CalibrationConfig(dataset="ids:float"), tokenizer)
+
+
+def test_leading_ids_are_the_whole_texts_first_ids_from_a_prefix(tokenizer, stories_path):
+    """concat_chunk tokenizes only a prefix (the whole corpus held ~200 MB): the first ids
+    must be those of the whole text, with or without line ends, and a short text gives all."""
+    text = (Path(stories_path).parents[0] / "text" / "wikitext2-valid.tokens.txt").read_text()
+    text = text[:200_000]
+    whole = calibration._encode(tokenizer, [text])[0]
+    for count in (1, 8192, 30_000):
+        ids = calibration.leading_ids(tokenizer, text, count)
+        assert len(ids) == count and ids == whole[:count]
+    flat = text.replace("\n", " ")  # no line end to cut at
+    assert (
+        calibration.leading_ids(tokenizer, flat, 5000)
+        == (calibration._encode(tokenizer, [flat])[0][:5000])
+    )
+    assert calibration.leading_ids(tokenizer, text, 10**7) == whole  # too short: every id
+
+
+def test_a_text_file_for_concat_chunk_is_the_document_datasets_reads(tmp_path):
+    """Read without importing datasets (85 MB resident): the same one document, newlines
+    translated as datasets' text builder translates them, and bad UTF-8 is one clear error."""
+    path = tmp_path / "calib.txt"
+    path.write_bytes("Line one\r\nline two\rthree\n\n  Grüße, 東京\n".encode())
+    config = CalibrationConfig(dataset=str(path), strategy="concat_chunk")
+    ours = sources.load_file(str(path), config, None, None)
+    rows = datasets.load_dataset("text", data_files=str(path), split="train", sample_by="document")
+    assert ours == list(rows["text"]) and len(ours) == 1
+    path.write_bytes(b"ok \xff\xfe not utf-8")
+    with pytest.raises(ValueError, match="cannot read calibration file"):
+        sources.load_file(str(path), config, None, None)
