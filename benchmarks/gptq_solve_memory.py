@@ -39,8 +39,8 @@ def main() -> None:
     parser.add_argument("--out", default="", help="jsonl to append to ('' = print only)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    from onecomp_core.engine.heap import return_freed_memory
     from onecomp_core.kernels.gptq_solve import gptq_quantize
-    from onecomp_core.streaming import return_freed_memory
     from onecomp_gptq.config import GPTQConfig
 
     return_freed_memory()
@@ -57,7 +57,12 @@ def main() -> None:
     t0 = time.perf_counter()
     box, h = [h], None  # handed over, as the engine does (LayerJob.take_hessian)
     res = gptq_quantize(
-        w, box, cfg.grid_spec(4), groupsize=128, actorder=cfg.actorder, row_shrinks=cfg.row_shrinks()
+        w,
+        box,
+        cfg.grid_spec(4),
+        groupsize=128,
+        actorder=cfg.actorder,
+        row_shrinks=cfg.row_shrinks(),
     )
     seconds = time.perf_counter() - t0
     parts = (res.codes, res.scales, res.zeros, res.g_idx)

@@ -23,6 +23,7 @@ from .contract import LayerResult
 from .data.streamed import NotStreamable, StreamedModel, open_streamed
 from .engine import blocks as blockwise
 from .engine.distributed import Ranks
+from .engine.heap import return_freed_memory
 from .engine.offload import DiskStreams
 from .engine.walk import choose_layers
 from .storage.artifact import quantization_config
@@ -197,23 +198,3 @@ def config_dtype(config: Any):
 
         dtype = saved_dtype(json.loads((Path(config.source) / "config.json").read_text()))
     return dtype
-
-
-def return_freed_memory() -> None:
-    """Make glibc give large freed buffers back to the system at once.
-
-    glibc raises its mmap threshold after the first large free, so later
-    block-sized tensors come from the heap and the heap's high-water mark stays
-    resident: a freed block would still count. A fixed threshold (64 KiB)
-    keeps every tensor of that size in its own mapping, unmapped when freed.
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "mallopt"):
-            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-    except OSError:  # not glibc: nothing to tune
-        pass

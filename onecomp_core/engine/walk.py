@@ -1,12 +1,10 @@
 """The engine: it owns a run — selection, statistics, the block walk, results, write-back.
 
-Each repeated block in turn moves to the compute device; forward hooks
-accumulate the statistics the method's :class:`~onecomp_core.contract.Needs`
-ask for over all calibration batches; each selected layer is quantized and its
-dequantized weight written back (:meth:`Engine._store`, the one write-back),
-so later layers see quantized inputs; the block runs once more to produce the
-next block's inputs and moves back. Results live in one place,
-:attr:`Engine.results`; methods return results and never mutate shared state.
+Each repeated block in turn moves to the compute device; forward hooks accumulate the statistics
+the method's :class:`~onecomp_core.contract.Needs` ask for over all calibration batches; each
+selected layer is quantized and its dequantized weight written back (:meth:`Engine._store`, the
+one write-back), so later layers see quantized inputs; the block runs once more to produce the
+next block's inputs and moves back. Results live in one place, :attr:`Engine.results`.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from .checkpoint import BlockCheckpoint
 from .distributed import Ranks
 from .finetune import finetune_block
 from .gradients import moments_for
+from .heap import trim_heap
 from .model_walk import Walk
 from .offload import DiskStreams, light_result
 from .qep import QEPConfig, corrected_hessian, paired_statistics
@@ -296,6 +295,7 @@ class Engine:
                 rest = blockwise.other_tensors(block, layers)
                 checkpoint.save_block(index, view.results, saved, rest)
         self.source.release(name)
+        trim_heap()  # the block's freed fragments back to the system (else the peak creeps up)
         if self.block_callback is not None:
             self.block_callback(view)
         return streams
