@@ -23,7 +23,7 @@ from onecomp_core.kernels import small_problem_threads
 
 from .config import FitSettings
 from .factors import Factors, gauge_for_fp16
-from .objective import sinkhorn_balance
+from .objective import divide_outer_, sinkhorn_balance
 from .refit import REFIT_ROUNDS, refit_vectors
 
 #: ADMM steps per factor update (the method's "3-step" ADMM)
@@ -122,6 +122,28 @@ def rho_schedule(step: int, iters: int) -> float:
     return max(((step + 1) / iters) ** 3, 1e-4)
 
 
+def _right_basis(
+    correlation: torch.Tensor | list[torch.Tensor], bv: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(eigenvalues, eigenvectors) of the balanced, normalised C, and Lᵀ with L·Lᵀ = C.
+
+    A one-element list hands C over: it is scaled in place and freed once
+    its eigenbasis is made (eigh holds C, its eigenvectors and a 2·m² LAPACK
+    workspace at once; after it only the eigenvectors and Lᵀ stay).
+    """
+    if isinstance(correlation, list):
+        corr = correlation.pop().float().cpu()
+    else:
+        corr = correlation.float().cpu().clone()
+    divide_outer_(corr, bv)
+    corr.div_(corr.diagonal().mean().clamp_min(_EPS))
+    e, v = torch.linalg.eigh(corr)
+    del corr
+    e = e.clamp_min(1e-6 * e.max())
+    chol_t = (v * e.sqrt()[None, :]).t()  # Lᵀ with L·Lᵀ = C
+    return (e, v), chol_t
+
+
 def _split_svid(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Z = sign ⊙ x·yᵀ → (sign, x, y) with x, y ≥ 0 (|Z| is rank one, one power step is exact)."""
     sign = torch.where(z >= 0, 1.0, -1.0)
@@ -139,13 +161,14 @@ def factorize(
     settings: FitSettings,
     col_scale: torch.Tensor | None = None,
     row_scale: torch.Tensor | None = None,
-    correlation: torch.Tensor | None = None,
+    correlation: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> Factors:
     """Fit W ≈ diag(a)·S_A·diag(c)·S_B·diag(b) minimising ‖diag(r)(W − Ŵ)diag(s)·L‖².
 
     ``col_scale`` s (m,) and ``row_scale`` r (n,) default to ones;
     ``correlation`` C = L·Lᵀ (m × m, see :func:`~onecomp_dbf.objective.input_correlation`) defaults
-    to the identity (the diagonal objective). The result depends only on the
+    to the identity (the diagonal objective); a one-element list hands C over
+    (scaled in place, freed once its eigenbasis is made). The result depends only on the
     inputs and ``settings.seed`` (a private generator).
     """
     n, m = weight.shape
@@ -159,7 +182,7 @@ def _factorize(
     settings: FitSettings,
     col_scale: torch.Tensor | None,
     row_scale: torch.Tensor | None,
-    correlation: torch.Tensor | None = None,
+    correlation: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> Factors:
     w = weight.detach().float().cpu()
     n, m = w.shape
@@ -186,12 +209,7 @@ def _factorize(
     q_state = _FactorState(q_z, torch.zeros(k, m), vq)
     right = chol_t = None
     if correlation is not None:
-        corr = correlation.float().cpu() / (bv[:, None] * bv[None, :])
-        corr = corr / corr.diagonal().mean().clamp_min(_EPS)
-        e, v = torch.linalg.eigh(corr)
-        e = e.clamp_min(1e-6 * e.max())
-        right = (e, v)
-        chol_t = (v * e.sqrt()[None, :]).t()  # Lᵀ with L·Lᵀ = C
+        right, chol_t = _right_basis(correlation, bv)
     target_t = balanced.t().contiguous() if chol_t is None else chol_t @ balanced.t()
     adaptive = settings.use_adaptive_rho
     for step in range(settings.iters):
