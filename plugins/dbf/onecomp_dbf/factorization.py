@@ -46,8 +46,9 @@ def svid_project(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.
         v = mag.t() @ u
         v = v / v.norm().clamp_min(_EPS)
     sigma = u @ mag @ v
+    del mag
     sign = torch.where(x >= 0, 1.0, -1.0)
-    return sign * (sigma * u[:, None] * v[None, :]), v
+    return sign.mul_(sigma * u[:, None] * v[None, :]), v
 
 
 @dataclass
@@ -82,29 +83,40 @@ def _admm_update(
     k = f.shape[1]
     gram = f.t() @ f
     ft_t = f.t() @ target
+    del f
     z = state.z * d[:, None]
     u = state.u * d[:, None]
+    state.z = state.u = None  # replaced at the end; dropped meanwhile (k × c each)
     if right is not None:
         e_left, v_left = torch.linalg.eigh(gram)
         e_right, v_right = right
-        base = (v_left.t() @ ft_t @ v_right) * e_right[None, :]
+        base = (v_left.t() @ ft_t) @ v_right
+        del ft_t
+        base.mul_(e_right[None, :])
         denom = e_left.clamp_min(0)[:, None] * e_right[None, :]
     eye = torch.eye(k)
     current = None
+    # every (k × c) step in place where that keeps the bits (a + b = b + a, a·b = b·a):
+    # the Sylvester branch holds ~6 such matrices at once instead of ~12
     for _ in range(ADMM_STEPS):
         r = rho * state.rho_mult
         if right is not None:
-            rot = base + r * (v_left.t() @ (z - u) @ v_right)
-            y = v_left @ (rot / (denom + reg + r)) @ v_right.t()
+            rot = (v_left.t() @ (z - u)) @ v_right
+            rot.mul_(r).add_(base)  # base + r·Vₗᵀ(Z − U)V_r
+            divisor = denom + reg
+            rot.div_(divisor.add_(r))
+            del divisor
+            y = (v_left @ rot) @ v_right.t()
+            del rot
         else:
             if current != r:
                 inv = torch.linalg.inv(gram + (reg + r) * eye)
                 current = r
             y = inv @ (ft_t + r * (z - u))
-        z_old = z
-        z, state.v = svid_project(y + u, state.v)
-        u = u + y - z
         if adaptive:
+            z_old = z
+            z, state.v = svid_project(y + u, state.v)
+            u = u + y - z
             primal = (y - z).norm()
             dual = r * (z - z_old).norm()
             if primal > 10 * dual:
@@ -113,6 +125,13 @@ def _admm_update(
             elif dual > 10 * primal:
                 state.rho_mult /= 2
                 u = u * 2
+        else:
+            shifted = y.add_(u)  # Y + U (= U + Y)
+            del y, u
+            z = None
+            z, state.v = svid_project(shifted, state.v)
+            u = shifted.sub_(z)  # U + Y − Z
+            del shifted
     state.z = z / d[:, None]
     state.u = u / d[:, None]
 
@@ -154,6 +173,11 @@ def _split_svid(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return sign, x, y
 
 
+def _weighted(w: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The weighted target diag(r)·W·diag(s)."""
+    return r[:, None] * w * s[None, :]
+
+
 # -- the whole fit ---------------------------------------------------------------------
 def factorize(
     weight: torch.Tensor,
@@ -188,14 +212,18 @@ def _factorize(
     n, m = w.shape
     s = torch.ones(m) if col_scale is None else col_scale.float().cpu()
     r = torch.ones(n) if row_scale is None else row_scale.float().cpu()
-    target = r[:, None] * w * s[None, :]
+    target = _weighted(w, r, s)
     if settings.use_balancing:
         bu, bv = sinkhorn_balance(
             target, settings.balance_iters, settings.balance_alpha, settings.balance_mode
         )
     else:
         bu, bv = torch.ones(n), torch.ones(m)
+    right = chol_t = None
+    if correlation is not None:  # first: its eigh (C, eigenvectors, 2·m² workspace) is the peak
+        right, chol_t = _right_basis(correlation, bv)
     balanced = bu[:, None] * target * bv[None, :]
+    del target  # rebuilt (the same bits) for the refit
     scale = balanced.norm() / math.sqrt(n * m) if balanced.abs().max() > 0 else 1.0
     balanced = balanced / scale
 
@@ -205,11 +233,10 @@ def _factorize(
     # P is stored transposed (k × n) so both factors are updated by the same routine
     p_z, vp = svid_project(p0.t().contiguous(), torch.ones(n) / math.sqrt(n))
     q_z, vq = svid_project(q0, torch.ones(m) / math.sqrt(m))
+    del p0, q0
     p_state = _FactorState(p_z, torch.zeros(k, n), vp)
     q_state = _FactorState(q_z, torch.zeros(k, m), vq)
-    right = chol_t = None
-    if correlation is not None:
-        right, chol_t = _right_basis(correlation, bv)
+    del p_z, q_z
     target_t = balanced.t().contiguous() if chol_t is None else chol_t @ balanced.t()
     adaptive = settings.use_adaptive_rho
     for step in range(settings.iters):
@@ -217,6 +244,8 @@ def _factorize(
         _admm_update(balanced, p_state.z.t(), q_state, rho, settings.reg, adaptive, right)
         other = q_state.z.t() if chol_t is None else chol_t @ q_state.z.t()
         _admm_update(target_t, other, p_state, rho, settings.reg, adaptive)
+        del other
+    del balanced, target_t, right, chol_t
 
     sign_a, x_p, y_p = _split_svid(p_state.z.t())
     sign_b, x_q, y_q = _split_svid(q_state.z)
@@ -224,6 +253,6 @@ def _factorize(
     a = x_p * scale / bu
     c = y_p * x_q
     b = y_q / bv
-    a, c, b = refit_vectors(target, sign_a, sign_b, a, c, b, REFIT_ROUNDS)
+    a, c, b = refit_vectors(_weighted(w, r, s), sign_a, sign_b, a, c, b, REFIT_ROUNDS)
     a, c, b = gauge_for_fp16(a / r, c, b / s)
     return Factors(a=a, sign_a=sign_a, c=c, sign_b=sign_b, b=b)
