@@ -94,25 +94,34 @@ def _admm_update(
         del ft_t
         base.mul_(e_right[None, :])
         denom = e_left.clamp_min(0)[:, None] * e_right[None, :]
-    eye = torch.eye(k)
-    current = None
-    # every (k × c) step in place where that keeps the bits (a + b = b + a, a·b = b·a):
-    # the Sylvester branch holds ~6 such matrices at once instead of ~12
+    current = divisor = None
+    # every (k × c) step in place where that keeps the bits (a + b = b + a, a·b = b·a), each
+    # operand dropped once used: the Sylvester branch holds ~5 such matrices, not ~12
     for _ in range(ADMM_STEPS):
         r = rho * state.rho_mult
+        diff = z - u
+        if not adaptive:
+            z = None  # replaced by the projection below
         if right is not None:
-            rot = (v_left.t() @ (z - u)) @ v_right
-            rot.mul_(r).add_(base)  # base + r·Vₗᵀ(Z − U)V_r
-            divisor = denom + reg
-            rot.div_(divisor.add_(r))
-            del divisor
-            y = (v_left @ rot) @ v_right.t()
+            if current != r:
+                divisor = None
+                divisor = (denom + reg).add_(r)
+                current = r
+                if not adaptive:
+                    denom = None  # r stays the same for every step
+            rot = (v_left.t() @ diff) @ v_right
+            del diff
+            rot.mul_(r).add_(base).div_(divisor)  # (base + r·Vₗᵀ(Z − U)V_r) / (denom + reg + r)
+            left = v_left @ rot
             del rot
+            y = left @ v_right.t()
+            del left
         else:
             if current != r:
-                inv = torch.linalg.inv(gram + (reg + r) * eye)
+                inv = torch.linalg.inv(gram + (reg + r) * torch.eye(k))
                 current = r
-            y = inv @ (ft_t + r * (z - u))
+            y = inv @ (ft_t + r * diff)
+            del diff
         if adaptive:
             z_old = z
             z, state.v = svid_project(y + u, state.v)
@@ -128,7 +137,6 @@ def _admm_update(
         else:
             shifted = y.add_(u)  # Y + U (= U + Y)
             del y, u
-            z = None
             z, state.v = svid_project(shifted, state.v)
             u = shifted.sub_(z)  # U + Y − Z
             del shifted
@@ -144,11 +152,11 @@ def rho_schedule(step: int, iters: int) -> float:
 def _right_basis(
     correlation: torch.Tensor | list[torch.Tensor], bv: torch.Tensor
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(eigenvalues, eigenvectors) of the balanced, normalised C, and Lᵀ with L·Lᵀ = C.
+    """(eigenvalues e, eigenvectors V) of the balanced, normalised C, and √e (L = V·diag(√e)).
 
     A one-element list hands C over: it is scaled in place and freed once
     its eigenbasis is made (eigh holds C, its eigenvectors and a 2·m² LAPACK
-    workspace at once; after it only the eigenvectors and Lᵀ stay).
+    workspace at once; after it only V stays, Lᵀ is applied by :func:`_times_lt`).
     """
     if isinstance(correlation, list):
         corr = correlation.pop().float().cpu()
@@ -159,8 +167,23 @@ def _right_basis(
     e, v = torch.linalg.eigh(corr)
     del corr
     e = e.clamp_min(1e-6 * e.max())
-    chol_t = (v * e.sqrt()[None, :]).t()  # Lᵀ with L·Lᵀ = C
-    return (e, v), chol_t
+    return (e, v), e.sqrt()
+
+
+def _times_lt(
+    v: torch.Tensor, root: torch.Tensor, x: torch.Tensor, block: int = 512
+) -> torch.Tensor:
+    """Lᵀ·X with Lᵀ = (V·diag(√e))ᵀ, made ``block`` rows of Lᵀ at a time.
+
+    Lᵀ is never held whole (it would be a second (m × m) matrix next to V
+    through the whole ADMM); each row block is the same products as the
+    whole matrix's rows, so the same bits.
+    """
+    out = torch.empty(v.shape[1], x.shape[1])
+    for start in range(0, v.shape[1], block):
+        rows = slice(start, start + block)
+        torch.matmul((v[:, rows] * root[None, rows]).t(), x, out=out[rows])
+    return out
 
 
 def _split_svid(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -219,9 +242,9 @@ def _factorize(
         )
     else:
         bu, bv = torch.ones(n), torch.ones(m)
-    right = chol_t = None
+    right = root = None
     if correlation is not None:  # first: its eigh (C, eigenvectors, 2·m² workspace) is the peak
-        right, chol_t = _right_basis(correlation, bv)
+        right, root = _right_basis(correlation, bv)
     balanced = bu[:, None] * target * bv[None, :]
     del target  # rebuilt (the same bits) for the refit
     scale = balanced.norm() / math.sqrt(n * m) if balanced.abs().max() > 0 else 1.0
@@ -237,18 +260,21 @@ def _factorize(
     p_state = _FactorState(p_z, torch.zeros(k, n), vp)
     q_state = _FactorState(q_z, torch.zeros(k, m), vq)
     del p_z, q_z
-    target_t = balanced.t().contiguous() if chol_t is None else chol_t @ balanced.t()
+    target_t = (
+        balanced.t().contiguous() if right is None else _times_lt(right[1], root, balanced.t())
+    )
     adaptive = settings.use_adaptive_rho
     for step in range(settings.iters):
         rho = rho_schedule(step, settings.iters)
         _admm_update(balanced, p_state.z.t(), q_state, rho, settings.reg, adaptive, right)
-        other = q_state.z.t() if chol_t is None else chol_t @ q_state.z.t()
+        other = q_state.z.t() if right is None else _times_lt(right[1], root, q_state.z.t())
         _admm_update(target_t, other, p_state, rho, settings.reg, adaptive)
         del other
-    del balanced, target_t, right, chol_t
+    del balanced, target_t, right, root
 
     sign_a, x_p, y_p = _split_svid(p_state.z.t())
     sign_b, x_q, y_q = _split_svid(q_state.z)
+    del p_state, q_state
     # undo the balancing, then refit the vectors on the true (weighted) objective
     a = x_p * scale / bu
     c = y_p * x_q
