@@ -32,6 +32,7 @@ COMMANDS = {
     "inference": "python benchmarks/inference.py --threads 1 2 (appends to benchmarks/results/inference.jsonl)",
     "scale_distributed": "flock /tmp/onecomp-cpu.lock python benchmarks/scale.py --blocks 2 --methods gptq --distributed 2 --out benchmarks/results/scale_distributed.jsonl",
     "gptq_solve_memory": "python benchmarks/gptq_solve_memory.py --label LABEL --out benchmarks/results/gptq_solve_memory.jsonl",
+    "dbf_solve_memory": "python benchmarks/dbf_solve_memory.py --iters 2 --label LABEL --out benchmarks/results/dbf_solve_memory.jsonl",
     "rotation": "python benchmarks/rotation_quality.py --rotate learned --rows ROW --no-baseline --out benchmarks/results/rotation.jsonl (each row's own command)",
 }
 

@@ -23,7 +23,7 @@ from onecomp_core.kernels import small_problem_threads
 
 from .config import FitSettings
 from .factors import Factors, gauge_for_fp16
-from .objective import sinkhorn_balance
+from .objective import divide_outer_, sinkhorn_balance
 from .refit import REFIT_ROUNDS, refit_vectors
 
 #: ADMM steps per factor update (the method's "3-step" ADMM)
@@ -46,8 +46,9 @@ def svid_project(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.
         v = mag.t() @ u
         v = v / v.norm().clamp_min(_EPS)
     sigma = u @ mag @ v
+    del mag
     sign = torch.where(x >= 0, 1.0, -1.0)
-    return sign * (sigma * u[:, None] * v[None, :]), v
+    return sign.mul_(sigma * u[:, None] * v[None, :]), v
 
 
 @dataclass
@@ -82,29 +83,49 @@ def _admm_update(
     k = f.shape[1]
     gram = f.t() @ f
     ft_t = f.t() @ target
+    del f
     z = state.z * d[:, None]
     u = state.u * d[:, None]
+    state.z = state.u = None  # replaced at the end; dropped meanwhile (k × c each)
     if right is not None:
         e_left, v_left = torch.linalg.eigh(gram)
         e_right, v_right = right
-        base = (v_left.t() @ ft_t @ v_right) * e_right[None, :]
+        base = (v_left.t() @ ft_t) @ v_right
+        del ft_t
+        base.mul_(e_right[None, :])
         denom = e_left.clamp_min(0)[:, None] * e_right[None, :]
-    eye = torch.eye(k)
-    current = None
+    current = divisor = None
+    # every (k × c) step in place where that keeps the bits (a + b = b + a, a·b = b·a), each
+    # operand dropped once used: the Sylvester branch holds ~5 such matrices, not ~12
     for _ in range(ADMM_STEPS):
         r = rho * state.rho_mult
+        diff = z - u
+        if not adaptive:
+            z = None  # replaced by the projection below
         if right is not None:
-            rot = base + r * (v_left.t() @ (z - u) @ v_right)
-            y = v_left @ (rot / (denom + reg + r)) @ v_right.t()
+            if current != r:
+                divisor = None
+                divisor = (denom + reg).add_(r)
+                current = r
+                if not adaptive:
+                    denom = None  # r stays the same for every step
+            rot = (v_left.t() @ diff) @ v_right
+            del diff
+            rot.mul_(r).add_(base).div_(divisor)  # (base + r·Vₗᵀ(Z − U)V_r) / (denom + reg + r)
+            left = v_left @ rot
+            del rot
+            y = left @ v_right.t()
+            del left
         else:
             if current != r:
-                inv = torch.linalg.inv(gram + (reg + r) * eye)
+                inv = torch.linalg.inv(gram + (reg + r) * torch.eye(k))
                 current = r
-            y = inv @ (ft_t + r * (z - u))
-        z_old = z
-        z, state.v = svid_project(y + u, state.v)
-        u = u + y - z
+            y = inv @ (ft_t + r * diff)
+            del diff
         if adaptive:
+            z_old = z
+            z, state.v = svid_project(y + u, state.v)
+            u = u + y - z
             primal = (y - z).norm()
             dual = r * (z - z_old).norm()
             if primal > 10 * dual:
@@ -113,6 +134,12 @@ def _admm_update(
             elif dual > 10 * primal:
                 state.rho_mult /= 2
                 u = u * 2
+        else:
+            shifted = y.add_(u)  # Y + U (= U + Y)
+            del y, u
+            z, state.v = svid_project(shifted, state.v)
+            u = shifted.sub_(z)  # U + Y − Z
+            del shifted
     state.z = z / d[:, None]
     state.u = u / d[:, None]
 
@@ -120,6 +147,43 @@ def _admm_update(
 def rho_schedule(step: int, iters: int) -> float:
     """Cubic warm-up of the ADMM penalty from ~0 to 1."""
     return max(((step + 1) / iters) ** 3, 1e-4)
+
+
+def _right_basis(
+    correlation: torch.Tensor | list[torch.Tensor], bv: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """(eigenvalues e, eigenvectors V) of the balanced, normalised C, and √e (L = V·diag(√e)).
+
+    A one-element list hands C over: it is scaled in place and freed once
+    its eigenbasis is made (eigh holds C, its eigenvectors and a 2·m² LAPACK
+    workspace at once; after it only V stays, Lᵀ is applied by :func:`_times_lt`).
+    """
+    if isinstance(correlation, list):
+        corr = correlation.pop().float().cpu()
+    else:
+        corr = correlation.float().cpu().clone()
+    divide_outer_(corr, bv)
+    corr.div_(corr.diagonal().mean().clamp_min(_EPS))
+    e, v = torch.linalg.eigh(corr)
+    del corr
+    e = e.clamp_min(1e-6 * e.max())
+    return (e, v), e.sqrt()
+
+
+def _times_lt(
+    v: torch.Tensor, root: torch.Tensor, x: torch.Tensor, block: int = 512
+) -> torch.Tensor:
+    """Lᵀ·X with Lᵀ = (V·diag(√e))ᵀ, made ``block`` rows of Lᵀ at a time.
+
+    Lᵀ is never held whole (it would be a second (m × m) matrix next to V
+    through the whole ADMM); each row block is the same products as the
+    whole matrix's rows, so the same bits.
+    """
+    out = torch.empty(v.shape[1], x.shape[1])
+    for start in range(0, v.shape[1], block):
+        rows = slice(start, start + block)
+        torch.matmul((v[:, rows] * root[None, rows]).t(), x, out=out[rows])
+    return out
 
 
 def _split_svid(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,6 +196,11 @@ def _split_svid(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return sign, x, y
 
 
+def _weighted(w: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """The weighted target diag(r)·W·diag(s)."""
+    return r[:, None] * w * s[None, :]
+
+
 # -- the whole fit ---------------------------------------------------------------------
 def factorize(
     weight: torch.Tensor,
@@ -139,13 +208,14 @@ def factorize(
     settings: FitSettings,
     col_scale: torch.Tensor | None = None,
     row_scale: torch.Tensor | None = None,
-    correlation: torch.Tensor | None = None,
+    correlation: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> Factors:
     """Fit W ≈ diag(a)·S_A·diag(c)·S_B·diag(b) minimising ‖diag(r)(W − Ŵ)diag(s)·L‖².
 
     ``col_scale`` s (m,) and ``row_scale`` r (n,) default to ones;
     ``correlation`` C = L·Lᵀ (m × m, see :func:`~onecomp_dbf.objective.input_correlation`) defaults
-    to the identity (the diagonal objective). The result depends only on the
+    to the identity (the diagonal objective); a one-element list hands C over
+    (scaled in place, freed once its eigenbasis is made). The result depends only on the
     inputs and ``settings.seed`` (a private generator).
     """
     n, m = weight.shape
@@ -159,20 +229,24 @@ def _factorize(
     settings: FitSettings,
     col_scale: torch.Tensor | None,
     row_scale: torch.Tensor | None,
-    correlation: torch.Tensor | None = None,
+    correlation: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> Factors:
     w = weight.detach().float().cpu()
     n, m = w.shape
     s = torch.ones(m) if col_scale is None else col_scale.float().cpu()
     r = torch.ones(n) if row_scale is None else row_scale.float().cpu()
-    target = r[:, None] * w * s[None, :]
+    target = _weighted(w, r, s)
     if settings.use_balancing:
         bu, bv = sinkhorn_balance(
             target, settings.balance_iters, settings.balance_alpha, settings.balance_mode
         )
     else:
         bu, bv = torch.ones(n), torch.ones(m)
+    right = root = None
+    if correlation is not None:  # first: its eigh (C, eigenvectors, 2·m² workspace) is the peak
+        right, root = _right_basis(correlation, bv)
     balanced = bu[:, None] * target * bv[None, :]
+    del target  # rebuilt (the same bits) for the refit
     scale = balanced.norm() / math.sqrt(n * m) if balanced.abs().max() > 0 else 1.0
     balanced = balanced / scale
 
@@ -182,30 +256,29 @@ def _factorize(
     # P is stored transposed (k × n) so both factors are updated by the same routine
     p_z, vp = svid_project(p0.t().contiguous(), torch.ones(n) / math.sqrt(n))
     q_z, vq = svid_project(q0, torch.ones(m) / math.sqrt(m))
+    del p0, q0
     p_state = _FactorState(p_z, torch.zeros(k, n), vp)
     q_state = _FactorState(q_z, torch.zeros(k, m), vq)
-    right = chol_t = None
-    if correlation is not None:
-        corr = correlation.float().cpu() / (bv[:, None] * bv[None, :])
-        corr = corr / corr.diagonal().mean().clamp_min(_EPS)
-        e, v = torch.linalg.eigh(corr)
-        e = e.clamp_min(1e-6 * e.max())
-        right = (e, v)
-        chol_t = (v * e.sqrt()[None, :]).t()  # Lᵀ with L·Lᵀ = C
-    target_t = balanced.t().contiguous() if chol_t is None else chol_t @ balanced.t()
+    del p_z, q_z
+    target_t = (
+        balanced.t().contiguous() if right is None else _times_lt(right[1], root, balanced.t())
+    )
     adaptive = settings.use_adaptive_rho
     for step in range(settings.iters):
         rho = rho_schedule(step, settings.iters)
         _admm_update(balanced, p_state.z.t(), q_state, rho, settings.reg, adaptive, right)
-        other = q_state.z.t() if chol_t is None else chol_t @ q_state.z.t()
+        other = q_state.z.t() if right is None else _times_lt(right[1], root, q_state.z.t())
         _admm_update(target_t, other, p_state, rho, settings.reg, adaptive)
+        del other
+    del balanced, target_t, right, root
 
     sign_a, x_p, y_p = _split_svid(p_state.z.t())
     sign_b, x_q, y_q = _split_svid(q_state.z)
+    del p_state, q_state
     # undo the balancing, then refit the vectors on the true (weighted) objective
     a = x_p * scale / bu
     c = y_p * x_q
     b = y_q / bv
-    a, c, b = refit_vectors(target, sign_a, sign_b, a, c, b, REFIT_ROUNDS)
+    a, c, b = refit_vectors(_weighted(w, r, s), sign_a, sign_b, a, c, b, REFIT_ROUNDS)
     a, c, b = gauge_for_fp16(a / r, c, b / s)
     return Factors(a=a, sign_a=sign_a, c=c, sign_b=sign_b, b=b)

@@ -119,10 +119,14 @@ class DBF(DBFConfig):
         )
         col, row = self._scales(job, m)
         full = hessian is not None and hessian.dim() == 2 and self.weighting != "none"
+        if full:  # handed on when the engine hands it over: the refit damps it in place
+            hessian = [job.take_hessian()] if job.hands_over else hessian
         try:
             corr = None
-            if full and self.hessian_admm:
-                corr = input_correlation(hessian, col, self.hessian_damp)
+            if full and self.hessian_admm:  # C handed over to the fit, freed once decomposed
+                source = hessian[0] if isinstance(hessian, list) else hessian
+                corr = [input_correlation(source, col, self.hessian_damp)]
+                del source
             factors = factorize(
                 weight,
                 k,

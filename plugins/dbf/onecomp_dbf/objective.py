@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 
 _EPS = 1e-12
+#: rows (or tile side) of the in-place (in × in) steps
+BLOCK = 512
 
 
 def activation_scales(hessian_diag: torch.Tensor | None, in_features: int) -> torch.Tensor:
@@ -37,12 +39,39 @@ def input_correlation(hessian: torch.Tensor, col_scale: torch.Tensor, damp: floa
     """C = (1−λ)·D⁻¹(H/2)D⁻¹ + λ·I with D = diag(s): the Hessian in the weighted coordinates.
 
     Its diagonal is one where s is not floored, so C = I recovers the
-    diagonal objective; ``damp`` λ pulls it towards I (noise in H).
+    diagonal objective; ``damp`` λ pulls it towards I (noise in H). Built in
+    one new (in × in) matrix, every step in place and in row blocks (no
+    identity, no transposed copy): a 5632-wide layer's solve holds fewer
+    127 MB temporaries, with the same bits as the whole-matrix expressions.
     """
     s = col_scale.float().cpu()
-    corr = hessian.detach().float().cpu() / 2 / (s[:, None] * s[None, :])
-    corr = (corr + corr.t()) / 2
-    return (1 - damp) * corr + damp * torch.eye(corr.shape[0])
+    corr = hessian.detach().float().cpu() / 2
+    divide_outer_(corr, s)
+    symmetrize_(corr)
+    corr.mul_(1 - damp)
+    corr.diagonal().add_(damp)
+    return corr
+
+
+def divide_outer_(matrix: torch.Tensor, s: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """matrix / (s sᵀ) in place, ``block`` rows at a time (the same quotients, no (m × m) outer)."""
+    for start in range(0, matrix.shape[0], block):
+        rows = slice(start, start + block)
+        matrix[rows].div_(s[rows, None] * s[None, :])
+    return matrix
+
+
+def symmetrize_(matrix: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
+    """(M + Mᵀ)/2 in place, one pair of (block × block) tiles at a time (a + b = b + a exactly)."""
+    size = matrix.shape[0]
+    for i in range(0, size, block):
+        for j in range(i, size, block):
+            upper = matrix[i : i + block, j : j + block]
+            lower = matrix[j : j + block, i : i + block]
+            mean = (upper + lower.t()) / 2
+            upper.copy_(mean)
+            lower.copy_(mean.t())
+    return matrix
 
 
 def sinkhorn_balance(

@@ -38,14 +38,14 @@ def refit_vectors(
         sb = sign_b * b[None, :]  # (k, m)
         gram = (sa.t() @ sa) * (sb @ sb.t())
         rhs = ((sa.t() @ target) * sb).sum(1)
-        ridge = 1e-6 * gram.diagonal().mean().clamp_min(_EPS)
-        c = torch.linalg.solve(gram + ridge * torch.eye(gram.shape[0]), rhs)
+        gram.diagonal().add_(_ridge(gram))
+        c = torch.linalg.solve(gram, rhs)
     return a, c, b
 
 
 def refit_vectors_hessian(
     weight: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | list[torch.Tensor],
     factors: Factors,
     rounds: int = REFIT_ROUNDS,
 ) -> Factors:
@@ -53,12 +53,18 @@ def refit_vectors_hessian(
 
     Used when the full input Hessian is available: unlike the diagonal
     weighting it accounts for correlated input channels. Each step is an
-    exact least-squares solve, so the error never increases.
+    exact least-squares solve, so the error never increases. A one-element
+    list hands H over (damped in place, no copy). Besides H the (in × in)
+    b-step holds only its Gram matrix (built and damped in place) and the
+    solve's LU copy.
     """
     with torch.no_grad():
         w = weight.detach().float().cpu()
-        h = hessian.detach().float().cpu()
-        h = h + 1e-6 * h.diagonal().mean().clamp_min(_EPS) * torch.eye(h.shape[0])
+        if isinstance(hessian, list):
+            h = hessian.pop().detach().float().cpu()
+        else:
+            h = hessian.detach().float().cpu().clone()
+        h.diagonal().add_(_ridge(h))
         wh = w @ h
         a, c, b = factors.a.clone(), factors.c.clone(), factors.b.clone()
         s_a, s_b = factors.sign_a, factors.sign_b
@@ -66,17 +72,22 @@ def refit_vectors_hessian(
             g = (s_a * c[None, :]) @ (s_b * b[None, :])  # Ŵ = diag(a)·g
             a = (wh * g).sum(1) / ((g @ h) * g).sum(1).clamp_min(_EPS)
             hm = (a[:, None] * s_a * c[None, :]) @ s_b  # Ŵ = hm·diag(b)
-            gram_b = h * (hm.t() @ hm)
             rhs_b = (hm * wh).sum(0)
-            b = torch.linalg.solve(gram_b + _ridge(gram_b), rhs_b)
+            gram_b = (hm.t() @ hm).mul_(h)  # H ⊙ (hmᵀ·hm), in place
+            del hm
+            gram_b.diagonal().add_(_ridge(gram_b))
+            b = torch.linalg.solve(gram_b, rhs_b)
+            del gram_b
             u = a[:, None] * s_a  # (n, k)
             v = s_b * b[None, :]  # (k, m)
             gram_c = (u.t() @ u) * (v @ h @ v.t())
             rhs_c = ((u.t() @ wh) * v).sum(1)
-            c = torch.linalg.solve(gram_c + _ridge(gram_c), rhs_c)
+            gram_c.diagonal().add_(_ridge(gram_c))
+            c = torch.linalg.solve(gram_c, rhs_c)
         a, c, b = gauge_for_fp16(a, c, b)
     return Factors(a=a, sign_a=s_a, c=c, sign_b=s_b, b=b)
 
 
 def _ridge(gram: torch.Tensor) -> torch.Tensor:
-    return 1e-6 * gram.diagonal().mean().clamp_min(_EPS) * torch.eye(gram.shape[0])
+    """The damping added to a Gram matrix's diagonal: 1e-6 of its mean diagonal."""
+    return 1e-6 * gram.diagonal().mean().clamp_min(_EPS)
