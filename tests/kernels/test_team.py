@@ -52,6 +52,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")  # as each member: LAPACK's bits depend on the threads
 def test_two_processes_build_the_factor_a_lone_process_builds(tmp_path):
     mp.spawn(_member, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     alone = _factor(_order())
