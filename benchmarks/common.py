@@ -154,3 +154,23 @@ def emit(record: dict, out: str | Path | None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(line + "\n")
+
+
+def reset_peak_rss() -> int:
+    """Reset the kernel's peak RSS of this process (VmHWM) to its current RSS (Linux), and
+    return that RSS in bytes: :func:`peak_rss_above` then measures one step alone."""
+    status = Path("/proc/self/status").read_text()  # fails clearly where there is no /proc
+    Path("/proc/self/clear_refs").write_text("5")
+    return _vm(status, "VmRSS")
+
+
+def peak_rss_above(start: int) -> int:
+    """Bytes the peak RSS (VmHWM) rose above ``start`` since :func:`reset_peak_rss`."""
+    return _vm(Path("/proc/self/status").read_text(), "VmHWM") - start
+
+
+def _vm(status: str, field: str) -> int:
+    for line in status.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status (Linux only)")

@@ -22,19 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit  # noqa: E402
-
-
-def _peak_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+from common import emit, peak_rss_above, reset_peak_rss  # noqa: E402
 
 
 def _inputs(out: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,8 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     from onecomp_core.contract import LayerJob
+    from onecomp_core.engine.heap import return_freed_memory
     from onecomp_core.registry import create_method
-    from onecomp_core.streaming import return_freed_memory
 
     n, out = args.in_features, args.out_features
     w, h = _inputs(out, n)
@@ -70,12 +62,11 @@ def main() -> None:
     job = LayerJob(name="model.layers.0.mlp.down_proj", module=module, hessian=h, hands_over=True)
     h = None  # the job holds the only reference, as in the engine
     return_freed_memory()
-    start = psutil.Process().memory_info().rss
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    start = reset_peak_rss()
     t0 = time.perf_counter()
     res = method.quantize(job)
     seconds = time.perf_counter() - t0
-    peak = _peak_bytes() - start
+    peak = peak_rss_above(start)
     assert res.is_dbf_quantized, res.fallback
     parts = (res.dbf_Da, res.dbf_A, res.dbf_mid, res.dbf_B, res.dbf_Db)
     digest = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in parts)).hexdigest()

@@ -17,18 +17,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit  # noqa: E402
-
-
-def _peak_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+from common import emit, peak_rss_above, reset_peak_rss  # noqa: E402
 
 
 def main() -> None:
@@ -52,8 +44,7 @@ def main() -> None:
     h[3, :], h[:, 3] = 0.0, 0.0  # a dead input
     w = torch.randn(out, n, generator=g)
     cfg = GPTQConfig(wbits=4, groupsize=128)
-    start = psutil.Process().memory_info().rss
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    start = reset_peak_rss()
     t0 = time.perf_counter()
     box, h = [h], None  # handed over, as the engine does (LayerJob.take_hessian)
     res = gptq_quantize(
@@ -73,7 +64,7 @@ def main() -> None:
             "label": args.label,
             "shape": [out, n],
             "settings": "GPTQ defaults, wbits=4, groupsize=128",
-            "peak_above_inputs_mb": round((_peak_bytes() - start) / 2**20),
+            "peak_above_inputs_mb": round(peak_rss_above(start) / 2**20),
             "hessian_mb": round(n * n * 4 / 2**20),
             "seconds": round(seconds, 1),
             "threads": 1,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -73,6 +73,23 @@ def tiny_model(kind: str = "llama", seed: int = 0, vocab_size: int = 128) -> tor
     else:
         raise ValueError(f"unknown tiny model kind {kind!r}")
     return tf.AutoModelForCausalLM.from_config(config).eval()
+
+
+def linear_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The model's Linear layers by name, the head left out (what a method quantizes)."""
+    return {
+        n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n != "lm_head"
+    }
+
+
+def quantize_layers(method: Any, layers: dict[str, torch.nn.Module]) -> dict[str, Any]:
+    """Each layer quantized without statistics and its dequantized weight written back, as
+    the engine writes it back: the results by name (for tests of model-level steps)."""
+    results = {}
+    for name, module in layers.items():
+        results[name] = method.quantize(LayerJob(name, module))
+        module.weight.data = results[name].dequantize().float()
+    return results
 
 
 def saved_tensors(folder: str | Path) -> dict[str, torch.Tensor]:

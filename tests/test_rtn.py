@@ -11,6 +11,7 @@ from onecomp_core import registry
 from onecomp_core.contract import ConfigError, LayerJob, Needs
 from onecomp_core.kernels import PackedIntLinear
 from onecomp_core.rtn import RTN, RTNResult
+from onecomp_core.testing import linear_layers
 
 
 def reference_rtn(w: torch.Tensor, bits: int, groupsize: int, sym: bool):
@@ -180,7 +181,7 @@ def stories(request) -> nn.Module:
 
 
 def test_8_bit_rtn_error_is_tiny_on_every_stories260k_layer(stories):
-    layers = _linear_layers(stories)
+    layers = linear_layers(stories)
     assert len(layers) == 5 * 7
     for name, module in layers.items():
         w = module.weight.data
@@ -206,7 +207,7 @@ def test_8_bit_rtn_barely_changes_stories260k_logits(stories):
     ids = torch.tensor([[1, 403, 407, 261, 378, 430, 260, 127, 8, 29]])
     with torch.no_grad():
         before = stories(ids).logits
-    layers = _linear_layers(stories)
+    layers = linear_layers(stories)
     results = {n: RTN(wbits=8).quantize(LayerJob(n, m)) for n, m in layers.items()}
     original = {n: m.weight.data for n, m in layers.items()}
     try:
@@ -219,11 +220,6 @@ def test_8_bit_rtn_barely_changes_stories260k_logits(stories):
             layers[n].weight.data = w
     assert (after - before).abs().max() < 0.05 * before.abs().max()
     assert torch.equal(after.argmax(-1), before.argmax(-1))
-
-
-def _linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every Linear but the output head (onecomp's default selection)."""
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
 
 
 def _relative_error(w: torch.Tensor, result: RTNResult) -> float:

@@ -185,13 +185,12 @@ def leading_ids(tokenizer: Any, text: str, count: int) -> list[int]:
     did not change them), else the prefix doubles, up to the whole text.
     """
     size = max(4096, 4 * (count + _MARGIN))
+    ids = _prefix_ids(tokenizer, text, size) if size < len(text) else []
     while size < len(text):
-        ids = _prefix_ids(tokenizer, text, size)
-        if len(ids) >= count + _MARGIN:
-            longer = _prefix_ids(tokenizer, text, 2 * size)
-            if longer[:count] == ids[:count]:
-                return ids[:count]
-        size *= 2
+        longer = _prefix_ids(tokenizer, text, 2 * size)  # the next try's prefix, made once
+        if len(ids) >= count + _MARGIN and longer[:count] == ids[:count]:
+            return ids[:count]
+        ids, size = longer, 2 * size
     return _encode(tokenizer, [text])[0]
 
 

@@ -116,10 +116,9 @@ class Recording:
         The batches are taken a window at a time (:data:`WINDOW_BYTES` of inputs) and added
         one row slice (:data:`SLICE_ROWS`) at a time: each slice of the sum stays in cache
         while the window's batches are added into it, where a whole share per batch streams
-        the (in × in) sum through memory once per batch. Two ranks on two cores then stop
-        fighting over memory bandwidth (the 5632-wide sums of a TinyLlama block: 1.2× → 2×
-        from the second core). Every entry still gets the same products in the same batch
-        order, so the bits stay those of one process.
+        the (in × in) sum through memory once per batch, and two ranks on two cores then
+        fight over memory bandwidth. Every entry still gets the same products in the same
+        batch order, so the bits stay those of one process.
         """
         ranks, target = self.ranks, record.target
         sums = target.accumulators()

@@ -51,7 +51,7 @@ def _pack_whole_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     Σ_k code[w·per + k] << (k·b), one shift-and-add per position in the word.
 
     The same words as the bit stream (code i's bit j is stream bit i·b + j), without
-    its 64·b bytes per code (a 5632 × 2048 layer packed in 0.1 s, not 1 s).
+    its 64·b bytes per code (a 5632 × 2048 layer at 4 bits: 0.15 s, not 0.66 s, one thread).
     """
     n, m = codes.shape
     per = 32 // bits

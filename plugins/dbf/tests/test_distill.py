@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from onecomp_core.contract import LayerJob, RunView
+from onecomp_core.contract import RunView
 from onecomp_core.engine.model_walk import Walk
 from onecomp_core.kernels import swapped_in
-from onecomp_core.testing import tiny_model
+from onecomp_core.testing import linear_layers, quantize_layers, tiny_model
 from onecomp_dbf import DBF, distill
 from onecomp_dbf.distill import Teacher, _Distillation, distill_model, kl_loss
 from onecomp_dbf.trainable import trainable_twins
@@ -27,10 +27,6 @@ def test_kl_loss_is_zero_for_equal_logits_and_respects_the_mask():
     assert kl_loss(s, t).item() > 0.01
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
     assert kl_loss(s, t, mask).item() < 1e-6  # the only differing sequence is masked out
-
-
-def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
 
 
 class CountingWalk(Walk):
@@ -62,11 +58,8 @@ def _setup(q: DBF, mask: bool = False):
         m[0, :4] = 0
         batches[1] = (batches[1][0], m)
     model = copy.deepcopy(fp)
-    layers = _layers(model)
-    results = {}
-    for name, module in layers.items():
-        results[name] = q.quantize(LayerJob(name, module))
-        module.weight.data = results[name].dequantize().float()
+    layers = linear_layers(model)
+    results = quantize_layers(q, layers)
     walk = Walk(fp, "cpu")
     hidden, kwargs = walk.start(batches)
     teacher = Teacher(walk.run(hidden, kwargs))
@@ -184,7 +177,7 @@ def test_no_distillation_without_steps_or_head():
     q = DBF(finetune_steps=0)
     fp = tiny_model("llama", seed=0)
     one = [(torch.ones(1, 4).long(), None)]
-    q.prepare(RunView(model=fp, layers=_layers(fp), batches=one, walk=Walk(fp, "cpu")))
+    q.prepare(RunView(model=fp, layers=linear_layers(fp), batches=one, walk=Walk(fp, "cpu")))
     assert q._teacher is None and not q.needs().model_pass and not q.needs().fp_stream
     headless = DBF(distill_steps=3)
     body = tiny_model("llama", seed=0).model  # no output head

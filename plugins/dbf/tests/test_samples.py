@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
 
-from onecomp_core.contract import LayerJob, RunView
+from onecomp_core.contract import RunView
 from onecomp_core.engine.model_walk import Walk
-from onecomp_core.testing import tiny_model
+from onecomp_core.testing import linear_layers, quantize_layers, tiny_model
 from onecomp_dbf import DBF
 from onecomp_dbf.distill import Teacher, kl_loss
 from onecomp_dbf.samples import (
@@ -18,10 +17,6 @@ from onecomp_dbf.samples import (
     sample_sequences,
     sample_with_cache,
 )
-
-
-def _layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n != "lm_head"}
 
 
 def test_walk_gives_the_models_next_token_logits():
@@ -69,13 +64,13 @@ def test_prepare_samples_calibration_shaped_text_and_its_fp_teacher():
     walk = Walk(fp, "cpu")
     q = DBF(target_bits=1.0, iters=5, finetune_steps=0, distill_steps=5, distill_data="generated")
     assert DBF().distill_data == "calibration"  # the default (see the plugin README)
-    q.prepare(RunView(model=fp, layers=_layers(fp), batches=batches, walk=walk))
+    q.prepare(RunView(model=fp, layers=linear_layers(fp), batches=batches, walk=walk))
     own, teacher = q._sampled
     assert [tuple(b[0].shape) for b in own] == [(2, 10)] * 3
     for got, want in zip(teacher.hidden, last_hidden(walk, own), strict=True):
         torch.testing.assert_close(got, want)
     plain = DBF(finetune_steps=0, distill_steps=5, distill_data="calibration")
-    plain.prepare(RunView(model=fp, layers=_layers(fp), batches=batches, walk=walk))
+    plain.prepare(RunView(model=fp, layers=linear_layers(fp), batches=batches, walk=walk))
     assert plain._sampled is None
 
 
@@ -88,16 +83,13 @@ def test_distillation_on_sampled_text_matches_the_model_on_its_own_text():
         target_bits=1.0, iters=5, finetune_steps=0, distill_steps=30, distill_lr=2e-2,
         distill_data="generated",
     )  # fmt: skip
-    q.prepare(RunView(model=fp, layers=_layers(fp), batches=batches, walk=Walk(fp, "cpu")))
+    q.prepare(RunView(model=fp, layers=linear_layers(fp), batches=batches, walk=Walk(fp, "cpu")))
     own = [b[0] for b in q._sampled[0]]
     with torch.no_grad():
         want = [fp(input_ids=x).logits for x in own]
     model = copy.deepcopy(fp)
-    layers = _layers(model)
-    results = {}
-    for name, module in layers.items():
-        results[name] = q.quantize(LayerJob(name, module))
-        module.weight.data = results[name].dequantize().float()
+    layers = linear_layers(model)
+    results = quantize_layers(q, layers)
     walk = Walk(model, "cpu")
     fp_walk = Walk(fp, "cpu")
     q._teacher = Teacher(fp_walk.run(*fp_walk.start(batches)))  # what on_block_done keeps
