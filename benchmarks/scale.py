@@ -60,6 +60,7 @@ def quantize_command(
     device: str,
     checkpoint: bool = True,
     extra: tuple[str, ...] = (),
+    progress: bool = False,
 ) -> list[str]:
     """The ``onecomp quantize`` arguments of one run (without the program); ``extra``:
     settings after the protocol's (``--set KEY=VALUE``)."""
@@ -68,7 +69,7 @@ def quantize_command(
         args += ["--set", setting]
     args += ["--calibration", str(CALIBRATION), "--num-samples", str(samples)]
     args += ["--max-length", str(length), "--seed", "0", "--strategy", "concat_chunk"]
-    args += ["--out", str(out), "--overwrite", "--quiet"]
+    args += ["--out", str(out), "--overwrite"] + ([] if progress else ["--quiet"])
     args += ["--no-checkpoint"] if not checkpoint else []
     return args + ["--summary-json", str(summary), "--device", device]
 
@@ -95,9 +96,11 @@ def code_location(env: dict[str, str]) -> str:
     return roots[0] if len(roots) == 1 else f"mixed: {' '.join(roots) or done.stderr[-200:]}"
 
 
-def run_env(threads: int) -> dict[str, str]:
+def run_env(threads: int, progress: bool = False) -> dict[str, str]:
     """The child's environment: ``threads`` compute threads (0: leave torch's default)."""
-    env = {**os.environ, "ONECOMP_QUIET": "1", "PYTHONPATH": checkout_path()}
+    # the checkout first; a PYTHONPATH already set stays after it (wheels installed with --target)
+    path = os.pathsep.join(p for p in (checkout_path(), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "ONECOMP_QUIET": "0" if progress else "1", "PYTHONPATH": path}
     if threads:
         env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     else:
@@ -117,21 +120,29 @@ def measure(
     device: str = "auto",
     checkpoint: bool = True,
     extra: tuple[str, ...] = (),
+    progress: bool = False,
 ) -> dict:
     """One quantize run of ``model`` through the CLI (under torchrun when ``ranks`` > 1)."""
     out = work / f"{model.name}-{method}-{ranks}r"
     summary = out.with_name(out.name + ".summary.json")
     summary.unlink(missing_ok=True)
-    args = quantize_command(model, method, out, summary, samples, length, device, checkpoint, extra)
+    args = quantize_command(
+        model, method, out, summary, samples, length, device, checkpoint, extra, progress
+    )
     if ranks > 1:
         program = [str(BIN / "torchrun"), "--standalone", f"--nproc-per-node={ranks}"]
         program += ["--no-python", *RANK_TIMER, str(BIN / "onecomp")]
-    else:
+    elif (BIN / "onecomp").exists():
         program = [str(BIN / "onecomp")]
+    else:  # installed without its script (pip --target on a GPU machine): the same CLI
+        program = [sys.executable, "-m", "onecomp_core"]
     load_before = os.getloadavg()[0]
     cpu_before = _children_cpu_s()
     run = run_tree(
-        program + args, env=run_env(threads), timeout=timeout, log_dir=work / f"{out.name}.logs"
+        program + args,
+        env=run_env(threads, progress),
+        timeout=timeout,
+        log_dir=work / f"{out.name}.logs"
     )
     cpu_s = _children_cpu_s() - cpu_before
     model_bytes = synthetic_model.weight_bytes(model)
@@ -231,6 +242,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the quantized outputs")
     parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="the CLI's progress bars into each run's stderr log (a stopped run shows how far"
+        " it got)",
+    )
+    parser.add_argument(
         "--set",
         dest="extra",
         action="append",
@@ -280,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                 device=args.device,
                 checkpoint=not args.no_checkpoint,
                 extra=tuple(args.extra),
+                progress=args.progress,
             )
             base = {"benchmark": "scale", "label": args.label, "shape": args.shape}
             base["blocks"] = blocks

@@ -54,6 +54,30 @@ def timing_fields(summary: dict, wall_s: float) -> dict:
         fields["ratio_wall"] = fields["ratio_engine"] = NA
     if "world_size" in summary:
         fields["world_size"] = summary["world_size"]
+    return fields | device_fields(summary)
+
+
+def device_fields(summary: dict) -> dict:
+    """Seconds per block, mean solve seconds per projection kind and the GPU's peak memory.
+
+    The first block's seconds include loading and calibration, so ``block_s_steady`` is
+    the median of the others (the figure that scales with depth).
+    """
+    fields: dict = {}
+    blocks = summary.get("block_s") or []
+    if blocks:
+        fields["block_s"] = blocks
+        later = sorted(blocks[1:])
+        fields["block_s_steady"] = later[len(later) // 2] if later else NA
+    kinds: dict[str, list[float]] = {}
+    for row in summary.get("layers", []):
+        if row.get("time_s") is not None:
+            kinds.setdefault(row["layer"].rsplit(".", 1)[-1], []).append(row["time_s"])
+    if kinds:
+        fields["solve_s_per_layer"] = {k: round(sum(v) / len(v), 3) for k, v in kinds.items()}
+    for key in ("cuda_peak_allocated_mb", "cuda_peak_reserved_mb"):
+        if key in summary:
+            fields[key] = summary[key]
     return fields
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import shutil
 import sys
@@ -184,6 +185,7 @@ def _on_rank(args, out: Path, method: Method, calibration, settings, ranks, devi
     from ..seed_api import Runner
 
     checkpoint_dir, qep_config, rotation = settings
+    block_ends: list[float] = []  # when each block was done: --summary-json's block_s
     with ExitStack() as held:
         if ranks.is_writer:  # rank 0 writes; a second run on the same --out stops here
             held.enter_context(lock.holding(lock.beside(out), f"output {out}"))
@@ -204,12 +206,18 @@ def _on_rank(args, out: Path, method: Method, calibration, settings, ranks, devi
             rotation=rotation,
             rotation_seed=args.rotate_seed,
             save_dtype=args.save_dtype,
+            block_callback=lambda _view: block_ends.append(time.perf_counter()),
         )
-        return _quantize(args, out, runner, checkpoint_dir, ranks)
+        return _quantize(args, out, runner, checkpoint_dir, ranks, block_ends)
 
 
 def _quantize(
-    args: argparse.Namespace, out: Path, runner, checkpoint_dir: Path | None, ranks
+    args: argparse.Namespace,
+    out: Path,
+    runner,
+    checkpoint_dir: Path | None,
+    ranks,
+    block_ends: list[float],
 ) -> int:
     """Run, save, clean up (under the locks :func:`run` holds)."""
     from ..engine.checkpoint import CheckpointMismatch
@@ -231,6 +239,7 @@ def _quantize(
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if args.summary_json:
         summary = runner.summary() | {"wall_time_s": round(elapsed, 3)}
+        summary |= _run_figures(start, block_ends)
         floor = summary["timings"].get("one_forward_s", 0) + summary["timings"].get("solve_s", 0)
         if floor > 0:  # issue 12's measure of passes: wall / (one forward + the solves)
             summary["wall_over_forward_and_solves"] = round(elapsed / floor, 3)
@@ -240,3 +249,17 @@ def _quantize(
         file=sys.stderr,
     )
     return 0
+
+
+def _run_figures(start: float, block_ends: list[float]) -> dict:
+    """Seconds per block (the first one from the run's start: loading and calibration
+    included) and, on a GPU, the peak of the compute device's memory: what a real-size
+    benchmark reports beside the process's resident memory."""
+    import torch
+
+    ends = [start, *block_ends]
+    figures: dict = {"block_s": [round(b - a, 3) for a, b in itertools.pairwise(ends)]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        figures["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        figures["cuda_peak_reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20, 1)
+    return figures

@@ -118,7 +118,7 @@ def _admm_update(
             del left
         else:
             if current != r:
-                inv = torch.linalg.inv(gram + (reg + r) * torch.eye(k))
+                inv = torch.linalg.inv(gram + (reg + r) * torch.eye(k, device=gram.device))
                 current = r
             y = inv @ (ft_t + r * diff)
             del diff
@@ -159,9 +159,9 @@ def _right_basis(
     workspace at once; after it only V stays, Lᵀ is applied by :func:`_times_lt`).
     """
     if isinstance(correlation, list):
-        corr = correlation.pop().float().cpu()
+        corr = correlation.pop().float().to(bv.device)
     else:
-        corr = correlation.float().cpu().clone()
+        corr = correlation.float().to(bv.device, copy=True)
     divide_outer_(corr, bv)
     corr.div_(corr.diagonal().mean().clamp_min(_EPS))
     e, v = torch.linalg.eigh(corr)
@@ -179,7 +179,7 @@ def _times_lt(
     through the whole ADMM); each row block is the same products as the
     whole matrix's rows, so the same bits.
     """
-    out = torch.empty(v.shape[1], x.shape[1])
+    out = torch.empty(v.shape[1], x.shape[1], device=x.device)
     for start in range(0, v.shape[1], block):
         rows = slice(start, start + block)
         torch.matmul((v[:, rows] * root[None, rows]).t(), x, out=out[rows])
@@ -231,17 +231,19 @@ def _factorize(
     row_scale: torch.Tensor | None,
     correlation: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> Factors:
-    w = weight.detach().float().cpu()
+    # on the weight's device (a GPU solves there); the same operations as on the CPU
+    device = weight.device
+    w = weight.detach().float()
     n, m = w.shape
-    s = torch.ones(m) if col_scale is None else col_scale.float().cpu()
-    r = torch.ones(n) if row_scale is None else row_scale.float().cpu()
+    s = torch.ones(m, device=device) if col_scale is None else col_scale.float().to(device)
+    r = torch.ones(n, device=device) if row_scale is None else row_scale.float().to(device)
     target = _weighted(w, r, s)
     if settings.use_balancing:
         bu, bv = sinkhorn_balance(
             target, settings.balance_iters, settings.balance_alpha, settings.balance_mode
         )
     else:
-        bu, bv = torch.ones(n), torch.ones(m)
+        bu, bv = torch.ones(n, device=device), torch.ones(m, device=device)
     right = root = None
     if correlation is not None:  # first: its eigh (C, eigenvectors, 2·m² workspace) is the peak
         right, root = _right_basis(correlation, bv)
@@ -250,15 +252,15 @@ def _factorize(
     scale = balanced.norm() / math.sqrt(n * m) if balanced.abs().max() > 0 else 1.0
     balanced = balanced / scale
 
-    gen = torch.Generator().manual_seed(settings.seed)
-    p0 = torch.randn(n, k, generator=gen) / math.sqrt(k)
-    q0 = torch.randn(k, m, generator=gen)
+    gen = torch.Generator().manual_seed(settings.seed)  # drawn on the CPU: the same start anywhere
+    p0 = (torch.randn(n, k, generator=gen) / math.sqrt(k)).to(device)
+    q0 = torch.randn(k, m, generator=gen).to(device)
     # P is stored transposed (k × n) so both factors are updated by the same routine
-    p_z, vp = svid_project(p0.t().contiguous(), torch.ones(n) / math.sqrt(n))
-    q_z, vq = svid_project(q0, torch.ones(m) / math.sqrt(m))
+    p_z, vp = svid_project(p0.t().contiguous(), torch.ones(n, device=device) / math.sqrt(n))
+    q_z, vq = svid_project(q0, torch.ones(m, device=device) / math.sqrt(m))
     del p0, q0
-    p_state = _FactorState(p_z, torch.zeros(k, n), vp)
-    q_state = _FactorState(q_z, torch.zeros(k, m), vq)
+    p_state = _FactorState(p_z, torch.zeros(k, n, device=device), vp)
+    q_state = _FactorState(q_z, torch.zeros(k, m, device=device), vq)
     del p_z, q_z
     target_t = (
         balanced.t().contiguous() if right is None else _times_lt(right[1], root, balanced.t())

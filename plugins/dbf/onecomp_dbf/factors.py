@@ -29,6 +29,12 @@ class Factors:
         """The dense approximation (fp32)."""
         return compose(self.a, self.sign_a, self.c, self.sign_b, self.b)
 
+    def cpu(self) -> Factors:
+        """The same factors on the CPU, where results are kept (fitted on a GPU: moved once)."""
+        return Factors(
+            self.a.cpu(), self.sign_a.cpu(), self.c.cpu(), self.sign_b.cpu(), self.b.cpu()
+        )
+
 
 def compose(
     a: torch.Tensor, sign_a: torch.Tensor, c: torch.Tensor, sign_b: torch.Tensor, b: torch.Tensor

@@ -137,6 +137,7 @@ class DBF(DBFConfig):
             )
             if full:
                 factors = refit_vectors_hessian(weight, hessian, factors)
+            factors = factors.cpu()
             a, c, b = (v.to(torch.float16) for v in (factors.a, factors.c, factors.b))
             if not all(torch.isfinite(v).all() for v in (a, c, b)):
                 raise FloatingPointError("non-finite scale vectors")

@@ -44,8 +44,8 @@ def input_correlation(hessian: torch.Tensor, col_scale: torch.Tensor, damp: floa
     identity, no transposed copy): a 5632-wide layer's solve holds fewer
     127 MB temporaries, with the same bits as the whole-matrix expressions.
     """
-    s = col_scale.float().cpu()
-    corr = hessian.detach().float().cpu() / 2
+    s = col_scale.float().to(hessian.device)
+    corr = hessian.detach().float() / 2  # on H's device: a GPU builds it there
     divide_outer_(corr, s)
     symmetrize_(corr)
     corr.mul_(1 - damp)
@@ -87,8 +87,8 @@ def sinkhorn_balance(
     power = 1 if mode == "l1" else 2
     mag = target.abs().pow(power)
     row_target, col_target = alpha, n * alpha / m
-    log_u = torch.zeros(n)
-    log_v = torch.zeros(m)
+    log_u = torch.zeros(n, device=target.device)
+    log_v = torch.zeros(m, device=target.device)
     for _ in range(iters):
         rows = (mag * (power * log_v).exp()[None, :]).sum(1) * (power * log_u).exp()
         log_u += (row_target / rows.clamp_min(_EPS)).log() / power

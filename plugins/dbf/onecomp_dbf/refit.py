@@ -59,15 +59,15 @@ def refit_vectors_hessian(
     solve's LU copy.
     """
     with torch.no_grad():
-        w = weight.detach().float().cpu()
+        w = weight.detach().float()  # on the weight's device, like the fit
         if isinstance(hessian, list):
-            h = hessian.pop().detach().float().cpu()
+            h = hessian.pop().detach().float().to(w.device)
         else:
-            h = hessian.detach().float().cpu().clone()
+            h = hessian.detach().float().to(w.device, copy=True)
         h.diagonal().add_(_ridge(h))
         wh = w @ h
-        a, c, b = factors.a.clone(), factors.c.clone(), factors.b.clone()
-        s_a, s_b = factors.sign_a, factors.sign_b
+        a, c, b = (v.to(w.device, copy=True) for v in (factors.a, factors.c, factors.b))
+        s_a, s_b = factors.sign_a.to(w.device), factors.sign_b.to(w.device)
         for _ in range(rounds):
             g = (s_a * c[None, :]) @ (s_b * b[None, :])  # Ŵ = diag(a)·g
             a = (wh * g).sum(1) / ((g @ h) * g).sum(1).clamp_min(_EPS)
