@@ -71,7 +71,7 @@ def device_fields(summary: dict) -> dict:
         fields["block_s_steady"] = later[len(later) // 2] if later else NA
     kinds: dict[str, list[float]] = {}
     for row in summary.get("layers", []):
-        if row.get("time_s") is not None:
+        if row.get("time_s") is not None and "layer" in row:
             kinds.setdefault(row["layer"].rsplit(".", 1)[-1], []).append(row["time_s"])
     if kinds:
         fields["solve_s_per_layer"] = {k: round(sum(v) / len(v), 3) for k, v in kinds.items()}

@@ -127,6 +127,20 @@ def test_timing_fields_use_engine_timings_when_present() -> None:
     assert (apart["ratio_wall_ref"], apart["ratio_engine_ref"]) == (5.0, 4.0)
 
 
+def test_device_fields_take_the_median_of_the_blocks_after_the_first() -> None:
+    layers = [
+        {"layer": "model.layers.0.mlp.down_proj", "time_s": 1.0},
+        {"layer": "model.layers.1.mlp.down_proj", "time_s": 3.0},
+        {"layer": "model.layers.1.self_attn.q_proj", "time_s": 0.5},
+    ]
+    summary = {"layers": layers, "block_s": [9.0, 2.0, 4.0, 3.0], "cuda_peak_allocated_mb": 10.5}
+    fields = scale_report.device_fields(summary)
+    assert fields["block_s_steady"] == 3.0  # not the first block (loading and calibration)
+    assert fields["solve_s_per_layer"] == {"down_proj": 2.0, "q_proj": 0.5}
+    assert fields["cuda_peak_allocated_mb"] == 10.5
+    assert scale_report.device_fields({"block_s": [5.0]})["block_s_steady"] == "n/a"
+
+
 def test_scale_runs_the_real_cli_and_records_a_line(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "scale.jsonl"
     args = ["--shape", "tiny", "--blocks", "2", "--methods", "gptq", "--num-samples", "4"]
@@ -141,6 +155,18 @@ def test_scale_runs_the_real_cli_and_records_a_line(tiny: Path, tmp_path: Path) 
     # the engine's own timings are read: item 3's ratio comes from the same run
     assert record["solve_source"] == "timings" and record["one_forward_s"] > 0
     assert record["ratio_wall"] >= record["ratio_engine"] > 1
+    # seconds per block from the CLI's summary: one per block, adding up to at most the engine
+    assert len(record["block_s"]) == 2 and 0 < sum(record["block_s"]) <= record["engine_s"]
+    assert set(record["solve_s_per_layer"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
+    assert "cuda_peak_allocated_mb" not in record  # no GPU ran: no GPU figure
     assert record["code"] == str(BENCH.parent)  # this checkout's code ran, not a venv's
     assert record["commit"] and record["command"].startswith("python benchmarks/scale.py")
     # the model was reused from the cache, not rebuilt
