@@ -142,7 +142,7 @@ def measure(
         program + args,
         env=run_env(threads, progress),
         timeout=timeout,
-        log_dir=work / f"{out.name}.logs"
+        log_dir=work / f"{out.name}.logs",
     )
     cpu_s = _children_cpu_s() - cpu_before
     model_bytes = synthetic_model.weight_bytes(model)
