@@ -74,5 +74,18 @@ class TrainableLayer(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": lr}] if params else []
 
+    def begin_step(self) -> None:
+        """Called before the batches of one optimizer step (default: nothing).
+
+        The parameters do not change until the step, so a twin whose weight is a
+        costly function of them (a product of factors) can build it here once, as a
+        leaf that gathers the gradients of all the step's batches, instead of once
+        per batch with every batch's graph held.
+        """
+
+    def end_step(self) -> None:
+        """Called after the step's last backward, before the optimizer step (default:
+        nothing): hand what :meth:`begin_step` gathered on to the parameters' gradients."""
+
 
 __all__ = ["FineTune", "TrainableLayer"]

@@ -124,10 +124,14 @@ def train(view: BlockView, twins: dict[str, TrainableLayer], spec: FineTune) -> 
     with torch.enable_grad():
         for _ in range(spec.steps):
             opt.zero_grad(set_to_none=True)
+            for twin in twins.values():
+                twin.begin_step()
             for _ in range(per_step):
                 if not order:
                     order = torch.randperm(count, generator=gen).tolist()
                 (block_loss(view, order.pop()) / per_step).backward()
+            for twin in twins.values():
+                twin.end_step()
             opt.step()
             sched.step()
     return before, mean_loss(view, monitor)

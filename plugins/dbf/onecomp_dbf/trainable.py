@@ -58,6 +58,8 @@ class TrainableDBF(TrainableLayer):
         self.theta_a = nn.Parameter(torch.ones_like(self.a0))
         self.theta_c = nn.Parameter(torch.ones_like(self.c0))
         self.theta_b = nn.Parameter(torch.ones_like(self.b0))
+        #: Ŵᵀ of the current optimizer step (a leaf gathering its batches' gradient)
+        self._step_weight: torch.Tensor | None = None
 
     def _unpacked(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         s_a, s_b = self.result.signs()
@@ -91,6 +93,22 @@ class TrainableDBF(TrainableLayer):
         s_a_t, s_b_t = self.signs_t()
         return (s_b_t * b[:, None] * c[None, :]) @ (s_a_t * a[None, :])
 
+    def begin_step(self) -> None:
+        """Build Ŵᵀ once for the step's batches (a leaf: they add up its gradient).
+
+        Ŵᵀ costs n·k·m to build and its graph holds ~4 such matrices; per batch
+        that was most of the block fine-tuning's time and memory. The batches now
+        share one Ŵᵀ and :meth:`end_step` takes the factors' gradient once.
+        """
+        with torch.no_grad():
+            self._step_weight = self.weight_t().requires_grad_()
+
+    def end_step(self) -> None:
+        """The step's gradient of Ŵᵀ through the factors (the graph of one layer at a time)."""
+        weight, self._step_weight = self._step_weight, None
+        if weight is not None and weight.grad is not None:
+            self.weight_t().backward(weight.grad)
+
     def param_groups(self, lr: float) -> list[dict]:
         """The three vectors at ``lr``; the sign latents (when they train) at ``sign_lr``."""
         groups = [{"params": [self.theta_a, self.theta_c, self.theta_b], "lr": lr}]
@@ -119,7 +137,8 @@ class TrainableDBF(TrainableLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one dense product: with T calibration tokens it costs T·n·m against T·k·(n+m)
         # (= 2× as much at 2 bits) for the factored path; Ŵ itself costs only n·k·m
-        h = x.float() @ self.weight_t()
+        weight = self._step_weight if self._step_weight is not None else self.weight_t()
+        h = x.float() @ weight
         if self.bias is not None:
             h = h + self.bias
         return h.to(x.dtype)

@@ -9,6 +9,7 @@ from torch import nn
 from onecomp_core.contract import BlockView, FineTune, LayerJob
 from onecomp_core.engine.finetune import finetune_block
 from onecomp_dbf import DBF
+from onecomp_dbf.trainable import TrainableDBF
 
 
 class _Block(nn.Module):
@@ -110,3 +111,47 @@ def test_no_improvement_changes_nothing():
     # lr 1e-30: no vector moves in fp32, so the loss cannot fall
     new, losses = finetune_block(q, view, FineTune(5, 1e-30, seed=0))
     assert new == {} and losses["after"] == losses["before"]
+
+
+def test_one_weight_per_step_gives_the_batches_summed_gradient():
+    """begin_step/end_step (Ŵᵀ built once per step) = the per-batch graphs' summed gradient."""
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=2, flag_hessian=False, finetune_sign_lr=0.05)
+    view, fitted = _quantized_block(q, scale=1.0, seed=2, with_stats=False)
+    twin = q.trainable_layer(fitted["b.up"], view.layers["b.up"])
+    batches = [torch.randn(4, 32, 16) for _ in range(3)]
+
+    def gradients(per_step: bool) -> list[torch.Tensor]:
+        twin.zero_grad(set_to_none=True)
+        if per_step:
+            twin.begin_step()
+        for x in batches:
+            twin(x).pow(2).mean().backward()
+        if per_step:
+            twin.end_step()
+        return [p.grad.clone() for p in twin.parameters()]
+
+    per_batch, per_step = gradients(False), gradients(True)
+    assert len(per_step) == 5  # three vectors and two sign latents
+    for a, b in zip(per_batch, per_step, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+    assert twin._step_weight is None  # nothing held after the step
+
+
+def test_engine_calls_the_step_hooks_around_every_step():
+    """finetune_block builds one Ŵᵀ per optimizer step, not per batch."""
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=3, flag_hessian=False)
+    view, _ = _quantized_block(q, scale=1.0, seed=0, with_stats=False)
+    builds = []
+    original = TrainableDBF.begin_step
+
+    def counting(self):
+        builds.append(self)
+        original(self)
+
+    TrainableDBF.begin_step = counting
+    try:
+        finetune_block(q, view, FineTune(3, 1e-2, tokens_per_step=256, seed=0))
+    finally:
+        TrainableDBF.begin_step = original
+    # 3 steps × 2 layers; a step is two batches of 4 × 32 tokens here
+    assert len(builds) == 6
