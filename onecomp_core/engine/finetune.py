@@ -102,9 +102,18 @@ def block_loss(view: BlockView, index: int) -> torch.Tensor:
     return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
 
 
-def mean_loss(view: BlockView, batches: list[int]) -> float:
+def mean_loss(
+    view: BlockView, batches: list[int], twins: dict[str, TrainableLayer] | None = None
+) -> float:
+    """The mean block loss over ``batches``; ``twins`` build their weights once for all."""
     with torch.no_grad():
-        return sum(block_loss(view, i).item() for i in batches) / len(batches)
+        for twin in (twins or {}).values():
+            twin.begin_step()
+        try:
+            return sum(block_loss(view, i).item() for i in batches) / len(batches)
+        finally:
+            for twin in (twins or {}).values():
+                twin.end_step()  # nothing to hand on without gradients: frees the weights
 
 
 def train(view: BlockView, twins: dict[str, TrainableLayer], spec: FineTune) -> tuple[float, float]:
@@ -118,7 +127,7 @@ def train(view: BlockView, twins: dict[str, TrainableLayer], spec: FineTune) -> 
     per_step = max(1, min(count, spec.tokens_per_step // tokens))
     gen = torch.Generator().manual_seed(spec.seed + view.index)
     monitor = list(range(min(count, per_step * 2)))
-    before = mean_loss(view, monitor)
+    before = mean_loss(view, monitor, twins)
     opt, sched = adam_with_cosine(twins, spec.steps, spec.lr)
     order: list[int] = []
     with torch.enable_grad():
@@ -134,4 +143,4 @@ def train(view: BlockView, twins: dict[str, TrainableLayer], spec: FineTune) -> 
                 twin.end_step()
             opt.step()
             sched.step()
-    return before, mean_loss(view, monitor)
+    return before, mean_loss(view, monitor, twins)

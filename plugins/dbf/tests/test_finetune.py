@@ -138,7 +138,7 @@ def test_one_weight_per_step_gives_the_batches_summed_gradient():
 
 
 def test_engine_calls_the_step_hooks_around_every_step():
-    """finetune_block builds one Ŵᵀ per optimizer step, not per batch."""
+    """finetune_block builds one Ŵᵀ per optimizer step and per loss check, not per batch."""
     q = DBF(target_bits=1.0, iters=5, finetune_steps=3, flag_hessian=False)
     view, _ = _quantized_block(q, scale=1.0, seed=0, with_stats=False)
     builds = []
@@ -153,5 +153,6 @@ def test_engine_calls_the_step_hooks_around_every_step():
         finetune_block(q, view, FineTune(3, 1e-2, tokens_per_step=256, seed=0))
     finally:
         TrainableDBF.begin_step = original
-    # 3 steps × 2 layers; a step is two batches of 4 × 32 tokens here
-    assert len(builds) == 6
+    # (3 steps + the monitor's loss before and after) × 2 layers, though a step is two
+    # batches of 4 × 32 tokens here and the monitor four
+    assert len(builds) == (3 + 2) * 2
