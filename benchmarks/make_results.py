@@ -33,6 +33,7 @@ COMMANDS = {
     "scale_distributed": "flock /tmp/onecomp-cpu.lock python benchmarks/scale.py --blocks 2 --methods gptq --distributed 2 --out benchmarks/results/scale_distributed.jsonl",
     "gptq_solve_memory": "python benchmarks/gptq_solve_memory.py --label LABEL --out benchmarks/results/gptq_solve_memory.jsonl",
     "dbf_solve_memory": "python benchmarks/dbf_solve_memory.py --iters 2 --label LABEL --out benchmarks/results/dbf_solve_memory.jsonl",
+    "dbf_finetune_speed": "python benchmarks/dbf_finetune_speed.py --steps 3 [--per-batch] [--sign-lr 0] --label LABEL",
     "scale_gpu": "bash benchmarks/gpu_scale.sh OUT BUNDLE 530 (the device tool's H200; rows copied from OUT)",
     "rotation": "python benchmarks/rotation_quality.py --rotate learned --rows ROW --no-baseline --out benchmarks/results/rotation.jsonl (each row's own command)",
 }
