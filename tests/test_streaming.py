@@ -139,7 +139,14 @@ def test_a_killed_run_resumes_to_the_same_output(tmp_path, one_thread):
     runner_init = Runner.__init__
 
     def with_crash(self, *args, **kwargs):
-        runner_init(self, *args, **kwargs, block_callback=crash)
+        timer = kwargs.pop("block_callback", None)  # the CLI's clock of blocks (--summary-json)
+
+        def timed_crash(view):
+            if timer is not None:
+                timer(view)
+            crash(view)
+
+        runner_init(self, *args, **kwargs, block_callback=timed_crash)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Runner, "__init__", with_crash)
