@@ -156,3 +156,34 @@ def test_engine_calls_the_step_hooks_around_every_step():
     # (3 steps + the monitor's loss before and after) × 2 layers, though a step is two
     # batches of 4 × 32 tokens here and the monitor four
     assert len(builds) == (3 + 2) * 2
+
+
+def test_fixed_signs_run_through_the_factors_with_the_dense_results():
+    """Without trainable signs and outside a step the twin never builds Ŵ: same outputs and
+    vector gradients as the dense product, up to the order of the sums."""
+    q = DBF(target_bits=1.5, iters=5, finetune_steps=2, flag_hessian=False, finetune_sign_lr=0)
+    view, fitted = _quantized_block(q, scale=1.0, seed=3, with_stats=False)
+    twin = q.trainable_layer(fitted["b.up"], view.layers["b.up"])
+    assert not twin.train_signs
+    x = torch.randn(4, 32, 16)
+    built = []
+    dense_weight = TrainableDBF.weight_t
+
+    def counted(self):
+        built.append(1)
+        return dense_weight(self)
+
+    TrainableDBF.weight_t = counted
+    try:
+        factored = twin(x)
+    finally:
+        TrainableDBF.weight_t = dense_weight
+    assert not built  # no (n × m) matrix
+    factored.pow(2).sum().backward()
+    grads = [p.grad.clone() for p in twin.parameters()]
+    twin.zero_grad(set_to_none=True)
+    dense = x.float() @ twin.weight_t() + twin.bias
+    dense.pow(2).sum().backward()
+    torch.testing.assert_close(factored, dense, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, [p.grad for p in twin.parameters()], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
