@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import scale_report  # noqa: E402
 from common import RESULTS, emit, peak_rss_above, reset_peak_rss  # noqa: E402
 
 from onecomp_core.contract import BlockView, FineTune  # noqa: E402
@@ -38,7 +39,8 @@ from onecomp_dbf.trainable import TrainableDBF  # noqa: E402
 
 
 class _PerBatch(TrainableDBF):
-    """The twin as it was: Ŵ built (with its graph) in every batch's forward."""
+    """The twin before the step hooks: with trainable signs, Ŵ built (with its graph) in
+    every batch's forward (with fixed signs it now runs through the factors instead)."""
 
     def begin_step(self) -> None:
         pass
@@ -129,6 +131,7 @@ def main() -> None:
             ],
             "command": "python benchmarks/dbf_finetune_speed.py "
             + " ".join(a for a in sys.argv[1:] if not a.startswith("--out")),
+            "commit": scale_report.git_commit(),
         },
         args.out,
     )

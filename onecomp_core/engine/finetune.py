@@ -102,17 +102,15 @@ def block_loss(view: BlockView, index: int) -> torch.Tensor:
     return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
 
 
-def mean_loss(
-    view: BlockView, batches: list[int], twins: dict[str, TrainableLayer] | None = None
-) -> float:
-    """The mean block loss over ``batches``; ``twins`` build their weights once for all."""
+def mean_loss(view: BlockView, batches: list[int], twins: dict[str, TrainableLayer]) -> float:
+    """The mean block loss over ``batches``; the ``twins`` build their weights once for all."""
     with torch.no_grad():
-        for twin in (twins or {}).values():
+        for twin in twins.values():
             twin.begin_step()
         try:
             return sum(block_loss(view, i).item() for i in batches) / len(batches)
         finally:
-            for twin in (twins or {}).values():
+            for twin in twins.values():
                 twin.end_step()  # nothing to hand on without gradients: frees the weights
 
 

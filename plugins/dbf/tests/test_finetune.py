@@ -137,7 +137,7 @@ def test_one_weight_per_step_gives_the_batches_summed_gradient():
     assert twin._step_weight is None  # nothing held after the step
 
 
-def test_engine_calls_the_step_hooks_around_every_step():
+def test_engine_calls_the_step_hooks_around_every_step(monkeypatch):
     """finetune_block builds one Ŵᵀ per optimizer step and per loss check, not per batch."""
     q = DBF(target_bits=1.0, iters=5, finetune_steps=3, flag_hessian=False)
     view, _ = _quantized_block(q, scale=1.0, seed=0, with_stats=False)
@@ -148,17 +148,14 @@ def test_engine_calls_the_step_hooks_around_every_step():
         builds.append(self)
         original(self)
 
-    TrainableDBF.begin_step = counting
-    try:
-        finetune_block(q, view, FineTune(3, 1e-2, tokens_per_step=256, seed=0))
-    finally:
-        TrainableDBF.begin_step = original
+    monkeypatch.setattr(TrainableDBF, "begin_step", counting)
+    finetune_block(q, view, FineTune(3, 1e-2, tokens_per_step=256, seed=0))
     # (3 steps + the monitor's loss before and after) × 2 layers, though a step is two
     # batches of 4 × 32 tokens here and the monitor four
     assert len(builds) == (3 + 2) * 2
 
 
-def test_fixed_signs_run_through_the_factors_with_the_dense_results():
+def test_fixed_signs_run_through_the_factors_with_the_dense_results(monkeypatch):
     """Without trainable signs and outside a step the twin never builds Ŵ: same outputs and
     vector gradients as the dense product, up to the order of the sums."""
     q = DBF(target_bits=1.5, iters=5, finetune_steps=2, flag_hessian=False, finetune_sign_lr=0)
@@ -173,12 +170,10 @@ def test_fixed_signs_run_through_the_factors_with_the_dense_results():
         built.append(1)
         return dense_weight(self)
 
-    TrainableDBF.weight_t = counted
-    try:
-        factored = twin(x)
-    finally:
-        TrainableDBF.weight_t = dense_weight
+    monkeypatch.setattr(TrainableDBF, "weight_t", counted)
+    factored = twin(x)
     assert not built  # no (n × m) matrix
+    monkeypatch.undo()
     factored.pow(2).sum().backward()
     grads = [p.grad.clone() for p in twin.parameters()]
     twin.zero_grad(set_to_none=True)
