@@ -105,8 +105,9 @@ def main() -> None:
             return _PerBatch(result, linear.bias, torch.device("cpu"), sign_lr > 0, sign_lr)
 
         method.trainable_layer = per_batch_twin
-    view = BlockView(0, "b", block, torch.device("cpu"), inputs, kwargs, layers, results)
-    view = BlockView(**{**view.__dict__, "fp_inputs": inputs, "fp_outputs": fp_outputs})
+    view = BlockView(
+        0, "b", block, torch.device("cpu"), inputs, kwargs, layers, results, fp_outputs
+    )
     rss = reset_peak_rss()  # the block, its inputs and fp outputs are already there
     start = time.perf_counter()
     _, losses = finetune_block(method, view, FineTune(args.steps, 1e-2, seed=0))

@@ -7,7 +7,7 @@ and the engine writes them back, so state lives in one place.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,8 +94,9 @@ class BlockView:
     ``block`` sits on ``device`` with the dequantized weights written in.
     ``inputs[i]`` is batch i of the quantized-stream inputs and ``kwargs[i]``
     the keyword arguments the block is called with for it. With
-    ``Needs.fp_stream``, ``fp_inputs`` are the full-precision model's inputs
-    to this block and ``fp_outputs`` the original block's outputs on them.
+    ``Needs.fp_stream``, ``fp_outputs`` are the original block's outputs on
+    the full-precision model's inputs (those inputs are released once the
+    outputs exist: a block never holds three streams).
     """
 
     index: int
@@ -106,7 +107,6 @@ class BlockView:
     kwargs: list[dict[str, Any]]
     layers: dict[str, nn.Module]
     results: dict[str, LayerResult]
-    fp_inputs: list[torch.Tensor] | None = None
     fp_outputs: list[torch.Tensor] | None = None
 
     def run(self, batch: int, hidden: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,8 +141,14 @@ class ModelWalk(ABC):
         """Per batch, block 0's input hidden states and the keyword arguments of every block."""
 
     @abstractmethod
-    def block(self, index: int) -> AbstractContextManager[nn.Module]:
-        """Block ``index`` on :attr:`device` inside the ``with``; released afterwards."""
+    def block(self, index: int, skip: Collection[str] = ()) -> AbstractContextManager[nn.Module]:
+        """Block ``index`` on :attr:`device` inside the ``with``; released afterwards.
+
+        ``skip``: full names of layers the caller swaps out (trainable twins):
+        a streamed model neither reads their weights nor writes their results
+        in, which a twin never reads (a block's fp32 Linears and their
+        n·k·m dequantization per use, for DBF).
+        """
 
     @abstractmethod
     def end(self, finals: list[torch.Tensor], batches: list[Batch]) -> Iterator[torch.Tensor]:

@@ -17,7 +17,7 @@ one code path.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,9 +60,13 @@ class ResidentModel:
         self.model = model
 
     def materialize(
-        self, prefix: str, device: torch.device | str, recurse: bool = True
+        self,
+        prefix: str,
+        device: torch.device | str,
+        recurse: bool = True,
+        skip: Collection[str] = (),
     ) -> nn.Module:
-        """The submodule ``prefix`` moved to ``device``."""
+        """The submodule ``prefix`` moved to ``device`` (in memory: ``skip`` changes nothing)."""
         module = self.model.get_submodule(prefix)
         if recurse:
             return module.to(device)
@@ -145,13 +149,19 @@ class StreamedModel:
         return tensor.to(device).contiguous()
 
     def materialize(
-        self, prefix: str, device: torch.device | str, recurse: bool = True
+        self,
+        prefix: str,
+        device: torch.device | str,
+        recurse: bool = True,
+        skip: Collection[str] = (),
     ) -> nn.Module:
         """The submodule ``prefix`` with its tensors read from disk onto ``device``
-        (``recurse=False``: only the module's own tensors, not its children's)."""
+        (``recurse=False``: only the module's own tensors, not its children's); the
+        modules named in ``skip`` stay on the meta device (not read)."""
         root = self.model.get_submodule(prefix)
         for name, module in _modules(root, prefix, recurse):
-            self._fill(name, module, device)
+            if name not in skip:
+                self._fill(name, module, device)
         return root
 
     def _fill(self, name: str, module: nn.Module, device: torch.device | str) -> None:

@@ -161,12 +161,11 @@ class Ranks:
         """``view`` with every rank's batches (for block fine-tuning and a block hook)."""
         if not self.distributed:
             return view
-        fp_in, fp_out = view.fp_inputs, view.fp_outputs
+        fp_out = view.fp_outputs
         return dataclasses.replace(
             view,
             inputs=self.gather(view.inputs),
             kwargs=self.gather(view.kwargs),
-            fp_inputs=None if fp_in is None else self.gather(fp_in),
             fp_outputs=None if fp_out is None else self.gather(fp_out),
         )
 

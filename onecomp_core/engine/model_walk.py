@@ -14,7 +14,7 @@ the walk is closed (``with open_walk(...) as walk``), so a step that calls
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,7 +41,7 @@ class Walk(ModelWalk):
         model: nn.Module,
         device: torch.device | str,
         source: Any = None,
-        fill: Callable[[str, nn.Module], None] | None = None,
+        fill: Callable[[str, nn.Module, Collection[str]], None] | None = None,
     ) -> None:
         self.model = model
         self.device = torch.device(device)
@@ -49,7 +49,7 @@ class Walk(ModelWalk):
         #: them are read from disk when used and freed after; None: the model is in memory
         self.source = source if source is not None and source.streamed else None
         #: writes the results known so far into a block just read from disk (its name, the
-        #: block): a streamed block comes back with its original weights
+        #: block, the layers to leave out): a streamed block comes back with its original weights
         self.fill = fill
         prefix, self.blocks = blockwise.find_blocks(model)
         self.prefix = prefix
@@ -100,12 +100,12 @@ class Walk(ModelWalk):
         return blockwise.capture_inputs(self.model, self.blocks[0], batches, self.device)
 
     @contextmanager
-    def block(self, index: int) -> Iterator[nn.Module]:
+    def block(self, index: int, skip: Collection[str] = ()) -> Iterator[nn.Module]:
         if self.source is not None:
             try:
-                block = self.source.materialize(self.names[index], self.device)
+                block = self.source.materialize(self.names[index], self.device, skip=skip)
                 if self.fill is not None:
-                    self.fill(self.names[index], block)
+                    self.fill(self.names[index], block, skip)
                 yield block
             finally:
                 self.source.release(self.names[index])

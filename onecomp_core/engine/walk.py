@@ -13,7 +13,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -192,9 +192,10 @@ class Engine:
     def _block_layers(self, block_name: str) -> dict[str, nn.Module]:
         return {n: m for n, m in self.layers.items() if n.startswith(block_name + ".")}
 
-    def _fill_block(self, block_name: str, block: nn.Module) -> None:
-        """Write the results of a streamed block's layers into it (just read from disk)."""
-        layers = self._block_layers(block_name)
+    def _fill_block(self, block_name: str, block: nn.Module, skip: Collection[str] = ()) -> None:
+        """Write the results of a streamed block's layers into it (just read from disk), but
+        not into the ``skip`` layers (swapped out by the caller, left unread)."""
+        layers = {n: m for n, m in self._block_layers(block_name).items() if n not in skip}
         apply_results(layers, {n: self.results[n] for n in layers if n in self.results})
 
     # -- streams and resume ----------------------------------------------------------------------
@@ -248,6 +249,8 @@ class Engine:
                 if (streams and streams.full_precision is not None)
                 else None
             )
+        if streams is not None and fp_block is None:  # dead once fp_out exists (not for QEP)
+            streams.full_precision = None
         if streams is None:
             self._solve(layers, dict.fromkeys(layers))
         else:
@@ -267,7 +270,6 @@ class Engine:
             kwargs=streams.kwargs if streams else [],
             layers=layers,
             results={n: self.results[n] for n in layers},
-            fp_inputs=streams.full_precision if streams else None,
             fp_outputs=fp_out,
         )
         whole = self.ranks.for_hooks(view, self.method, self.needs.fine_tunes)
@@ -308,10 +310,8 @@ class Engine:
     def _groups(
         self, block: nn.Module, layers: dict[str, nn.Module], streams: Streams
     ) -> list[list[str]]:
-        if not layers:
-            return []
-        if not self.needs.sequential:
-            return [list(layers)]
+        if not (layers and self.needs.sequential):
+            return [list(layers)] if layers else []
         return blockwise.sequential_groups(block, layers, streams.quantized[0], streams.kwargs[0])
 
     def _group(self, block: nn.Module, group: dict[str, nn.Module], streams: Streams) -> None:

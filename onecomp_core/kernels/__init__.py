@@ -1,8 +1,9 @@
 """Plugin-facing kernels: integer grids and their result type, the GPTQ solve, bit packing,
-packed inference layers, seeded orthogonal transforms, 1-bit sign products and the
-scaled-sign layer with its trainable twin, and the streamed model-level distillation of any
-method's trainable twins (:mod:`.distill`), and the error-feedback choice between two levels
-per weight (:mod:`.two_level`).
+packed inference layers, seeded orthogonal transforms, 1-bit sign products (packed, and
+int8 ones that backpropagate, :mod:`.fixed_signs`) and the scaled-sign layer with its
+trainable twin, the streamed model-level distillation of any method's trainable twins
+(:mod:`.distill`), and the error-feedback choice between two levels per weight
+(:mod:`.two_level`).
 
 The second (and last) core module a plugin may import, beside
 :mod:`onecomp_core.contract`: the code two or more methods share, so no
@@ -19,6 +20,7 @@ from .binary import (
 )
 from .binary_twin import ScaledSignsTwin, SignParts, ste_sign
 from .distill import Distiller
+from .fixed_signs import fixed_sign_matmul, int8_signs
 from .gptq_solve import (
     dequantize,
     gptq_quantize,
@@ -67,11 +69,13 @@ __all__ = [
     "band_rows",
     "dequantize_codes",
     "fit_grid",
+    "fixed_sign_matmul",
     "feedback_codes",
     "gptq_effective_bits",
     "gptq_quantize",
     "grid_params",
     "inverse_factor",
+    "int8_signs",
     "group_index",
     "hadamard_transform",
     "kronecker_factors",

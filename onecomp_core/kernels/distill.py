@@ -171,7 +171,7 @@ class _Run:
     def _in_use(self, index: int):
         """Block ``index`` on the device with its twins swapped in; parked on the CPU after."""
         twins = self.blocks.get(index, {})
-        with self.walk.block(index) as block:
+        with self.walk.block(index, skip=twins) as block:  # the twins replace those layers
             for twin in twins.values():
                 twin.to(self.device)
             if index in self.optimizers:

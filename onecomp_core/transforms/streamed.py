@@ -14,6 +14,7 @@ disk, then takes the norm). The online pre-hooks sit on the skeleton's
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -51,9 +52,14 @@ class RotatedStreamedModel(StreamedModel):
         self.spec: dict[str, Any] = self.rotation.spec(online)
 
     def materialize(
-        self, prefix: str, device: torch.device | str, recurse: bool = True
+        self,
+        prefix: str,
+        device: torch.device | str,
+        recurse: bool = True,
+        skip: Collection[str] = (),
     ) -> nn.Module:
-        """As :meth:`StreamedModel.materialize`; a block read from disk comes back rotated."""
+        """As :meth:`StreamedModel.materialize`; a block read from disk comes back rotated
+        (whole: its rotation reads every layer, so ``skip`` reads them too)."""
         root = self.model.get_submodule(prefix)
         fresh = recurse and _is_block(prefix, self.blocks) and _on_meta(root)
         module = super().materialize(prefix, device, recurse)

@@ -103,3 +103,20 @@ def test_outside_reads_only_what_runs_before_the_blocks(tmp_path):
     assert seen == {"embed": "cpu", "head": "meta"}
     assert streamed.model.model.embed_tokens.weight.device.type == "meta"
     assert json.loads((folder / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+def test_a_walk_leaves_skipped_layers_unread_and_unfilled(tmp_path):
+    """What a caller swaps out (a trainable twin) is neither read from disk nor given its
+    result: the rest of the block is read, and filled without those layers."""
+    from onecomp_core.engine.model_walk import Walk
+
+    streamed = open_streamed(_saved(tmp_path, "llama"), torch.float32)
+    filled = []
+    walk = Walk(streamed.model, "cpu", streamed, fill=lambda *args: filled.append(args[2]))
+    skip = {"model.layers.1.mlp.down_proj", "model.layers.1.self_attn.q_proj"}
+    with walk.block(1, skip=skip) as block:
+        meta = {n for n, p in block.named_parameters(prefix="model.layers.1") if p.is_meta}
+        assert meta == {f"{n}.weight" for n in skip}
+        assert not block.mlp.up_proj.weight.is_meta
+    assert filled == [skip]
+    assert all(p.device.type == "meta" for p in streamed.model.model.layers[1].parameters())

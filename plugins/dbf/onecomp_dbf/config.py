@@ -74,6 +74,11 @@ class DBFConfig(FitSettings, Method):
     finetune_sign_lr: float = param(
         0.02, ge=0, doc="Adam learning rate of the sign latents (straight-through); 0 = fixed"
     )
+    sign_state_mb: float = param(
+        256, gt=0,
+        doc="memory for sign training: one block's (fine-tuning) or the distilled blocks' "
+        "(distillation) latents, gradients and Adam moments, 16 B a sign; above, vectors only",
+    )  # fmt: skip
     hessian_admm: bool = param(True, doc="fit the signs on the full-H objective, not its diag")
     hessian_damp: float = param(0.1, ge=0, le=1, doc="pulls the input correlation towards I")
     distill_steps: int | None = param(

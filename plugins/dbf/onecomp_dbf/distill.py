@@ -36,15 +36,12 @@ from onecomp_core.contract import ModelWalk
 from onecomp_core.kernels import move_optimizer_state, small_problem_threads, swapped_in
 
 from .result import DBFResult
-from .trainable import TrainableDBF, adam_with_cosine, kept, trained_results
+from .trainable import TrainableDBF, adam_with_cosine, kept, sign_state_bytes, trained_results
 
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 
-#: above this many bytes of sign-latent state (latents + two Adam moments, all blocks), the
-#: distillation trains the vectors only: the latents would not be bounded by one block
-SIGN_STATE_BYTES = 1 << 30
 #: logits computed at once at the model's end (sequences × length × vocab): a Llama batch of
 #: 8 × 256 tokens over 32,000 words would be 262 MB, and the KL makes several copies
 LOGIT_ELEMENTS = 1 << 22
@@ -82,15 +79,6 @@ def kl_sum(
     return per_token.sum() if mask is None else (per_token * mask.to(per_token.dtype)).sum()
 
 
-def sign_state_bytes(results: dict[str, DBFResult]) -> int:
-    """Bytes the sign latents of ``results`` and their Adam moments take (fp32, three copies)."""
-    return sum(
-        12 * r.mid_features * (r.out_features + r.in_features)
-        for r in results.values()
-        if isinstance(r, DBFResult) and r.is_dbf_quantized
-    )
-
-
 def distill_model(
     walk: ModelWalk,
     layers: dict[str, torch.nn.Module],
@@ -102,12 +90,15 @@ def distill_model(
     sign_lr: float,
     seed: int,
     last_blocks: int | None = None,
+    sign_budget: int = 256 << 20,
 ) -> tuple[dict[str, DBFResult], dict[str, float]]:
     """Train the DBF layers against ``teacher``: (their new results, KL before/after).
 
     ``layers`` maps names to the model's Linear modules (dequantized weights
     written in) and ``results`` to their results. The results are empty when
     the KL does not improve; the model and ``results`` are never modified.
+    Above ``sign_budget`` bytes of sign-training state (every trained block's,
+    kept between uses) the signs stay fixed: a one-line warning.
     """
     if not batches or steps <= 0:
         return {}, {}
@@ -117,10 +108,12 @@ def distill_model(
         for n, r in results.items()
         if n in layers and any(n.startswith(b + ".") for b in walk.names[first:])
     }
-    if sign_lr > 0 and sign_state_bytes(trained) > SIGN_STATE_BYTES:
+    if sign_lr > 0 and sign_state_bytes(trained) > sign_budget:
         logger.warning(
-            "DBF distillation: the sign latents would take %.1f GB; training the vectors only",
-            sign_state_bytes(trained) / 2**30,
+            "DBF distillation: training the signs would keep %.0f MB (sign_state_mb=%.0f); "
+            "training the vectors only",
+            sign_state_bytes(trained) / 2**20,
+            sign_budget / 2**20,
         )
         sign_lr = 0.0
     run = _Distillation(walk, layers, trained, batches, teacher, first, steps, lr, sign_lr)
@@ -278,7 +271,7 @@ class _BlockInUse:
 
     def __enter__(self) -> torch.nn.Module:
         run = self.run
-        self._block = run.walk.block(self.index)
+        self._block = run.walk.block(self.index, skip=self.twins)  # twins replace them
         block = self._block.__enter__()
         for twin in self.twins.values():
             twin.unpark(run.device)

@@ -46,7 +46,7 @@ from .objective import activation_scales, gradient_scales, input_correlation
 from .refit import refit_vectors_hessian
 from .result import DBFResult
 from .samples import last_hidden, resident, sample_sequences, sample_with_cache
-from .trainable import TrainableDBF
+from .trainable import SIGN_STATE_PER_SIGN, TrainableDBF
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class DBF(DBFConfig):
     _sampled: tuple[list, Teacher] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    #: the block fine-tuning keeps the signs fixed: a block's sign training would take more
+    #: than ``sign_state_mb`` (decided in ``prepare`` from the model's shapes)
+    _fixed_signs: bool = field(default=False, init=False, repr=False, compare=False)
 
     def needs(self) -> Needs:
         """After ``prepare``, a model pass only if the run can distil (a walk with a head)."""
@@ -206,7 +209,7 @@ class DBF(DBFConfig):
         """The twin the engine fine-tunes per block (its vectors; signs with a sign lr)."""
         if not isinstance(result, DBFResult) or not result.is_dbf_quantized:
             return None
-        sign_lr = self.finetune_sign_lr
+        sign_lr = 0.0 if self._fixed_signs else self.finetune_sign_lr
         bias = getattr(linear, "bias", None)
         return TrainableDBF(result, bias, torch.device("cpu"), sign_lr > 0, sign_lr)
 
@@ -218,6 +221,7 @@ class DBF(DBFConfig):
     def prepare(self, view: RunView) -> None:
         """Note the run's blocks: the teacher is the fp stream after the last of them."""
         self._teacher, self._prepared, self._blocks, self._sampled = None, True, None, None
+        self._fixed_signs = self._over_sign_budget(view)
         if self.resolved_distill_steps() <= 0 or not view.batches:
             return
         if view.walk is None or not view.walk.has_head:
@@ -226,6 +230,33 @@ class DBF(DBFConfig):
         self._blocks = len(view.walk)
         if self.distill_data != "calibration":
             self._sampled = self._sample(view)
+
+    def _over_sign_budget(self, view: RunView) -> bool:
+        """Whether one block's sign training would keep more than ``sign_state_mb`` (a notice).
+
+        Counted from the shapes before any fit: 16 B a sign (latent, gradient,
+        Adam's two moments), k·(n + m) signs a layer. A TinyLlama-shape block at
+        1.5 bits has 66 M signs, ~1 GB: six times the block's fp32 weights.
+        """
+        if not (self.fine_tunes() and self.finetune_sign_lr > 0):
+            return False
+        blocks = [name + "." for name in view.walk.names] if view.walk is not None else [""]
+        signs = dict.fromkeys(blocks, 0)
+        for name, layer in view.layers.items():
+            block = next((b for b in blocks if name.startswith(b)), None)
+            if block is not None and getattr(layer, "weight", None) is not None:
+                n, m = layer.weight.shape
+                signs[block] += middle_dim(n, m, self.layer_bits(name), self.clamp_k) * (n + m)
+        state = SIGN_STATE_PER_SIGN * max(signs.values(), default=0)
+        if state <= self.sign_state_mb * 2**20:
+            return False
+        logger.warning(
+            "DBF block fine-tuning: training a block's signs would keep %.0f MB "
+            "(sign_state_mb=%.0f); training the vectors only",
+            state / 2**20,
+            self.sign_state_mb,
+        )
+        return True
 
     def _sample(self, view: RunView) -> tuple[list, Teacher]:
         """As many sequences as calibration windows, sampled by the fp model, and its outputs."""
@@ -268,6 +299,7 @@ class DBF(DBFConfig):
             self.distill_sign_lr,
             self.seed,
             self.distill_blocks,
+            int(self.sign_state_mb * 2**20),
         )
         logger.info("DBF model distillation: %s", losses)
         return results

@@ -18,12 +18,24 @@ import torch
 from torch import nn
 
 from onecomp_core.contract import TrainableLayer
-from onecomp_core.kernels import pack_signs
+from onecomp_core.kernels import fixed_sign_matmul, int8_signs, pack_signs
 
 from .factors import gauge_for_fp16
 from .result import DBFResult
 
 logger = logging.getLogger(__name__)
+
+#: bytes sign training keeps per sign: the fp32 latent, its gradient and Adam's two moments
+SIGN_STATE_PER_SIGN = 16
+
+
+def sign_state_bytes(results: dict[str, DBFResult]) -> int:
+    """Bytes training the signs of ``results`` keeps (:data:`SIGN_STATE_PER_SIGN` a sign)."""
+    return sum(
+        SIGN_STATE_PER_SIGN * r.mid_features * (r.out_features + r.in_features)
+        for r in results.values()
+        if isinstance(r, DBFResult) and r.is_dbf_quantized
+    )
 
 
 class TrainableDBF(TrainableLayer):
@@ -31,7 +43,9 @@ class TrainableDBF(TrainableLayer):
 
     With ``train_signs`` the sign matrices get real latents (init ±1) trained
     through a straight-through estimator: the forward uses sign(latent);
-    ``sign_lr`` is their learning rate in :meth:`param_groups`.
+    ``sign_lr`` is their learning rate in :meth:`param_groups`. Fixed signs are
+    int8 buffers ``sign_a`` (n × k) and ``sign_b`` (k × m), and the forward runs
+    through the factors (:meth:`_factored`), so the graph keeps one byte per sign.
     """
 
     def __init__(
@@ -44,13 +58,14 @@ class TrainableDBF(TrainableLayer):
     ):
         super().__init__()
         self.result, self.train_signs, self.sign_lr = result, train_signs, sign_lr
-        s_a_t, s_b_t = self._unpacked(device)
         if train_signs:
-            self.sign_a_t = nn.Parameter(s_a_t)
-            self.sign_b_t = nn.Parameter(s_b_t)
+            s_a, s_b = result.signs()
+            self.sign_a_t = nn.Parameter(s_a.t().contiguous().to(device))
+            self.sign_b_t = nn.Parameter(s_b.t().contiguous().to(device))
         else:
-            self.register_buffer("sign_a_t", s_a_t)
-            self.register_buffer("sign_b_t", s_b_t)
+            self.register_buffer("sign_a", None)
+            self.register_buffer("sign_b", None)
+            self._unpack_fixed(device)
         self.register_buffer("a0", result.dbf_Da.float().to(device))
         self.register_buffer("c0", result.dbf_mid.float().to(device))
         self.register_buffer("b0", result.dbf_Db.float().to(device))
@@ -61,9 +76,10 @@ class TrainableDBF(TrainableLayer):
         #: Ŵᵀ of the current optimizer step (a leaf gathering its batches' gradient)
         self._step_weight: torch.Tensor | None = None
 
-    def _unpacked(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        s_a, s_b = self.result.signs()
-        return s_a.t().contiguous().to(device), s_b.t().contiguous().to(device)
+    def _unpack_fixed(self, device: torch.device | str) -> None:
+        r = self.result
+        self.sign_a = int8_signs(r.dbf_A, r.out_features, r.mid_features, device)
+        self.sign_b = int8_signs(r.dbf_B, r.mid_features, r.in_features, device)
 
     def park(self, device: torch.device | str) -> None:
         """Between uses: move to ``device``; fixed signs are dropped (re-unpacked by ``unpark``).
@@ -72,19 +88,21 @@ class TrainableDBF(TrainableLayer):
         """
         self.to(device)
         if not self.train_signs:
-            self.sign_a_t = self.sign_b_t = None
+            self.sign_a = self.sign_b = None
 
     def unpark(self, device: torch.device | str) -> None:
         """Ready for use on ``device`` (fixed signs unpacked again from the packed result)."""
         self.to(device)
-        if self.sign_a_t is None:
-            self.sign_a_t, self.sign_b_t = self._unpacked(torch.device(device))
+        if not self.train_signs and self.sign_a is None:
+            self._unpack_fixed(device)
 
     def vectors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.a0 * self.theta_a, self.c0 * self.theta_c, self.b0 * self.theta_b
 
     def signs_t(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(S_Aᵀ, S_Bᵀ) as ±1; straight-through gradients when the latents train."""
+        """(S_Aᵀ, S_Bᵀ) as fp32 ±1; straight-through gradients when the latents train."""
+        if not self.train_signs:
+            return self.sign_a.t().float(), self.sign_b.t().float()
         return _ste_sign(self.sign_a_t), _ste_sign(self.sign_b_t)
 
     def weight_t(self) -> torch.Tensor:
@@ -99,7 +117,11 @@ class TrainableDBF(TrainableLayer):
         Ŵᵀ costs n·k·m to build and its graph holds ~4 such matrices; per batch
         that was most of the block fine-tuning's time and memory. The batches now
         share one Ŵᵀ and :meth:`end_step` takes the factors' gradient once.
+        Fixed signs build nothing: the batches run through the factors, which
+        keeps no (n × m) matrix and its gradient per layer for the whole step.
         """
+        if not self.train_signs:
+            return
         with torch.no_grad():
             self._step_weight = self.weight_t().requires_grad_()
 
@@ -117,21 +139,21 @@ class TrainableDBF(TrainableLayer):
         return groups
 
     def to_result(self) -> DBFResult | None:
-        """The trained result (fp16 vectors, repacked signs, ``finetuned``); None if not finite."""
+        """The trained result (fp16 vectors, trained signs repacked, ``finetuned``); None if not finite."""
         with torch.no_grad():
             a, c, b = (v.detach().float().cpu() for v in self.vectors())
-            s_a_t, s_b_t = (s.detach().cpu() for s in self.signs_t())
             a, c, b = (v.to(torch.float16) for v in gauge_for_fp16(a, c, b))
             if not all(torch.isfinite(v).all() for v in (a, c, b)):
                 return None
+            signs = {}
+            if self.train_signs:
+                s_a_t, s_b_t = (s.detach().cpu() for s in self.signs_t())
+                signs = {
+                    "dbf_A": pack_signs(s_a_t.t().contiguous()),
+                    "dbf_B": pack_signs(s_b_t.t().contiguous()),
+                }
             return dataclasses.replace(
-                self.result,
-                dbf_Da=a,
-                dbf_mid=c,
-                dbf_Db=b,
-                dbf_A=pack_signs(s_a_t.t().contiguous()),
-                dbf_B=pack_signs(s_b_t.t().contiguous()),
-                finetuned=True,
+                self.result, dbf_Da=a, dbf_mid=c, dbf_Db=b, finetuned=True, **signs
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,6 +179,8 @@ class TrainableDBF(TrainableLayer):
         same function as the dense path; the sums run in another order.
         """
         a, c, b = self.vectors()
+        if not self.train_signs:  # int8 signs, also in the graph
+            return fixed_sign_matmul(fixed_sign_matmul(x * b, self.sign_b) * c, self.sign_a) * a
         s_a_t, s_b_t = self.signs_t()
         return ((x * b) @ s_b_t * c) @ s_a_t * a
 

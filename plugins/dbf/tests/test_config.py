@@ -24,6 +24,7 @@ SEED_KEYS = {
     "finetune_steps",
     "finetune_lr",
     "finetune_sign_lr",
+    "sign_state_mb",
     "hessian_admm",
     "hessian_damp",
     "distill_steps",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from onecomp_core.contract import BlockView, FineTune, LayerJob
+from onecomp_core.contract import BlockView, FineTune, LayerJob, RunView
 from onecomp_core.engine.finetune import finetune_block
 from onecomp_dbf import DBF
 from onecomp_dbf.trainable import TrainableDBF
@@ -47,7 +47,6 @@ def _quantized_block(q: DBF, scale: float, seed: int, with_stats: bool):
         kwargs=kwargs,
         layers=layers,
         results=dict(results),
-        fp_inputs=inputs,
         fp_outputs=fp_outputs,
     )
     return view, results
@@ -182,3 +181,24 @@ def test_fixed_signs_run_through_the_factors_with_the_dense_results(monkeypatch)
     torch.testing.assert_close(factored, dense, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, [p.grad for p in twin.parameters()], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_block_over_the_sign_budget_trains_the_vectors_only(caplog):
+    """``sign_state_mb`` bounds one block's sign training (16 B a sign, from the shapes in
+    ``prepare``): above it the twins keep the fitted signs, with a one-line notice."""
+    q = DBF(target_bits=1.5, iters=5, finetune_steps=20, flag_hessian=False, sign_state_mb=0.01)
+    view, fitted = _quantized_block(q, scale=1.0, seed=3, with_stats=False)
+    q.prepare(RunView(model=view.block, layers=view.layers))
+    assert "training a block's signs would keep 0 MB (sign_state_mb=0); training the vectors" in (
+        caplog.text
+    )
+    assert not q.trainable_layer(fitted["b.up"], view.layers["b.up"]).train_signs
+    new, losses = finetune_block(q, view, q.needs().finetune)
+    assert new and losses["after"] < losses["before"]
+    for name, result in new.items():  # the vectors trained, the signs are the fitted ones
+        assert torch.equal(result.dbf_A, fitted[name].dbf_A)
+        assert torch.equal(result.dbf_B, fitted[name].dbf_B)
+        assert not torch.equal(result.dbf_Da, fitted[name].dbf_Da)
+    roomy = DBF(target_bits=1.5, iters=5, finetune_steps=20, flag_hessian=False)
+    roomy.prepare(RunView(model=view.block, layers=view.layers))
+    assert roomy.trainable_layer(fitted["b.up"], view.layers["b.up"]).train_signs
