@@ -89,33 +89,29 @@ def _admm_update(
     state.z = state.u = None  # replaced at the end; dropped meanwhile (k × c each)
     if right is not None:
         e_left, v_left = torch.linalg.eigh(gram)
+        e_left = e_left.clamp_min(0)
         e_right, v_right = right
         base = (v_left.t() @ ft_t) @ v_right
         del ft_t
         base.mul_(e_right[None, :])
-        denom = e_left.clamp_min(0)[:, None] * e_right[None, :]
-    current = divisor = None
+    current = None
     # every (k × c) step in place where that keeps the bits (a + b = b + a, a·b = b·a), each
-    # operand dropped once used: the Sylvester branch holds ~5 such matrices, not ~12
+    # operand dropped once used, products written into a dead operand's memory: the
+    # Sylvester branch holds 4 such matrices (Z or U, the base, two products), not ~12
     for _ in range(ADMM_STEPS):
         r = rho * state.rho_mult
         diff = z - u
         if not adaptive:
             z = None  # replaced by the projection below
         if right is not None:
-            if current != r:
-                divisor = None
-                divisor = (denom + reg).add_(r)
-                current = r
-                if not adaptive:
-                    denom = None  # r stays the same for every step
-            rot = (v_left.t() @ diff) @ v_right
-            del diff
-            rot.mul_(r).add_(base).div_(divisor)  # (base + r·Vₗᵀ(Z − U)V_r) / (denom + reg + r)
+            half = v_left.t() @ diff
+            rot = torch.matmul(half, v_right, out=diff)  # Vₗᵀ(Z − U)V_r, where Z − U was
+            del half, diff
+            rot.mul_(r).add_(base)  # base + r·Vₗᵀ(Z − U)V_r, over eₗ·e_rᵀ + reg + r:
+            _divide_by_spectrum_(rot, e_left, e_right, reg, r)
             left = v_left @ rot
-            del rot
-            y = left @ v_right.t()
-            del left
+            y = torch.matmul(left, v_right.t(), out=rot)
+            del left, rot
         else:
             if current != r:
                 inv = torch.linalg.inv(gram + (reg + r) * torch.eye(k, device=gram.device))
@@ -142,6 +138,21 @@ def _admm_update(
             del shifted
     state.z = z / d[:, None]
     state.u = u / d[:, None]
+
+
+def _divide_by_spectrum_(
+    x: torch.Tensor, e_left: torch.Tensor, e_right: torch.Tensor, reg: float, r: float
+) -> None:
+    """x ← x / (eₗ·e_rᵀ + reg + r) in place, a band of rows at a time.
+
+    The (k × c) divisor is never held whole; each element is the same
+    ((eₗᵢ·e_rⱼ) + reg) + r as the whole matrix's, so the same bits.
+    """
+    rows = max(1, (1 << 22) // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        band = slice(start, start + rows)
+        divisor = e_left[band, None] * e_right[None, :]
+        x[band].div_(divisor.add_(reg).add_(r))
 
 
 def rho_schedule(step: int, iters: int) -> float:
@@ -237,8 +248,8 @@ def _factorize(
     n, m = w.shape
     s = torch.ones(m, device=device) if col_scale is None else col_scale.float().to(device)
     r = torch.ones(n, device=device) if row_scale is None else row_scale.float().to(device)
-    target = _weighted(w, r, s)
-    if settings.use_balancing:
+    target = _weighted(w, r, s) if settings.use_balancing else None
+    if target is not None:
         bu, bv = sinkhorn_balance(
             target, settings.balance_iters, settings.balance_alpha, settings.balance_mode
         )
@@ -247,6 +258,8 @@ def _factorize(
     right = root = None
     if correlation is not None:  # first: its eigh (C, eigenvectors, 2·m² workspace) is the peak
         right, root = _right_basis(correlation, bv)
+    if target is None:  # made after the eigh when balancing did not need it
+        target = _weighted(w, r, s)
     balanced = bu[:, None] * target * bv[None, :]
     del target  # rebuilt (the same bits) for the refit
     scale = balanced.norm() / math.sqrt(n * m) if balanced.abs().max() > 0 else 1.0
