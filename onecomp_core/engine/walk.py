@@ -143,10 +143,10 @@ class Engine:
         )
         try:
             for index in range(start, len(blocks)):
-                streams = self._block(
-                    index, f"{prefix}.{index}", blocks[index], streams, checkpoint
-                )
+                name = f"{prefix}.{index}"
+                streams = self._block(index, name, blocks[index], streams, checkpoint)
                 bar.update(1)
+            del streams  # the last block's outputs feed nothing (a teacher keeps its own)
             self._outside_blocks(prefix)
             if not self.ranks.is_writer:
                 return self.results  # the model-level step runs on rank 0 alone
