@@ -19,7 +19,7 @@ from .binary import (
     sign_matmul,
 )
 from .binary_twin import ScaledSignsTwin, SignParts, ste_sign
-from .distill import Distiller
+from .distill import Distiller, end_kl, kl_sum
 from .fixed_signs import fixed_sign_matmul, int8_signs
 from .gptq_solve import (
     dequantize,
@@ -68,6 +68,7 @@ __all__ = [
     "SignParts",
     "band_rows",
     "dequantize_codes",
+    "end_kl",
     "fit_grid",
     "fixed_sign_matmul",
     "feedback_codes",
@@ -75,6 +76,7 @@ __all__ = [
     "gptq_quantize",
     "grid_params",
     "inverse_factor",
+    "kl_sum",
     "int8_signs",
     "group_index",
     "hadamard_transform",

@@ -52,6 +52,46 @@ def kl_sum(
     return per_token.sum() if mask is None else (per_token * mask.to(per_token.dtype)).sum()
 
 
+def end_kl(
+    walk: ModelWalk,
+    final: torch.Tensor,
+    teacher: torch.Tensor,
+    batch: Batch,
+    vocab: int,
+    grad: torch.Tensor | None = None,
+) -> float:
+    """Mean KL(teacher ‖ student) of one batch at the model's end; ``grad`` gets d KL / d ``final``.
+
+    ``final`` and ``teacher`` are the student's and the teacher's last-block
+    outputs. The end runs on a few sequences at a time (:data:`LOGIT_ELEMENTS`
+    logits), so no whole batch of (tokens × vocab) logits exists at once, and
+    once for both sides of a chunk: a streamed head is read once and held once
+    (the student's graph keeps it until its gradient is taken; an end per side
+    held two copies, 2 × 262 MB at TinyLlama's vocabulary). Each chunk's KL sum
+    is divided by the batch's token count, so the sum is the mean.
+    """
+    ids, mask = batch
+    tokens = ids.numel() if mask is None else int(mask.sum().clamp_min(1))
+    per_chunk = max(1, LOGIT_ELEMENTS // max(1, ids.shape[1] * vocab))
+    total, backward = 0.0, grad is not None
+    for s in range(0, ids.shape[0], per_chunk):
+        part = slice(s, s + per_chunk)
+        chunk = (ids[part], None if mask is None else mask[part])
+        x = final[part].detach().requires_grad_(backward)
+        ends = walk.end([teacher[part], x], [chunk, chunk])
+        with torch.no_grad():
+            reference = next(ends)
+        with torch.set_grad_enabled(backward):
+            logits = next(ends)
+            del ends  # the head is released (what the graph keeps of it stays)
+            keep = None if chunk[1] is None else chunk[1].to(logits.device)
+            loss = kl_sum(logits, reference, keep) / tokens
+            if grad is not None:
+                grad[part] = torch.autograd.grad(loss, x)[0]
+        total += loss.item()
+    return total
+
+
 class Distiller:
     """The lifecycle of a model-level distillation inside a method's hooks (state between them)."""
 
@@ -194,26 +234,8 @@ class _Run:
         return x
 
     def _kl(self, final: torch.Tensor, b: int, grad: torch.Tensor | None = None) -> float:
-        """Mean KL of batch ``b``, a few sequences at a time; ``grad`` gets d KL / d ``final``."""
-        ids, mask = self.batches[b]
-        target = self.teacher[b]
-        tokens = ids.numel() if mask is None else int(mask.sum().clamp_min(1))
-        per_chunk = max(1, LOGIT_ELEMENTS // max(1, ids.shape[1] * self.vocab))
-        total, backward = 0.0, grad is not None
-        for s in range(0, ids.shape[0], per_chunk):
-            part = slice(s, s + per_chunk)
-            chunk = (ids[part], None if mask is None else mask[part])
-            x = final[part].detach().requires_grad_(backward)
-            with torch.set_grad_enabled(backward):
-                logits = next(self.walk.end([x], [chunk]))
-                with torch.no_grad():
-                    reference = next(self.walk.end([target[part]], [chunk]))
-                keep = None if chunk[1] is None else chunk[1].to(logits.device)
-                loss = kl_sum(logits, reference, keep) / tokens
-                if grad is not None:
-                    grad[part] = torch.autograd.grad(loss, x)[0]
-            total += loss.item()
-        return total
+        """Mean KL of batch ``b`` (:func:`end_kl`); ``grad`` gets d KL / d ``final``."""
+        return end_kl(self.walk, final, self.teacher[b], self.batches[b], self.vocab, grad)
 
     def mean_loss(self, monitor: list[int]) -> float:
         with torch.no_grad():

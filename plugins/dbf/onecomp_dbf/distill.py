@@ -33,7 +33,13 @@ import math
 import torch
 
 from onecomp_core.contract import ModelWalk
-from onecomp_core.kernels import move_optimizer_state, small_problem_threads, swapped_in
+from onecomp_core.kernels import (
+    end_kl,
+    kl_sum,
+    move_optimizer_state,
+    small_problem_threads,
+    swapped_in,
+)
 
 from .result import DBFResult
 from .trainable import TrainableDBF, adam_with_cosine, kept, sign_state_bytes, trained_results
@@ -41,10 +47,6 @@ from .trainable import TrainableDBF, adam_with_cosine, kept, sign_state_bytes, t
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
-
-#: logits computed at once at the model's end (sequences × length × vocab): a Llama batch of
-#: 8 × 256 tokens over 32,000 words would be 262 MB, and the KL makes several copies
-LOGIT_ELEMENTS = 1 << 22
 
 
 class Teacher:
@@ -54,29 +56,13 @@ class Teacher:
         self.hidden = [h.detach() for h in hidden]
 
 
-def _per_token(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    log_p = teacher.float().log_softmax(-1)
-    log_q = student.float().log_softmax(-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
 def kl_loss(
     student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean over (unmasked) tokens of KL(softmax(teacher) ‖ softmax(student))."""
-    per_token = _per_token(student, teacher)
     if mask is None:
-        return per_token.mean()
-    weight = mask.to(per_token.dtype)
-    return (per_token * weight).sum() / weight.sum().clamp_min(1)
-
-
-def kl_sum(
-    student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Sum over (unmasked) tokens of KL(softmax(teacher) ‖ softmax(student))."""
-    per_token = _per_token(student, teacher)
-    return per_token.sum() if mask is None else (per_token * mask.to(per_token.dtype)).sum()
+        return kl_sum(student, teacher) / student.shape[:-1].numel()
+    return kl_sum(student, teacher, mask) / mask.sum().clamp_min(1)
 
 
 def distill_model(
@@ -196,31 +182,10 @@ class _Distillation:
         return x
 
     def _kl(self, final: torch.Tensor, b: int, grad: torch.Tensor | None = None) -> float:
-        """KL of batch ``b`` at the model's end; ``grad`` (if given) gets d KL / d ``final``.
-
-        The end runs on a few sequences at a time (:data:`LOGIT_ELEMENTS`), so
-        no whole batch of (tokens × vocab) logits exists at once; each chunk's
-        KL sum is divided by the batch's token count, so the sum is the mean.
-        """
-        ids, mask = self.batches[b]
-        target = self.teacher.hidden[b]
-        tokens = ids.numel() if mask is None else int(mask.sum().clamp_min(1))
-        per_chunk = max(1, LOGIT_ELEMENTS // max(1, ids.shape[1] * self.vocab))
-        total, backward = 0.0, grad is not None
-        for s in range(0, ids.shape[0], per_chunk):
-            part = slice(s, s + per_chunk)
-            chunk = (ids[part], None if mask is None else mask[part])
-            x = final[part].detach().requires_grad_(backward)
-            with torch.set_grad_enabled(backward):
-                logits = next(self.walk.end([x], [chunk]))
-                with torch.no_grad():
-                    teacher = next(self.walk.end([target[part]], [chunk]))
-                keep = None if chunk[1] is None else chunk[1].to(logits.device)
-                loss = kl_sum(logits, teacher, keep) / tokens
-                if grad is not None:
-                    grad[part] = torch.autograd.grad(loss, x)[0]
-            total += loss.item()
-        return total
+        """KL of batch ``b`` at the model's end (the kernels' chunked :func:`end_kl`, one head
+        read a chunk); ``grad`` (if given) gets d KL / d ``final``."""
+        hidden = self.teacher.hidden[b]
+        return end_kl(self.walk, final, hidden, self.batches[b], self.vocab, grad)
 
     def mean_loss(self, monitor: list[int]) -> float:
         with torch.no_grad():

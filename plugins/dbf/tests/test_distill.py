@@ -11,9 +11,10 @@ from torch import nn
 
 from onecomp_core.contract import RunView
 from onecomp_core.engine.model_walk import Walk
+from onecomp_core.kernels import distill as kernel_distill
 from onecomp_core.kernels import swapped_in
 from onecomp_core.testing import linear_layers, quantize_layers, tiny_model
-from onecomp_dbf import DBF, distill
+from onecomp_dbf import DBF
 from onecomp_dbf.distill import Teacher, _Distillation, distill_model, kl_loss
 from onecomp_dbf.trainable import trainable_twins
 
@@ -120,7 +121,7 @@ def test_streamed_backward_gives_the_whole_model_gradient(chunked, monkeypatch):
     """Backward block by block, recomputing each block, equals the whole model's backward
     (also with the model's end applied one sequence at a time)."""
     if chunked:
-        monkeypatch.setattr(distill, "LOGIT_ELEMENTS", 16 * 128)
+        monkeypatch.setattr(kernel_distill, "LOGIT_ELEMENTS", 16 * 128)
     q = DBF(target_bits=1.0, iters=5, finetune_steps=0, flag_hessian=False)
     model, layers, results, batches, teacher, logits = _setup(q, mask=True)
     run = _Distillation(Walk(model, "cpu"), layers, results, batches, teacher, 0, 1, 1e-2, 0.1)
