@@ -1,4 +1,8 @@
-"""What leaves memory once used: calibration activations on disk, written results' tensors.
+"""Where a run's activations live, and what leaves memory once used: calibration activations
+on disk, written results' tensors.
+
+:class:`Streams` are the activations entering the current block (lists, or
+:class:`DiskStream` files).
 
 With ``--offload-activations DIR`` the streams between blocks (one hidden
 state per calibration batch) are safetensors files under ``DIR``, read back
@@ -18,11 +22,22 @@ import tempfile
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..contract import LayerResult
+
+
+@dataclasses.dataclass
+class Streams:
+    """Calibration activations entering the current block."""
+
+    quantized: list[torch.Tensor]
+    kwargs: list[dict[str, Any]]
+    token_masks: list[torch.Tensor | None]
+    full_precision: list[torch.Tensor] | None = None
 
 
 class DiskStream(Sequence):

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,7 +33,7 @@ from .finetune import finetune_block
 from .gradients import moments_for
 from .heap import trim_heap
 from .model_walk import Walk
-from .offload import DiskStreams, light_result
+from .offload import DiskStreams, Streams, light_result
 from .qep import QEPConfig, corrected_hessian, paired_statistics
 from .shared_solves import job_of, solve_jobs
 from .shared_statistics import Recording
@@ -43,16 +42,6 @@ from .statistics import StatisticsCollector, model_statistics, token_mask
 logger = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor | None]
-
-
-@dataclass
-class Streams:
-    """Calibration activations entering the current block."""
-
-    quantized: list[torch.Tensor]
-    kwargs: list[dict[str, Any]]
-    token_masks: list[torch.Tensor | None]
-    full_precision: list[torch.Tensor] | None = None
 
 
 def choose_layers(model: nn.Module, method: Method) -> dict[str, nn.Module]:
@@ -179,9 +168,10 @@ class Engine:
         return moments_for(self.model, self.layers, self.batches, spec, self.device, self.source)
 
     # -- results: the one place they are stored and written back ------------------------------
-    def _store(self, name: str, result: LayerResult) -> None:
+    def _store(self, name: str, result: LayerResult, write: bool = True) -> None:
         self.results[name] = result
-        apply_results(self.layers, {name: result})
+        if write:  # else the caller writes it back (a group's solves: after the last)
+            apply_results(self.layers, {name: result})
 
     def _update(self, changed: dict[str, LayerResult] | None) -> None:
         for name, result in (changed or {}).items():
@@ -374,9 +364,13 @@ class Engine:
             job = job_of(name, self.layers, hessians.pop(name), self.moments, hand_over)
             with self._timed("solve_s"):
                 result = self.method.quantize(job)
-            self._accept(name, result, job.hessian)
+            self._accept(name, result, job.hessian, write=False)
+            weight = self.layers[name].weight  # dead until the group's write-back below, so a
+            if weight.device.type != "meta":  # solve holds one layer's weight, not the block's
+                weight.data = weight.data.new_empty(0)
+        apply_results(self.layers, {n: self.results[n] for n in group})
 
-    def _accept(self, name: str, result: LayerResult, hessian: torch.Tensor | None) -> None:
+    def _accept(self, name: str, result: LayerResult, hessian, write: bool = True) -> None:
         if self.method.calc_quant_error:
             quant_error.fill_errors(result, self.layers[name].weight.data, hessian)
         if self._layer_bar is not None:
@@ -384,7 +378,7 @@ class Engine:
             self._layer_bar.update(1)
         if result.fallback:
             logger.warning("%s: %s", name, result.fallback)
-        self._store(name, result)
+        self._store(name, result, write)
 
     # -- layers outside the blocks (lm_head when selected) ---------------------------------------
     def _outside_blocks(self, prefix: str) -> None:

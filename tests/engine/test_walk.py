@@ -257,3 +257,34 @@ def test_engine_reports_where_the_time_went():
     engine.run()
     for key in ("capture_s", "statistics_s", "solve_s", "forward_s"):
         assert engine.timings[key] > 0, key
+
+
+class _WeightsAtSolve(HessianRTN):
+    """Notes, at each attention solve of block 0, which of q, k, v hold a weight (a group)."""
+
+    def quantize_layer(self, job):
+        if job.name.startswith("model.layers.0.self_attn."):
+            attn = self.__dict__.setdefault("model", None)
+            held = {n for n in ("q_proj", "k_proj", "v_proj") if getattr(attn, n).weight.numel()}
+            self.__dict__.setdefault("held", []).append((job.name.rsplit(".", 1)[1], held))
+        return super().quantize_layer(job)
+
+
+def test_a_solved_layer_gives_its_weight_back_until_its_group_is_written_back():
+    """Within a group's solves a solved layer's weight is freed (nothing runs the block), so a
+    solve holds one fp layer, not the block; after the group every layer is written back."""
+    q = _WeightsAtSolve(wbits=4)
+    runner = Runner(_model_config(), q, _calibration(4, 8), show_progress=False)
+    runner._load()
+    q.__dict__["model"] = runner.model.get_submodule("model.layers.0.self_attn")
+    results = runner.run()
+    assert q.held == [
+        ("q_proj", {"q_proj", "k_proj", "v_proj"}),
+        ("k_proj", {"k_proj", "v_proj"}),
+        ("v_proj", {"v_proj"}),
+        ("o_proj", {"q_proj", "k_proj", "v_proj"}),  # the next group: q, k, v written back
+    ]
+    for name in ("q_proj", "k_proj", "v_proj"):
+        full = f"model.layers.0.self_attn.{name}"
+        weight = runner.model.get_submodule(full).weight
+        assert torch.equal(weight, results[full].compute_dequantized_weight().float())
