@@ -2,9 +2,9 @@
 
 Each repeated block in turn moves to the compute device; forward hooks accumulate the statistics
 the method's :class:`~onecomp_core.contract.Needs` ask for over all calibration batches; each
-selected layer is quantized and its dequantized weight written back (:meth:`Engine._store`, the
-one write-back), so later layers see quantized inputs; the block runs once more to produce the
-next block's inputs and moves back. Results live in one place, :attr:`Engine.results`.
+selected layer is quantized and its dequantized weight written back once its sub-group is
+solved (:func:`apply_results`), so later groups see quantized inputs; the block runs once more
+to produce the next block's inputs and moves back. Results live in one place, :attr:`Engine.results`.
 """
 
 from __future__ import annotations
@@ -370,7 +370,9 @@ class Engine:
                 weight.data = weight.data.new_empty(0)
         apply_results(self.layers, {n: self.results[n] for n in group})
 
-    def _accept(self, name: str, result: LayerResult, hessian, write: bool = True) -> None:
+    def _accept(
+        self, name: str, result: LayerResult, hessian: torch.Tensor | None, write: bool = True
+    ) -> None:
         if self.method.calc_quant_error:
             quant_error.fill_errors(result, self.layers[name].weight.data, hessian)
         if self._layer_bar is not None:

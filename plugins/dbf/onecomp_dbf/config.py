@@ -22,6 +22,9 @@ WEIGHTINGS = ("activation", "activation_gradient", "none")
 #: what the model-level distillation trains on: the calibration text, text the full-precision
 #: model samples itself (:mod:`onecomp_dbf.samples`), or both
 DISTILL_DATA = ("calibration", "generated", "both")
+#: default memory budget of sign training (``sign_state_mb``, MB at 16 B a sign): one block's
+#: in block fine-tuning, every distilled block's in the distillation
+SIGN_STATE_MB = 256
 #: the balancing knobs, read (and so validated) only when ``use_balancing`` is on
 BALANCING = ("balance_iters", "balance_alpha", "balance_mode")
 
@@ -75,7 +78,7 @@ class DBFConfig(FitSettings, Method):
         0.02, ge=0, doc="Adam learning rate of the sign latents (straight-through); 0 = fixed"
     )
     sign_state_mb: float = param(
-        256, gt=0,
+        SIGN_STATE_MB, gt=0,
         doc="memory for sign training: one block's (fine-tuning) or the distilled blocks' "
         "(distillation) latents, gradients and Adam moments, 16 B a sign; above, vectors only",
     )  # fmt: skip

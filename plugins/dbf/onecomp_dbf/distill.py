@@ -41,6 +41,7 @@ from onecomp_core.kernels import (
     swapped_in,
 )
 
+from .config import SIGN_STATE_MB
 from .result import DBFResult
 from .trainable import TrainableDBF, adam_with_cosine, kept, sign_state_bytes, trained_results
 
@@ -76,7 +77,7 @@ def distill_model(
     sign_lr: float,
     seed: int,
     last_blocks: int | None = None,
-    sign_budget: int = 256 << 20,
+    sign_budget: int = SIGN_STATE_MB << 20,
 ) -> tuple[dict[str, DBFResult], dict[str, float]]:
     """Train the DBF layers against ``teacher``: (their new results, KL before/after).
 

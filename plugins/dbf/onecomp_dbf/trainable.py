@@ -139,7 +139,8 @@ class TrainableDBF(TrainableLayer):
         return groups
 
     def to_result(self) -> DBFResult | None:
-        """The trained result (fp16 vectors, trained signs repacked, ``finetuned``); None if not finite."""
+        """The trained result (fp16 vectors, trained signs repacked, ``finetuned``); None if
+        the vectors are not finite."""
         with torch.no_grad():
             a, c, b = (v.detach().float().cpu() for v in self.vectors())
             a, c, b = (v.to(torch.float16) for v in gauge_for_fp16(a, c, b))
@@ -168,21 +169,18 @@ class TrainableDBF(TrainableLayer):
         return h.to(x.dtype)
 
     def _factored(self, x: torch.Tensor) -> torch.Tensor:
-        """x·Ŵᵀ through the factors, ((x ⊙ b)·S_Bᵀ ⊙ c)·S_Aᵀ ⊙ a, for fixed signs.
+        """x·Ŵᵀ through the fixed (int8) signs, ((x ⊙ b)·S_Bᵀ ⊙ c)·S_Aᵀ ⊙ a.
 
-        Used where no step's Ŵ is shared by many batches (the distillation's one
-        batch a step, which at real size trains the vectors only). No (n × m)
-        matrix is made and the graph keeps activations (tokens × k), not Ŵ and
-        the factor-sized products: the 2-block TinyLlama-shape distillation
-        peaked at 1664 MiB instead of 1959. For T tokens it costs T·k·(n+m)
-        multiply-adds against n·k·m + T·n·m for building and applying Ŵ. The
-        same function as the dense path; the sums run in another order.
+        No (n × m) matrix is made and the graph keeps activations (tokens × k)
+        and the int8 signs, not Ŵ and the factor-sized products: one
+        TinyLlama-shape block's fine-tuning with fixed signs peaked 392 MB above
+        its inputs instead of 947 (``benchmarks/dbf_finetune_speed.py --sign-lr
+        0``). For T tokens it costs T·k·(n+m) multiply-adds against n·k·m +
+        T·n·m for building and applying Ŵ. The same function as the dense path;
+        the sums run in another order.
         """
         a, c, b = self.vectors()
-        if not self.train_signs:  # int8 signs, also in the graph
-            return fixed_sign_matmul(fixed_sign_matmul(x * b, self.sign_b) * c, self.sign_a) * a
-        s_a_t, s_b_t = self.signs_t()
-        return ((x * b) @ s_b_t * c) @ s_a_t * a
+        return fixed_sign_matmul(fixed_sign_matmul(x * b, self.sign_b) * c, self.sign_a) * a
 
 
 def _ste_sign(latent: torch.Tensor) -> torch.Tensor:
