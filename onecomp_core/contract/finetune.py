@@ -20,6 +20,9 @@ from torch import nn
 
 from .result import LayerResult
 
+#: tokens whose training graph is alive at once (whole sequences of a batch at a time)
+TOKENS_PER_BACKWARD = 512
+
 
 @dataclass(frozen=True)
 class FineTune:
@@ -28,14 +31,17 @@ class FineTune:
     ``steps`` Adam steps per block (0 = off: the layer-wise results stand);
     ``lr`` the learning rate a twin's parameters get (see
     :meth:`TrainableLayer.param_groups`); ``tokens_per_step`` calibration
-    tokens accumulated per step (whole batches); ``seed`` orders the batches
-    (block i draws with ``seed + i``).
+    tokens accumulated per step (whole batches); ``tokens_per_backward`` the
+    tokens whose autograd graph is alive at once (a batch runs in pieces of
+    whole sequences; the graph is ~0.3 MB a token for a TinyLlama-shape block);
+    ``seed`` orders the batches (block i draws with ``seed + i``).
     """
 
     steps: int
     lr: float
     tokens_per_step: int = 2048
     seed: int = 0
+    tokens_per_backward: int = TOKENS_PER_BACKWARD
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
@@ -44,6 +50,10 @@ class FineTune:
             raise ValueError(f"FineTune.lr={self.lr!r}: expected a number > 0")
         if self.tokens_per_step < 1:
             raise ValueError(f"FineTune.tokens_per_step={self.tokens_per_step!r}: expected >= 1")
+        if self.tokens_per_backward < 1:
+            raise ValueError(
+                f"FineTune.tokens_per_backward={self.tokens_per_backward!r}: expected >= 1"
+            )
 
     @property
     def active(self) -> bool:

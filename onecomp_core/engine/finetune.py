@@ -7,9 +7,10 @@ is replaced in the block by its twin; every other parameter is frozen; Adam
 with cosine decay to 0 minimises the relative squared error between the
 block's output on the quantized-stream inputs and the full-precision block's
 output on the fp inputs (``BlockView.fp_outputs``). The new results are kept
-only when the loss on a fixed monitor set fell; the block itself is left as
-it was (the engine writes the kept results back). Memory: one block's twins
-and one batch's activations with their graph.
+only when the loss on a fixed monitor set fell; the twinned layers then hold
+their weights. Memory: one block's twins (its dense weights are released
+while they train) and the graph of one piece of a batch
+(``FineTune.tokens_per_backward`` tokens).
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import logging
 import math
 
 import torch
+from torch import nn
 
 from ..contract import BlockView, FineTune, LayerResult, Method, ModelWalk, TrainableLayer
+from ..kernels.pieces import batch_rows, sequence_pieces
 from ..kernels.training import small_problem_threads, swapped_in
+from ..storage.packed import apply_results
 
 logger = logging.getLogger(__name__)
-
-#: GEMMs below this many multiply-adds run on one thread (a second thread only waits)
 
 
 def finetune_block(
@@ -34,7 +36,9 @@ def finetune_block(
     """Fine-tune the trainable layers of ``view.block``: (their new results, loss before/after).
 
     Empty results when there is nothing to train, no fp outputs, or the loss
-    did not improve; ``view`` and its results are never modified.
+    did not improve; ``view.results`` are never modified. The twinned layers'
+    weights are released while training and hold the kept results' weights
+    afterwards (fine-tuned or layer-wise), so the caller need not write them.
     """
     if not spec.active or not view.inputs or view.fp_outputs is None:
         return {}, {}
@@ -42,6 +46,35 @@ def finetune_block(
     if not twins:
         return {}, {}
     view = dataclasses.replace(view, kwargs=[ModelWalk.detached(kw) for kw in view.kwargs])
+    results: dict[str, LayerResult] = {}
+    _release_weights(view.layers, twins)
+    try:
+        losses = _train_and_keep(view, twins, spec, results)
+    finally:  # the released layers get what is kept, fine-tuned or layer-wise
+        apply_results(
+            {n: view.layers[n] for n in twins},
+            {n: results.get(n, view.results[n]) for n in twins},
+        )
+    return results, losses
+
+
+def _release_weights(layers: dict[str, nn.Module], twins: dict[str, TrainableLayer]) -> None:
+    """Free the twinned layers' dense weights while training: a twin never reads its layer's
+    weight, and the block's (176 MB for a TinyLlama-shape fp32 block) would sit beside the
+    twins and the graph."""
+    for name in twins:
+        weight = layers[name].weight
+        if weight.device.type != "meta":
+            weight.data = weight.data.new_empty(0)
+
+
+def _train_and_keep(
+    view: BlockView,
+    twins: dict[str, TrainableLayer],
+    spec: FineTune,
+    results: dict[str, LayerResult],
+) -> dict[str, float]:
+    """Train the twins; fill ``results`` with what they stand for when the loss fell."""
     first = view.inputs[0]
     with (
         swapped_in(view.block, view.layers, twins),
@@ -54,8 +87,7 @@ def finetune_block(
         logger.warning(
             "%s did not help (%.4g → %.4g); layer-wise results kept", what, before, after
         )
-        return {}, {"before": before, "after": before}
-    results: dict[str, LayerResult] = {}
+        return {"before": before, "after": before}
     with torch.no_grad():
         for name, twin in twins.items():
             result = twin.to_result()
@@ -67,7 +99,7 @@ def finetune_block(
             if not result.method:
                 result.method = view.results[name].method
             results[name] = result
-    return results, {"before": before, "after": after}
+    return {"before": before, "after": after}
 
 
 def trainable_twins(method: Method, view: BlockView) -> dict[str, TrainableLayer]:
@@ -95,20 +127,40 @@ def adam_with_cosine(
     return opt, sched
 
 
-def block_loss(view: BlockView, index: int) -> torch.Tensor:
-    """Relative squared error of the block's output for batch ``index`` against the fp output."""
-    out = view.run(index).float()
-    target = view.fp_outputs[index].to(view.device).float()
-    return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+def batch_loss(view: BlockView, index: int, tokens: int, scale: float | None = None) -> float:
+    """Relative squared error of batch ``index``'s block output against its fp output.
+
+    The batch runs in pieces of whole sequences, about ``tokens`` tokens each
+    (:func:`sequence_pieces`); each piece's share is ``sum((out − target)²) /
+    sum(target²)`` over the whole batch, so the shares add up to the batch's
+    ``mean((out − target)²) / mean(target²)``. With ``scale`` each share times
+    ``scale`` is backpropagated at once, so one piece's graph is alive at a
+    time: a TinyLlama-shape block's graph is ~0.3 MB a token, 0.6 GB for a
+    2048-token batch held whole.
+    """
+    x = view.inputs[index].to(view.device)
+    target = view.fp_outputs[index].to(view.device)
+    total = target.float().pow(2).sum().clamp_min(1e-12 * target.numel())
+    loss = 0.0
+    for rows in sequence_pieces(x, tokens):
+        kwargs = batch_rows(view.kwargs[index], rows, x.shape[0])
+        out = ModelWalk.run(view.block, x[rows], kwargs).float()
+        share = (out - target[rows].float()).pow(2).sum() / total
+        if scale is not None:
+            (share * scale).backward()
+        loss += share.item()
+    return loss
 
 
-def mean_loss(view: BlockView, batches: list[int], twins: dict[str, TrainableLayer]) -> float:
+def mean_loss(
+    view: BlockView, batches: list[int], twins: dict[str, TrainableLayer], tokens: int
+) -> float:
     """The mean block loss over ``batches``; the ``twins`` build their weights once for all."""
     with torch.no_grad():
         for twin in twins.values():
             twin.begin_step()
         try:
-            return sum(block_loss(view, i).item() for i in batches) / len(batches)
+            return sum(batch_loss(view, i, tokens) for i in batches) / len(batches)
         finally:
             for twin in twins.values():
                 twin.end_step()  # nothing to hand on without gradients: frees the weights
@@ -125,7 +177,7 @@ def train(view: BlockView, twins: dict[str, TrainableLayer], spec: FineTune) -> 
     per_step = max(1, min(count, spec.tokens_per_step // tokens))
     gen = torch.Generator().manual_seed(spec.seed + view.index)
     monitor = list(range(min(count, per_step * 2)))
-    before = mean_loss(view, monitor, twins)
+    before = mean_loss(view, monitor, twins, spec.tokens_per_backward)
     opt, sched = adam_with_cosine(twins, spec.steps, spec.lr)
     order: list[int] = []
     with torch.enable_grad():
@@ -136,9 +188,9 @@ def train(view: BlockView, twins: dict[str, TrainableLayer], spec: FineTune) -> 
             for _ in range(per_step):
                 if not order:
                     order = torch.randperm(count, generator=gen).tolist()
-                (block_loss(view, order.pop()) / per_step).backward()
+                batch_loss(view, order.pop(), spec.tokens_per_backward, 1 / per_step)
             for twin in twins.values():
                 twin.end_step()
             opt.step()
             sched.step()
-    return before, mean_loss(view, monitor, twins)
+    return before, mean_loss(view, monitor, twins, spec.tokens_per_backward)

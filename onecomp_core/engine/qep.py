@@ -190,3 +190,15 @@ def corrected_hessian(
             module.weight.data, hessian, cross, config.perccorr, config.percdamp
         )
     return hessian
+
+
+def corrected_hessians(
+    group: dict[str, nn.Module], stats: dict[str, PairedStatistics], config: QEPConfig, diag: bool
+) -> dict[str, torch.Tensor | None]:
+    """Each layer's H of a sub-group after its correction (:func:`corrected_hessian`); only
+    the diagonal when ``diag``."""
+    hessians: dict[str, torch.Tensor | None] = {}
+    for name, module in group.items():
+        hessian = corrected_hessian(module, stats[name], config, name)
+        hessians[name] = hessian.diagonal().clone() if diag else hessian
+    return hessians

@@ -33,8 +33,8 @@ from .finetune import finetune_block
 from .gradients import moments_for
 from .heap import trim_heap
 from .model_walk import Walk
-from .offload import DiskStreams, Streams, light_result
-from .qep import QEPConfig, corrected_hessian, paired_statistics
+from .offload import DiskStreams, Streams, light_result, set_aside
+from .qep import QEPConfig, corrected_hessians, paired_statistics
 from .shared_solves import job_of, solve_jobs
 from .shared_statistics import Recording
 from .statistics import StatisticsCollector, model_statistics, token_mask
@@ -173,11 +173,11 @@ class Engine:
         if write:  # else the caller writes it back (a group's solves: after the last)
             apply_results(self.layers, {name: result})
 
-    def _update(self, changed: dict[str, LayerResult] | None) -> None:
+    def _update(self, changed: dict[str, LayerResult] | None, write: bool = True) -> None:
         for name, result in (changed or {}).items():
             if name not in self.layers:
                 raise RuntimeError(f"method {self.method.method!r} returned unknown layer {name!r}")
-            self._store(name, result)
+            self._store(name, result, write)
 
     def _block_layers(self, block_name: str) -> dict[str, nn.Module]:
         return {n: m for n, m in self.layers.items() if n.startswith(block_name + ".")}
@@ -249,7 +249,7 @@ class Engine:
                 if fp_block is not None:
                     self._group_qep(block, fp_block, name, group_layers, streams)
                 else:
-                    self._group(block, group_layers, streams)
+                    self._group(block, group_layers, streams, fp_out)
         del fp_block
         view = BlockView(
             index=index,
@@ -266,7 +266,8 @@ class Engine:
         if self.needs.fine_tunes and streams is not None:  # engine block fine-tuning
             with self._timed("finetune_s"):
                 tuned = finetune_block(self.method, whole, self.needs.finetune)[0]
-                self._update(self.ranks.from_writer(tuned))
+                kept = self.ranks.from_writer(tuned)  # the block holds ``tuned``'s weights:
+                self._update(kept, write=kept is not tuned)  # written only if rank 0's differ
             view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
             whole = dataclasses.replace(whole, results=view.results)
         with self._timed("block_hooks_s"):
@@ -304,8 +305,15 @@ class Engine:
             return [list(layers)] if layers else []
         return blockwise.sequential_groups(block, layers, streams.quantized[0], streams.kwargs[0])
 
-    def _group(self, block: nn.Module, group: dict[str, nn.Module], streams: Streams) -> None:
-        """Statistics of one sub-group (each pass stops at its last layer), then its solves."""
+    def _group(
+        self,
+        block: nn.Module,
+        group: dict[str, nn.Module],
+        streams: Streams,
+        fp_out: list[torch.Tensor] | None,
+    ) -> None:
+        """Statistics of one sub-group (each pass stops at its last layer), then its solves
+        (the block's activations set aside meanwhile: no solve reads them)."""
         kind = self.needs.inputs
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(group)
         if kind != "none":
@@ -313,17 +321,18 @@ class Engine:
             record = Recording.of(self.ranks, len(self.batches), collector)
             stop = blockwise.StopAfter(list(group.values()))
             with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop:
-                for i, (x, kw, mask) in enumerate(
-                    zip(streams.quantized, streams.kwargs, streams.token_masks, strict=True)
-                ):
+                for i, mask in enumerate(streams.token_masks):  # no batch held after the loop
                     if record is not None:
                         record.batch(i)
                     collector.new_batch(mask)
-                    stop.run(block, x, kw, only=collector.owners())
+                    stop.run(
+                        block, streams.quantized[i], streams.kwargs[i], only=collector.owners()
+                    )
                 if record is not None:
                     record.finish_collector(collector)
             hessians = collector.hessians()
-        self._solve(group, hessians)
+        with set_aside(streams.quantized, fp_out):
+            self._solve(group, hessians)
 
     def _group_qep(
         self,
@@ -342,13 +351,8 @@ class Engine:
             )
             if record is not None:
                 paired.stats = record.finish(paired.stats)
-        hessians: dict[str, torch.Tensor | None] = {}
-        for layer_name, module in group.items():
-            hessian = corrected_hessian(module, paired.stats[layer_name], self.qep, layer_name)
-            if self.needs.inputs == "diag":
-                hessian = hessian.diagonal().clone()
-            hessians[layer_name] = hessian
-        self._solve(group, hessians)
+        diag = self.needs.inputs == "diag"
+        self._solve(group, corrected_hessians(group, paired.stats, self.qep, diag))
 
     def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
         """Quantize ``group`` (under torchrun each rank its share) and store every result."""

@@ -40,6 +40,7 @@ from .grid import (
 )
 from .grid_result import GridResult
 from .grid_search import fit_grid
+from .on_disk import OnDisk
 from .orthogonal import (
     OrthogonalTransform,
     hadamard_transform,
@@ -48,11 +49,17 @@ from .orthogonal import (
 )
 from .packed_linear import PackedIntLinear
 from .packing import pack_dim0, pack_dim1, packed_length, unpack_dim0, unpack_dim1
+from .pieces import backward_in_pieces, batch_rows, run_in_pieces, sequence_pieces
 from .signs import pack_signs, packed_size, unpack_signs
 from .training import move_optimizer_state, small_problem_threads, swapped_in
 from .two_level import feedback_codes, inverse_factor
 
 __all__ = [
+    "OnDisk",
+    "backward_in_pieces",
+    "batch_rows",
+    "run_in_pieces",
+    "sequence_pieces",
     "move_optimizer_state",
     "small_problem_threads",
     "swapped_in",

@@ -12,7 +12,8 @@ last ``on_block_done`` keeps the full-precision stream after the last block
 Never the whole model on one device (the engine's :class:`ModelWalk`): each
 Adam step runs one batch forward block by block keeping only the
 block-boundary activations, takes the KL at the model's end, then goes
-backward block by block recomputing each block from its saved input. A
+backward block by block recomputing each block from its saved input, a
+few sequences at a time (:mod:`.pieces`: one piece's graph alive). A
 block's twins and their Adam state sit on the device only while the block
 does, and its Adam step is taken right after its backward (the same update
 as one optimizer over the model: Adam is per parameter). The host keeps the
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from ..contract import BlockView, LayerResult, ModelWalk, RunView
+from .pieces import backward_in_pieces, run_in_pieces
 from .training import move_optimizer_state, swapped_in
 
 logger = logging.getLogger(__name__)
@@ -230,7 +232,7 @@ class _Run:
                 if keep is not None:
                     keep.append(x)
                 with self._in_use(index) as block:
-                    x = ModelWalk.run(block, x, self.kwargs[b])
+                    x = run_in_pieces(block, x, self.kwargs[b])
         return x
 
     def _kl(self, final: torch.Tensor, b: int, grad: torch.Tensor | None = None) -> float:
@@ -248,17 +250,14 @@ class _Run:
         self._kl(final, b, grad)
         with torch.enable_grad():
             for index in reversed(range(len(self.walk))):
-                with self._in_use(index) as block:
-                    x = boundaries.pop().detach().requires_grad_(index > 0)
-                    y = ModelWalk.run(block, x, self.kwargs[b])
-                    y.backward(grad)
-                    grad = x.grad
+                with self._in_use(index) as block:  # one piece's graph at a time
+                    x = boundaries.pop()
+                    grad = backward_in_pieces(block, x, self.kwargs[b], grad, index > 0)
                     if index in self.optimizers:
                         opt, sched = self.optimizers[index]
                         opt.step()
                         sched.step()
                         opt.zero_grad(set_to_none=True)
-                del x, y
 
     def train(self, seed: int) -> tuple[float, float]:
         gen = torch.Generator().manual_seed(seed + 7919)

@@ -11,7 +11,8 @@ Never the whole model on one device: each Adam step runs one batch forward
 block by block (:class:`~onecomp_core.contract.ModelWalk`), keeping only the
 block-boundary activations, takes the KL at the model's end, then goes
 backward block by block, recomputing each block from its saved input
-(activation checkpointing at block granularity). A block's trainable state
+(activation checkpointing at block granularity) a few sequences at a time
+(:func:`~onecomp_core.kernels.backward_in_pieces`: one piece's graph alive). A block's trainable state
 (vectors, sign latents, Adam moments) is on the device only while the block
 is; its Adam step is taken right after its backward, which is the same
 update as one optimizer over the whole model (Adam is per parameter).
@@ -34,9 +35,11 @@ import torch
 
 from onecomp_core.contract import ModelWalk
 from onecomp_core.kernels import (
+    backward_in_pieces,
     end_kl,
     kl_sum,
     move_optimizer_state,
+    run_in_pieces,
     small_problem_threads,
     swapped_in,
 )
@@ -179,7 +182,7 @@ class _Distillation:
                 if keep is not None:
                     keep.append(x)
                 with self._in_use(index) as block:
-                    x = ModelWalk.run(block, x, self.kwargs[b])
+                    x = run_in_pieces(block, x, self.kwargs[b])
         return x
 
     def _kl(self, final: torch.Tensor, b: int, grad: torch.Tensor | None = None) -> float:
@@ -201,17 +204,14 @@ class _Distillation:
         self._kl(final, b, grad)
         with torch.enable_grad():
             for index in reversed(range(self.first, len(self.walk))):
-                with self._in_use(index) as block:
-                    x = boundaries.pop().detach().requires_grad_(index > self.first)
-                    y = ModelWalk.run(block, x, self.kwargs[b])
-                    y.backward(grad)
-                    grad = x.grad
+                with self._in_use(index) as block:  # one piece's graph at a time
+                    x = boundaries.pop()
+                    grad = backward_in_pieces(block, x, self.kwargs[b], grad, index > self.first)
                     if update and index in self.optimizers:
                         opt, sched = self.optimizers[index]
                         opt.step()
                         sched.step()
                         opt.zero_grad(set_to_none=True)
-                del x, y
 
     def train(self, seed: int) -> tuple[float, float]:
         gen = torch.Generator().manual_seed(seed + 7919)

@@ -165,9 +165,8 @@ def _right_basis(
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """(eigenvalues e, eigenvectors V) of the balanced, normalised C, and √e (L = V·diag(√e)).
 
-    A one-element list hands C over: it is scaled in place and freed once
-    its eigenbasis is made (eigh holds C, its eigenvectors and a 2·m² LAPACK
-    workspace at once; after it only V stays, Lᵀ is applied by :func:`_times_lt`).
+    A one-element list hands C over: it is scaled in place and its memory
+    becomes V (:func:`_eigh_`); Lᵀ is applied by :func:`_times_lt`.
     """
     if isinstance(correlation, list):
         corr = correlation.pop().float().to(bv.device)
@@ -175,10 +174,28 @@ def _right_basis(
         corr = correlation.float().to(bv.device, copy=True)
     divide_outer_(corr, bv)
     corr.div_(corr.diagonal().mean().clamp_min(_EPS))
-    e, v = torch.linalg.eigh(corr)
+    e, v = _eigh_(corr)
     del corr
     e = e.clamp_min(1e-6 * e.max())
     return (e, v), e.sqrt()
+
+
+def _eigh_(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues (ascending) and eigenvectors of the symmetric ``corr``, which it consumes.
+
+    On the CPU, LAPACK's divide and conquer (syevd) through SciPy writes the
+    eigenvectors over C. ``torch.linalg.eigh`` keeps C, a copy that becomes
+    the eigenvectors and the workspace: for a 5632² C (TinyLlama's
+    down_proj) 371 MB above C and 30 s on one thread, against 135 MB and 11 s
+    (``benchmarks/dbf_solve_memory.py``). Other devices keep torch's.
+    """
+    if corr.device.type != "cpu":
+        return torch.linalg.eigh(corr)
+    from scipy.linalg import eigh  # only a CPU solve with a full H needs it
+
+    # C is symmetric, so its row-major memory read column-major (the LAPACK order) is C again
+    e, v = eigh(corr.numpy().T, lower=True, overwrite_a=True, check_finite=False, driver="evd")
+    return torch.from_numpy(e), torch.from_numpy(v)
 
 
 def _times_lt(

@@ -35,7 +35,7 @@ from onecomp_core.contract import (
     Needs,
     RunView,
 )
-from onecomp_core.kernels import pack_signs
+from onecomp_core.kernels import OnDisk, pack_signs
 
 from .config import DBFConfig
 from .distill import Teacher, distill_model
@@ -130,6 +130,10 @@ class DBF(DBFConfig):
                 source = hessian[0] if isinstance(hessian, list) else hessian
                 corr = [input_correlation(source, col, self.hessian_damp)]
                 del source
+            # a handed-over H waits on disk while the fit holds C's eigenbasis (exact)
+            parked = corr is not None and isinstance(hessian, list) and OnDisk.supports(hessian[0])
+            if parked:
+                hessian = OnDisk(hessian.pop())
             factors = factorize(
                 weight,
                 k,
@@ -138,6 +142,8 @@ class DBF(DBFConfig):
                 row_scale=row,
                 correlation=corr,
             )
+            if parked:
+                hessian = [hessian.take()]
             if full:
                 factors = refit_vectors_hessian(weight, hessian, factors)
             factors = factors.cpu()

@@ -27,17 +27,26 @@ def refit_vectors(
     rounds: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Exact block-coordinate least squares of ‖T − diag(a)S_A diag(c) S_B diag(b)‖² over a, b, c."""
+    # each (n × m) product is dropped once its sums are taken and multiplied in place (the
+    # same values as the out-of-place products): one such matrix beside the target, not five
     for _ in range(rounds):
         right = (c[:, None] * sign_b) * b[None, :]  # (k, m): rows of diag(c) S_B diag(b)
         g = sign_a @ right  # (n, m), Ŵ = diag(a) g
-        a = (target * g).sum(1) / g.pow(2).sum(1).clamp_min(_EPS)
+        del right
+        norm = g.pow(2).sum(1).clamp_min(_EPS)
+        a = g.mul_(target).sum(1) / norm
+        del g
         left = a[:, None] * sign_a * c[None, :]  # (n, k)
         h = left @ sign_b  # Ŵ = h diag(b)
-        b = (target * h).sum(0) / h.pow(2).sum(0).clamp_min(_EPS)
+        del left
+        norm = h.pow(2).sum(0).clamp_min(_EPS)
+        b = h.mul_(target).sum(0) / norm
+        del h
         sa = a[:, None] * sign_a  # (n, k)
         sb = sign_b * b[None, :]  # (k, m)
         gram = (sa.t() @ sa) * (sb @ sb.t())
-        rhs = ((sa.t() @ target) * sb).sum(1)
+        rhs = (sa.t() @ target).mul_(sb).sum(1)
+        del sa, sb
         gram.diagonal().add_(_ridge(gram))
         c = torch.linalg.solve(gram, rhs)
     return a, c, b
@@ -55,8 +64,8 @@ def refit_vectors_hessian(
     weighting it accounts for correlated input channels. Each step is an
     exact least-squares solve, so the error never increases. A one-element
     list hands H over (damped in place, no copy). Besides H the (in × in)
-    b-step holds only its Gram matrix (built and damped in place) and the
-    solve's LU copy.
+    b-step holds only its Gram matrix (built, damped and factorized in place:
+    :func:`_solve_symmetric_`).
     """
     with torch.no_grad():
         w = weight.detach().float()  # on the weight's device, like the fit
@@ -69,14 +78,18 @@ def refit_vectors_hessian(
         a, c, b = (v.to(w.device, copy=True) for v in (factors.a, factors.c, factors.b))
         s_a, s_b = factors.sign_a.to(w.device), factors.sign_b.to(w.device)
         for _ in range(rounds):
+            # (n × m) products multiplied in place once their other use is over (the same
+            # values as out of place): at most two beside W·H, not four
             g = (s_a * c[None, :]) @ (s_b * b[None, :])  # Ŵ = diag(a)·g
-            a = (wh * g).sum(1) / ((g @ h) * g).sum(1).clamp_min(_EPS)
+            norm = (g @ h).mul_(g).sum(1).clamp_min(_EPS)
+            a = g.mul_(wh).sum(1) / norm
+            del g
             hm = (a[:, None] * s_a * c[None, :]) @ s_b  # Ŵ = hm·diag(b)
-            rhs_b = (hm * wh).sum(0)
             gram_b = (hm.t() @ hm).mul_(h)  # H ⊙ (hmᵀ·hm), in place
+            rhs_b = hm.mul_(wh).sum(0)
             del hm
             gram_b.diagonal().add_(_ridge(gram_b))
-            b = torch.linalg.solve(gram_b, rhs_b)
+            b = _solve_symmetric_(gram_b, rhs_b)
             del gram_b
             u = a[:, None] * s_a  # (n, k)
             v = s_b * b[None, :]  # (k, m)
@@ -86,6 +99,23 @@ def refit_vectors_hessian(
             c = torch.linalg.solve(gram_c, rhs_c)
         a, c, b = gauge_for_fp16(a, c, b)
     return Factors(a=a, sign_a=s_a, c=c, sign_b=s_b, b=b)
+
+
+def _solve_symmetric_(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """x with gram·x = rhs for a symmetric ``gram``, which it consumes.
+
+    On the CPU LAPACK's symmetric solve (sytrf/sytrs) through SciPy factorizes
+    gram in its own memory; ``torch.linalg.solve`` keeps gram and an LU copy,
+    a second (in × in) matrix (121 MB for TinyLlama's down_proj). Other
+    devices keep torch's.
+    """
+    if gram.device.type != "cpu":
+        return torch.linalg.solve(gram, rhs)
+    from scipy.linalg import solve
+
+    # gram is symmetric: its row-major memory read column-major is gram again
+    x = solve(gram.numpy().T, rhs.numpy(), assume_a="sym", overwrite_a=True, check_finite=False)
+    return torch.from_numpy(x)
 
 
 def _ridge(gram: torch.Tensor) -> torch.Tensor:

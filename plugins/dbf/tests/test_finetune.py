@@ -1,5 +1,5 @@
 """DBF under the engine's block fine-tuning: lowers the block error, returns new results,
-leaves the block as it was."""
+leaves the block holding the kept results' weights."""
 
 from __future__ import annotations
 
@@ -57,11 +57,6 @@ def _block_error(view: BlockView) -> float:
         return sum((view.run(i) - y).pow(2).sum().item() for i, y in enumerate(view.fp_outputs))
 
 
-def _write_back(view: BlockView, results) -> None:
-    for name, result in results.items():
-        view.layers[name].weight.data = result.dequantize().float()
-
-
 def test_finetune_lowers_block_error_and_returns_new_results():
     q = DBF(target_bits=1.0, iters=10, finetune_steps=60)
     view, fitted = _quantized_block(q, scale=0.5, seed=0, with_stats=True)
@@ -71,12 +66,13 @@ def test_finetune_lowers_block_error_and_returns_new_results():
     assert losses["after"] < losses["before"]
     assert set(new) == {"b.up", "b.down"}
     for name, module in view.layers.items():
-        assert torch.equal(module.weight.data, weights[name])  # the hook writes nothing back
+        # released while training, then the fine-tuned weights written back
+        assert not torch.equal(module.weight.data, weights[name])
+        assert torch.equal(module.weight.data, new[name].dequantize().float())
         assert view.results[name] is fitted[name] and not fitted[name].finetuned
         assert new[name].finetuned and not torch.equal(new[name].dbf_Da, fitted[name].dbf_Da)
         assert module.weight.requires_grad and type(module) is nn.Linear
     assert view.block.up is view.layers["b.up"]
-    _write_back(view, new)
     assert _block_error(view) < 0.9 * before
 
 
@@ -108,8 +104,11 @@ def test_no_improvement_changes_nothing():
     q = DBF(target_bits=1.0, iters=10, finetune_steps=5)
     view, _ = _quantized_block(q, scale=0.5, seed=0, with_stats=True)
     # lr 1e-30: no vector moves in fp32, so the loss cannot fall
+    weights = {n: m.weight.data.clone() for n, m in view.layers.items()}
     new, losses = finetune_block(q, view, FineTune(5, 1e-30, seed=0))
     assert new == {} and losses["after"] == losses["before"]
+    for name, module in view.layers.items():  # released while training, layer-wise after
+        assert torch.equal(module.weight.data, weights[name])
 
 
 def test_one_weight_per_step_gives_the_batches_summed_gradient():

@@ -1,0 +1,47 @@
+"""A large CPU tensor set aside in a temporary file while a solve does not need it.
+
+A layer solve sometimes needs a matrix again only at its end: DBF's refit
+needs the (in × in) H after the ADMM, which meanwhile holds its own (in × in)
+eigenbasis. Keeping H resident costs its size for the whole fit (121 MB for
+a 5632-wide layer in fp32); writing it to an unnamed temporary file and
+reading it back costs a fraction of a second and is exact (the same bytes).
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import torch
+
+
+class OnDisk:
+    """``tensor``'s bytes in an unnamed temporary file; :meth:`take` reads them back once.
+
+    The caller drops its own references after building this, so the memory is
+    freed. The file is removed by the system when closed (by :meth:`take`, or
+    when this object is collected).
+    """
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        array = tensor.detach().cpu().contiguous().numpy()
+        self.shape, self.dtype = tuple(tensor.shape), array.dtype
+        self._file = tempfile.TemporaryFile(prefix="onecomp-")
+        array.tofile(self._file)
+        self._file.flush()
+
+    def take(self) -> torch.Tensor:
+        """The tensor again (a new CPU tensor); the file is closed and gone."""
+        self._file.seek(0)
+        array = np.fromfile(self._file, dtype=self.dtype, count=int(np.prod(self.shape)))
+        self._file.close()
+        return torch.from_numpy(array).reshape(self.shape)
+
+    @staticmethod
+    def supports(tensor: torch.Tensor) -> bool:
+        """Whether ``tensor`` can be set aside (a CPU tensor of a dtype NumPy has)."""
+        return tensor.device.type == "cpu" and tensor.dtype in (
+            torch.float32,
+            torch.float64,
+            torch.float16,
+        )

@@ -1,0 +1,63 @@
+"""While a layer is solved, the block's activations are set aside: no calibration batch (the
+quantized inputs, the fp outputs) is in memory beside the solve, and the run's results do
+not change."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from onecomp_core.contract import FineTune, LayerJob, LayerResult, Method, Needs, param
+from onecomp_core.data.calibration import CalibrationConfig
+from onecomp_core.data.model import ModelConfig
+from onecomp_core.seed_api import Runner
+
+STORIES = Path(__file__).resolve().parents[3] / "shared" / "assets" / "stories260K"
+CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"
+BATCH, LENGTH, HIDDEN = 4, 32, 64
+
+
+def _activations_alive() -> int:
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, torch.Tensor) and o.shape == (BATCH, LENGTH, HIDDEN)
+    )
+
+
+@dataclass
+class Rounded(LayerResult):
+    weight: torch.Tensor | None = None
+
+    def dequantize(self, device=None):
+        return self.weight.to(device or "cpu", torch.float16)
+
+
+@dataclass
+class Watching(Method):
+    """fp16 rounding that counts the batch activations alive during each solve."""
+
+    method: ClassVar[str] = "watching_test"
+    alive: list = param(items=object, factory=list, internal=True, saved=False)
+
+    def needs(self):  # fine-tuning keeps the fp outputs: both streams exist during the solves
+        return Needs(inputs="full", finetune=FineTune(1, 1e-3))
+
+    def quantize_layer(self, job: LayerJob):
+        self.alive.append(_activations_alive())
+        return Rounded(weight=job.weight.detach().half())
+
+
+def test_no_batch_activation_is_alive_during_a_solve():
+    method = Watching(include_layer_keywords=["layers.0."])
+    calibration = CalibrationConfig(
+        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
+    )
+    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
+    Runner(model, method, calibration, show_progress=False).run()
+    assert len(method.alive) == 7 and method.alive == [0] * 7

@@ -1,0 +1,37 @@
+"""OnDisk: a tensor set aside in a temporary file comes back with the same bytes, and its
+memory is freed meanwhile."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import torch
+
+from onecomp_core.engine.offload import set_aside
+from onecomp_core.kernels import OnDisk
+
+
+def test_a_tensor_comes_back_bit_identical_and_the_file_is_gone():
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        t = torch.randn(37, 11, generator=torch.Generator().manual_seed(0)).to(dtype)
+        parked = OnDisk(t.clone())
+        back = parked.take()
+        assert back.dtype == dtype and back.shape == t.shape and torch.equal(back, t)
+        assert parked._file.closed
+    assert not OnDisk.supports(torch.zeros(2, dtype=torch.bfloat16))
+    assert not OnDisk.supports(torch.zeros(2, device="meta"))
+
+
+def test_set_aside_frees_the_streams_inside_and_restores_them_after():
+    stream = [torch.randn(2, 3, 4) for _ in range(3)]
+    expected = [t.clone() for t in stream]
+    alive = [weakref.ref(t) for t in stream]
+    other = [torch.zeros(2, dtype=torch.bfloat16)]  # a dtype it cannot park: left alone
+    with set_aside(stream, None, other):
+        gc.collect()
+        assert stream == [] and all(ref() is None for ref in alive)  # the memory is released
+        assert len(other) == 1
+    assert len(stream) == 3
+    for got, want in zip(stream, expected, strict=True):
+        assert torch.equal(got, want)
