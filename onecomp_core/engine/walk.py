@@ -243,13 +243,14 @@ class Engine:
             streams.full_precision = None
         if streams is None:
             self._solve(layers, dict.fromkeys(layers))
-        else:
-            for group in self._groups(block, layers, streams):
-                group_layers = {n: layers[n] for n in group}
-                if fp_block is not None:
-                    self._group_qep(block, fp_block, name, group_layers, streams)
-                else:
-                    self._group(block, group_layers, streams, fp_out)
+        else:  # the fp outputs wait on disk until fine-tuning reads them
+            with set_aside(fp_out):
+                for group in self._groups(block, layers, streams):
+                    group_layers = {n: layers[n] for n in group}
+                    if fp_block is not None:
+                        self._group_qep(block, fp_block, name, group_layers, streams)
+                    else:
+                        self._group(block, group_layers, streams)
         del fp_block
         view = BlockView(
             index=index,
@@ -305,15 +306,9 @@ class Engine:
             return [list(layers)] if layers else []
         return blockwise.sequential_groups(block, layers, streams.quantized[0], streams.kwargs[0])
 
-    def _group(
-        self,
-        block: nn.Module,
-        group: dict[str, nn.Module],
-        streams: Streams,
-        fp_out: list[torch.Tensor] | None,
-    ) -> None:
+    def _group(self, block: nn.Module, group: dict[str, nn.Module], streams: Streams) -> None:
         """Statistics of one sub-group (each pass stops at its last layer), then its solves
-        (the block's activations set aside meanwhile: no solve reads them)."""
+        (the block's inputs set aside meanwhile: no solve reads them)."""
         kind = self.needs.inputs
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(group)
         if kind != "none":
@@ -331,7 +326,7 @@ class Engine:
                 if record is not None:
                     record.finish_collector(collector)
             hessians = collector.hessians()
-        with set_aside(streams.quantized, fp_out):
+        with set_aside(streams.quantized):
             self._solve(group, hessians)
 
     def _group_qep(

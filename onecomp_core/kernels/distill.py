@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor | None]
 #: the method's ``trainable_layer(result, linear)``: a twin with ``param_groups`` and ``to_result``
 MakeTwin = Callable[[LayerResult, nn.Module], nn.Module | None]
-#: logits computed at once at the model's end (sequences × length × vocab)
-LOGIT_ELEMENTS = 1 << 22
+#: logits computed at once at the model's end (tokens × vocab): 8 MB in fp32; the KL's
+#: temporaries and its backward take several times that
+LOGIT_ELEMENTS = 1 << 21
 
 
 def kl_sum(
@@ -65,33 +66,51 @@ def end_kl(
     """Mean KL(teacher ‖ student) of one batch at the model's end; ``grad`` gets d KL / d ``final``.
 
     ``final`` and ``teacher`` are the student's and the teacher's last-block
-    outputs. The end runs on a few sequences at a time (:data:`LOGIT_ELEMENTS`
-    logits), so no whole batch of (tokens × vocab) logits exists at once, and
-    once for both sides of a chunk: a streamed head is read once and held once
-    (the student's graph keeps it until its gradient is taken; an end per side
-    held two copies, 2 × 262 MB at TinyLlama's vocabulary). Each chunk's KL sum
-    is divided by the batch's token count, so the sum is the mean.
+    outputs. The end runs on pieces of about :data:`LOGIT_ELEMENTS` logits
+    (whole sequences, or a span of one sequence's tokens when a sequence has
+    more: the end is per token), so no whole batch of (tokens × vocab) logits
+    exists at once. One :meth:`~ModelWalk.end` serves every piece of both
+    sides, so a streamed head is read once a batch and held once (an end per
+    side held two copies, 2 × 262 MB at TinyLlama's vocabulary). Each
+    piece's KL sum is divided by the batch's token count, so the sum is the mean.
     """
     ids, mask = batch
     tokens = ids.numel() if mask is None else int(mask.sum().clamp_min(1))
-    per_chunk = max(1, LOGIT_ELEMENTS // max(1, ids.shape[1] * vocab))
-    total, backward = 0.0, grad is not None
-    for s in range(0, ids.shape[0], per_chunk):
-        part = slice(s, s + per_chunk)
-        chunk = (ids[part], None if mask is None else mask[part])
-        x = final[part].detach().requires_grad_(backward)
-        ends = walk.end([teacher[part], x], [chunk, chunk])
+    backward = grad is not None
+    parts = logit_pieces(ids.shape, vocab)
+    leaves = [final[part].detach().requires_grad_(backward) for part in parts]
+    chunks = [(ids[part], None if mask is None else mask[part]) for part in parts]
+    ends = walk.end(
+        [t for part, x in zip(parts, leaves, strict=True) for t in (teacher[part], x)],
+        [c for c in chunks for _ in range(2)],
+    )
+    total = 0.0
+    for part, x, chunk in zip(parts, leaves, chunks, strict=True):
         with torch.no_grad():
             reference = next(ends)
         with torch.set_grad_enabled(backward):
             logits = next(ends)
-            del ends  # the head is released (what the graph keeps of it stays)
             keep = None if chunk[1] is None else chunk[1].to(logits.device)
             loss = kl_sum(logits, reference, keep) / tokens
             if grad is not None:
                 grad[part] = torch.autograd.grad(loss, x)[0]
         total += loss.item()
+        del reference, logits, loss
+    next(ends, None)  # the end runs to completion: the head is released
     return total
+
+
+def logit_pieces(shape: torch.Size, vocab: int) -> list[tuple[slice, slice]]:
+    """(sequences, tokens) ranges of a (sequences × length) batch of about
+    :data:`LOGIT_ELEMENTS` logits each: whole sequences, or spans of one sequence."""
+    rows, length = shape
+    if length * vocab <= LOGIT_ELEMENTS:
+        per = LOGIT_ELEMENTS // max(1, length * vocab)
+        return [(slice(s, s + per), slice(0, length)) for s in range(0, rows, per)]
+    span = max(1, LOGIT_ELEMENTS // max(1, vocab))
+    return [
+        (slice(s, s + 1), slice(t, t + span)) for s in range(rows) for t in range(0, length, span)
+    ]
 
 
 class Distiller:
