@@ -10,6 +10,10 @@ reported too. Default shape: TinyLlama's ``down_proj`` (2048 × 5632),
 ``target_bits=1.5``; ``--iters`` (ADMM iterations, default 2; the
 method's default of 40 takes many minutes) does not change the peak (the
 ADMM's state is the same every iteration; check with ``--iters 1`` vs 3).
+``--eigh torch|inplace`` measures only the eigendecomposition of the input
+correlation (the H above): ``torch.linalg.eigh`` against the plugin's
+in-place ``_eigh_`` (SciPy's ``syevd`` over C), peak above C, seconds and
+the largest residual ‖C·v − λ·v‖ of the top five pairs.
 
     python benchmarks/dbf_solve_memory.py --label LABEL --out benchmarks/results/dbf_solve_memory.jsonl
 """
@@ -46,6 +50,7 @@ def main() -> None:
     parser.add_argument("--in-features", type=int, default=5632)
     parser.add_argument("--out-features", type=int, default=2048)
     parser.add_argument("--iters", type=int, default=2, help="ADMM iterations (default 2)")
+    parser.add_argument("--eigh", choices=["torch", "inplace"], help="only C's eigh (see above)")
     parser.add_argument("--label", default="")
     parser.add_argument("--out", default="", help="jsonl to append to ('' = print only)")
     args = parser.parse_args()
@@ -55,6 +60,8 @@ def main() -> None:
     from onecomp_core.registry import create_method
 
     n, out = args.in_features, args.out_features
+    if args.eigh:
+        return _eigh_only(args, n, return_freed_memory)
     w, h = _inputs(out, n)
     module = nn.Linear(n, out, bias=False)
     module.weight.data = w
@@ -87,6 +94,39 @@ def main() -> None:
             "threads": 1,
             "results_sha256_16": digest[:16],
             "command": f"python benchmarks/dbf_solve_memory.py --iters {args.iters}",
+        },
+        args.out,
+    )
+
+
+def _eigh_only(args: argparse.Namespace, n: int, return_freed_memory) -> None:
+    from onecomp_dbf.factorization import _eigh_
+
+    _, c = _inputs(1, n)
+    c.diagonal().add_(0.1 * c.diagonal().mean())  # damped, as the fit's C is
+    probe = c[:, -5:].clone()  # columns to check the top pairs against (C is consumed)
+    check = c.clone()
+    return_freed_memory()
+    start = reset_peak_rss()
+    t0 = time.perf_counter()
+    e, v = torch.linalg.eigh(c) if args.eigh == "torch" else _eigh_(c)
+    seconds = time.perf_counter() - t0
+    peak = peak_rss_above(start)
+    del probe
+    top = v[:, -5:]
+    residual = float((check @ top - top * e[-5:]).abs().max())
+    emit(
+        {
+            "benchmark": "dbf_eigh_memory",
+            "label": args.label,
+            "shape": [n, n],
+            "eigh": args.eigh,
+            "peak_above_c_mb": round(peak / 2**20),
+            "c_mb": round(n * n * 4 / 2**20),
+            "seconds": round(seconds, 1),
+            "threads": 1,
+            "max_residual_top5": float(f"{residual:.3g}"),
+            "command": f"python benchmarks/dbf_solve_memory.py --eigh {args.eigh}",
         },
         args.out,
     )

@@ -51,8 +51,9 @@ class Needs:
     ``moments``: output-gradient moments, collected once before ``prepare``.
     ``fp_stream``: the full-precision model's outputs of each block
     (``BlockView.fp_outputs``: the targets of block fine-tuning, a teacher).
-    ``sequential``: quantize a block's layers in sub-groups (q/k/v → o → gate/up → down), each seeing the
-    inputs the already-quantized earlier groups produce. ``model_pass``: the
+    ``sequential``: quantize a block's layers in sub-groups (q/k/v → o →
+    gate/up → down), each seeing the inputs the already-quantized earlier
+    groups produce. ``model_pass``: the
     method's ``on_model_done`` uses the calibration batches. ``precision``:
     the dtype the input statistics are accumulated in.
     """

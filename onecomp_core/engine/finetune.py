@@ -20,12 +20,11 @@ import logging
 import math
 
 import torch
-from torch import nn
 
 from ..contract import BlockView, FineTune, LayerResult, Method, ModelWalk, TrainableLayer
 from ..kernels.pieces import batch_rows, sequence_pieces
 from ..kernels.training import small_problem_threads, swapped_in
-from ..storage.packed import apply_results
+from ..storage.packed import apply_results, release_weights
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def finetune_block(
         return {}, {}
     view = dataclasses.replace(view, kwargs=[ModelWalk.detached(kw) for kw in view.kwargs])
     results: dict[str, LayerResult] = {}
-    _release_weights(view.layers, twins)
+    release_weights(view.layers, twins)  # a twin never reads its layer's weight
     try:
         losses = _train_and_keep(view, twins, spec, results)
     finally:  # the released layers get what is kept, fine-tuned or layer-wise
@@ -56,16 +55,6 @@ def finetune_block(
             {n: results.get(n, view.results[n]) for n in twins},
         )
     return results, losses
-
-
-def _release_weights(layers: dict[str, nn.Module], twins: dict[str, TrainableLayer]) -> None:
-    """Free the twinned layers' dense weights while training: a twin never reads its layer's
-    weight, and the block's (176 MB for a TinyLlama-shape fp32 block) would sit beside the
-    twins and the graph."""
-    for name in twins:
-        weight = layers[name].weight
-        if weight.device.type != "meta":
-            weight.data = weight.data.new_empty(0)
 
 
 def _train_and_keep(

@@ -4,7 +4,8 @@ Each repeated block in turn moves to the compute device; forward hooks accumulat
 the method's :class:`~onecomp_core.contract.Needs` ask for over all calibration batches; each
 selected layer is quantized and its dequantized weight written back once its sub-group is
 solved (:func:`apply_results`), so later groups see quantized inputs; the block runs once more
-to produce the next block's inputs and moves back. Results live in one place, :attr:`Engine.results`.
+to produce the next block's inputs and moves back. Results live in one place,
+:attr:`Engine.results`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from ..contract import BlockView, LayerMoments, LayerResult, Method, Needs, RunView
 from ..contract.selection import select_layers
 from ..data.streamed import ResidentModel
-from ..storage.packed import apply_results
+from ..storage.packed import apply_results, release_weights
 from . import blocks as blockwise
 from . import quant_error
 from .checkpoint import BlockCheckpoint
@@ -364,9 +365,8 @@ class Engine:
             with self._timed("solve_s"):
                 result = self.method.quantize(job)
             self._accept(name, result, job.hessian, write=False)
-            weight = self.layers[name].weight  # dead until the group's write-back below, so a
-            if weight.device.type != "meta":  # solve holds one layer's weight, not the block's
-                weight.data = weight.data.new_empty(0)
+            # dead until the group's write-back below: a solve holds one layer's weight
+            release_weights(self.layers, [name])
         apply_results(self.layers, {n: self.results[n] for n in group})
 
     def _accept(

@@ -63,7 +63,7 @@ def end_kl(
     vocab: int,
     grad: torch.Tensor | None = None,
 ) -> float:
-    """Mean KL(teacher ‖ student) of one batch at the model's end; ``grad`` gets d KL / d ``final``.
+    """Mean KL(teacher ‖ student) of one batch at the model's end; ``grad`` gets d KL/d ``final``.
 
     ``final`` and ``teacher`` are the student's and the teacher's last-block
     outputs. The end runs on pieces of about :data:`LOGIT_ELEMENTS` logits

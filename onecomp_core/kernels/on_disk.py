@@ -24,24 +24,21 @@ class OnDisk:
     """
 
     def __init__(self, tensor: torch.Tensor) -> None:
-        array = tensor.detach().cpu().contiguous().numpy()
-        self.shape, self.dtype = tuple(tensor.shape), array.dtype
+        # the raw bytes (any dtype, bfloat16 too, which NumPy lacks), written without a copy
+        data = tensor.detach().contiguous()
+        self.shape, self.dtype = tuple(data.shape), data.dtype
         self._file = tempfile.TemporaryFile(prefix="onecomp-")
-        array.tofile(self._file)
+        data.reshape(-1).view(torch.uint8).numpy().tofile(self._file)
         self._file.flush()
 
     def take(self) -> torch.Tensor:
         """The tensor again (a new CPU tensor); the file is closed and gone."""
         self._file.seek(0)
-        array = np.fromfile(self._file, dtype=self.dtype, count=int(np.prod(self.shape)))
+        raw = np.fromfile(self._file, dtype=np.uint8)
         self._file.close()
-        return torch.from_numpy(array).reshape(self.shape)
+        return torch.from_numpy(raw).view(self.dtype).reshape(self.shape)
 
     @staticmethod
     def supports(tensor: torch.Tensor) -> bool:
-        """Whether ``tensor`` can be set aside (a CPU tensor of a dtype NumPy has)."""
-        return tensor.device.type == "cpu" and tensor.dtype in (
-            torch.float32,
-            torch.float64,
-            torch.float16,
-        )
+        """Whether ``tensor`` can be set aside: a CPU tensor (an accelerator's stays put)."""
+        return tensor.device.type == "cpu"

@@ -9,7 +9,7 @@ only on the result and the original linear.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import nn
@@ -35,6 +35,18 @@ def apply_results(
         if weight.device.type != "meta":  # a streamed layer not in memory: nothing to write
             weight.data = result.dequantize(weight.device).to(weight.dtype)
     return target
+
+
+def release_weights(modules: Mapping[str, nn.Module], names: Iterable[str]) -> None:
+    """Free the dense weights of ``names`` until :func:`apply_results` writes them again.
+
+    For the stretches where nothing reads them: the rest of a group's solves,
+    the training of their twins. A streamed layer not in memory is left alone.
+    """
+    for name in names:
+        weight = modules[name].weight
+        if weight.device.type != "meta":
+            weight.data = weight.data.new_empty(0)
 
 
 def packers(method: Method, results: Mapping[str, LayerResult]) -> dict[str, Method]:

@@ -12,10 +12,11 @@ block by block (:class:`~onecomp_core.contract.ModelWalk`), keeping only the
 block-boundary activations, takes the KL at the model's end, then goes
 backward block by block, recomputing each block from its saved input
 (activation checkpointing at block granularity) a few sequences at a time
-(:func:`~onecomp_core.kernels.backward_in_pieces`: one piece's graph alive). A block's trainable state
-(vectors, sign latents, Adam moments) is on the device only while the block
-is; its Adam step is taken right after its backward, which is the same
-update as one optimizer over the whole model (Adam is per parameter).
+(:func:`~onecomp_core.kernels.backward_in_pieces`: one piece's graph alive).
+A block's trainable state (vectors, sign latents, Adam moments) is on the
+device only while the block is; its Adam step is taken right after its
+backward, which is the same update as one optimizer over the whole model
+(Adam is per parameter).
 
 ``last_blocks`` gives the block-local variant: only the last N blocks train,
 from their inputs computed once, so a step costs N blocks, not the model.

@@ -186,8 +186,9 @@ def _eigh_(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     On the CPU, LAPACK's divide and conquer (syevd) through SciPy writes the
     eigenvectors over C. ``torch.linalg.eigh`` keeps C, a copy that becomes
     the eigenvectors and the workspace: for a 5632² C (TinyLlama's
-    down_proj) 371 MB above C and 30 s on one thread, against 135 MB and 11 s
-    (``benchmarks/dbf_solve_memory.py``). Other devices keep torch's.
+    down_proj) 371 MB above C against 276 MB, in about the same time
+    (``python benchmarks/dbf_solve_memory.py --eigh torch|inplace``). Other
+    devices keep torch's.
     """
     if corr.device.type != "cpu":
         return torch.linalg.eigh(corr)
