@@ -11,9 +11,10 @@ reported too. Default shape: TinyLlama's ``down_proj`` (2048 × 5632),
 method's default of 40 takes many minutes) does not change the peak (the
 ADMM's state is the same every iteration; check with ``--iters 1`` vs 3).
 ``--eigh torch|inplace`` (rows in ``dbf_eigh_memory.jsonl``) measures only
-the eigendecomposition of the input correlation (the H above): ``torch.linalg.eigh`` against the plugin's
-in-place ``_eigh_`` (SciPy's ``syevd`` over C), peak above C, seconds and
-the largest residual ‖C·v − λ·v‖ of the top five pairs.
+the eigendecomposition of the input correlation (the H above):
+``torch.linalg.eigh`` against the plugin's in-place ``_eigh_`` (SciPy's
+``syevd`` over C), peak above C, seconds and the largest residual
+‖C·v − λ·v‖ of the top five pairs.
 
     python benchmarks/dbf_solve_memory.py --label LABEL --out benchmarks/results/dbf_solve_memory.jsonl
 """
