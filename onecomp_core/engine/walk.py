@@ -136,6 +136,9 @@ class Engine:
                 name = f"{prefix}.{index}"
                 streams = self._block(index, name, blocks[index], streams, checkpoint)
                 bar.update(1)
+                if self.device.type == "cuda":  # a run stopped early still shows its peak
+                    peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+                    bar.set_postfix_str(f"GPU peak {peak:.0f} MiB")
             del streams  # the last block's outputs feed nothing (a teacher keeps its own)
             self._outside_blocks(prefix)
             if not self.ranks.is_writer:
