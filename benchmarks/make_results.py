@@ -34,7 +34,7 @@ COMMANDS = {
     "gptq_solve_memory": "python benchmarks/gptq_solve_memory.py --label LABEL --out benchmarks/results/gptq_solve_memory.jsonl",
     "dbf_solve_memory": "python benchmarks/dbf_solve_memory.py --iters 2 --label LABEL --out benchmarks/results/dbf_solve_memory.jsonl",
     "dbf_finetune_speed": "python benchmarks/dbf_finetune_speed.py --steps 3 [--per-batch] [--sign-lr 0] --label LABEL",
-    "scale_gpu": "bash benchmarks/gpu_scale.sh OUT BUNDLE 530 (the device tool's H200; rows copied from OUT)",
+    "scale_gpu": "bash benchmarks/gpu_scale.sh OUT BUNDLE 530|580 (the device tool's H200; rows copied from OUT)",
     "rotation": "python benchmarks/rotation_quality.py --rotate learned --rows ROW --no-baseline --out benchmarks/results/rotation.jsonl (each row's own command)",
 }
 
