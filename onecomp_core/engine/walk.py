@@ -34,7 +34,7 @@ from .finetune import finetune_block
 from .gradients import moments_for
 from .heap import trim_heap
 from .model_walk import Walk
-from .offload import DiskStreams, Streams, light_result, set_aside
+from .offload import DiskStreams, Streams, light_result, set_aside, weights_aside
 from .qep import QEPConfig, corrected_hessians, paired_statistics
 from .shared_solves import job_of, solve_jobs
 from .shared_statistics import Recording
@@ -251,10 +251,11 @@ class Engine:
             with set_aside(fp_out):
                 for group in self._groups(block, layers, streams):
                     group_layers = {n: layers[n] for n in group}
+                    rest = [m for n, m in layers.items() if n not in group_layers]
                     if fp_block is not None:
-                        self._group_qep(block, fp_block, name, group_layers, streams)
+                        self._group_qep(block, fp_block, name, group_layers, streams, rest)
                     else:
-                        self._group(block, group_layers, streams)
+                        self._group(block, group_layers, streams, rest)
         del fp_block
         view = BlockView(
             index=index,
@@ -310,9 +311,9 @@ class Engine:
             return [list(layers)] if layers else []
         return blockwise.sequential_groups(block, layers, streams.quantized[0], streams.kwargs[0])
 
-    def _group(self, block: nn.Module, group: dict[str, nn.Module], streams: Streams) -> None:
+    def _group(self, block: nn.Module, group: dict, streams: Streams, rest: list) -> None:
         """Statistics of one sub-group (each pass stops at its last layer), then its solves
-        (the block's inputs set aside meanwhile: no solve reads them)."""
+        (the block's inputs and ``rest`` layers' weights set aside: no solve reads them)."""
         kind = self.needs.inputs
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(group)
         if kind != "none":
@@ -330,7 +331,7 @@ class Engine:
                 if record is not None:
                     record.finish_collector(collector)
             hessians = collector.hessians()
-        with set_aside(streams.quantized):
+        with set_aside(streams.quantized), weights_aside(rest):
             self._solve(group, hessians)
 
     def _group_qep(
@@ -340,6 +341,7 @@ class Engine:
         block_name: str,
         group: dict[str, nn.Module],
         streams: Streams,
+        rest: list[nn.Module],
     ) -> None:
         """Pair each layer's full-precision and quantized-stream inputs, correct, quantize."""
         fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
@@ -351,7 +353,8 @@ class Engine:
             if record is not None:
                 paired.stats = record.finish(paired.stats)
         diag = self.needs.inputs == "diag"
-        self._solve(group, corrected_hessians(group, paired.stats, self.qep, diag))
+        with weights_aside(rest):
+            self._solve(group, corrected_hessians(group, paired.stats, self.qep, diag))
 
     def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
         """Quantize ``group`` (under torchrun each rank its share) and store every result."""

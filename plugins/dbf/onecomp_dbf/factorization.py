@@ -30,6 +30,8 @@ from .refit import REFIT_ROUNDS, refit_vectors
 ADMM_STEPS = 3
 #: power iterations per SVID projection (warm-started from the previous call)
 POWER_ITERS = 2
+#: above this syevd workspace (2·m² floats) a CPU eigh uses syevr (see :func:`_eigh_`)
+EVD_WORKSPACE_BYTES = 64 << 20
 _EPS = 1e-12
 
 
@@ -91,7 +93,9 @@ def _admm_update(
         e_left, v_left = torch.linalg.eigh(gram)
         e_left = e_left.clamp_min(0)
         e_right, v_right = right
-        base = (v_left.t() @ ft_t) @ v_right
+        # Vₗᵀ(FᵀT)V_r into FᵀT's memory (dead once the first product is made): two (k × c)
+        # matrices at once, not three; the same products, so the same bits
+        base = torch.matmul(v_left.t() @ ft_t, v_right, out=ft_t)
         del ft_t
         base.mul_(e_right[None, :])
     current = None
@@ -183,19 +187,25 @@ def _right_basis(
 def _eigh_(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (ascending) and eigenvectors of the symmetric ``corr``, which it consumes.
 
-    On the CPU, LAPACK's divide and conquer (syevd) through SciPy writes the
-    eigenvectors over C. ``torch.linalg.eigh`` keeps C, a copy that becomes
-    the eigenvectors and the workspace: for a 5632² C (TinyLlama's
-    down_proj) 371 MB above C against 276 MB, in about the same time
-    (``python benchmarks/dbf_solve_memory.py --eigh torch|inplace``). Other
-    devices keep torch's.
+    On the CPU, LAPACK through SciPy works in C's own memory.
+    ``torch.linalg.eigh`` keeps C, a copy that becomes the eigenvectors and
+    the workspace: for a 5632² C (TinyLlama's down_proj) 371 MB above C.
+    Divide and conquer (syevd) writes the eigenvectors over C but needs a
+    2·m² workspace (276 MB above C); the relatively robust representations
+    (syevr) need only the m² eigenvectors beside C (127 MB), at ~1.35× the
+    time and an orthogonality of ~1e-5 instead of ~1e-6 in float32
+    (``python benchmarks/dbf_solve_memory.py --eigh torch|evd|evr``). So
+    syevr where the workspace would pass :data:`EVD_WORKSPACE_BYTES`, syevd
+    below (small layers keep their bits). Other devices keep torch's.
     """
     if corr.device.type != "cpu":
         return torch.linalg.eigh(corr)
     from scipy.linalg import eigh  # only a CPU solve with a full H needs it
 
+    m = corr.shape[0]
+    driver = "evr" if 2 * m * m * corr.element_size() > EVD_WORKSPACE_BYTES else "evd"
     # C is symmetric, so its row-major memory read column-major (the LAPACK order) is C again
-    e, v = eigh(corr.numpy().T, lower=True, overwrite_a=True, check_finite=False, driver="evd")
+    e, v = eigh(corr.numpy().T, lower=True, overwrite_a=True, check_finite=False, driver=driver)
     return torch.from_numpy(e), torch.from_numpy(v)
 
 
