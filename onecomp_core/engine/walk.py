@@ -4,8 +4,7 @@ Each repeated block in turn moves to the compute device; forward hooks accumulat
 the method's :class:`~onecomp_core.contract.Needs` ask for over all calibration batches; each
 selected layer is quantized and its dequantized weight written back once its sub-group is
 solved (:func:`apply_results`), so later groups see quantized inputs; the block runs once more
-to produce the next block's inputs and moves back. Results live in one place,
-:attr:`Engine.results`.
+for the next block's inputs and moves back. Results live in :attr:`Engine.results` alone.
 """
 
 from __future__ import annotations
