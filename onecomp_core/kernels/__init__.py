@@ -40,7 +40,7 @@ from .grid import (
 )
 from .grid_result import GridResult
 from .grid_search import fit_grid
-from .on_disk import OnDisk
+from .on_disk import OnDisk, OnDiskStack
 from .orthogonal import (
     OrthogonalTransform,
     hadamard_transform,
@@ -56,6 +56,7 @@ from .two_level import feedback_codes, inverse_factor
 
 __all__ = [
     "OnDisk",
+    "OnDiskStack",
     "backward_in_pieces",
     "batch_rows",
     "run_in_pieces",

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..contract import BlockView, LayerResult, ModelWalk, RunView
+from .on_disk import OnDiskStack
 from .pieces import backward_in_pieces, run_in_pieces
 from .training import move_optimizer_state, swapped_in
 
@@ -244,12 +245,12 @@ class _Run:
             if index in self.optimizers:
                 move_optimizer_state(self.optimizers[index][0], torch.device("cpu"))
 
-    def _final(self, b: int, keep: list[torch.Tensor] | None) -> torch.Tensor:
+    def _final(self, b: int, keep: OnDiskStack | None) -> torch.Tensor:
         x = self.inputs[b]
         with torch.no_grad():
             for index in range(len(self.walk)):
-                if keep is not None:
-                    keep.append(x)
+                if keep is not None:  # on disk until the backward (the first is self.inputs)
+                    keep.append(x, aside=index > 0)
                 with self._in_use(index) as block:
                     x = run_in_pieces(block, x, self.kwargs[b])
         return x
@@ -263,7 +264,7 @@ class _Run:
             return sum(self._kl(self._final(b, None), b) for b in monitor) / len(monitor)
 
     def step(self, b: int) -> None:
-        boundaries: list[torch.Tensor] = []
+        boundaries = OnDiskStack()
         final = self._final(b, boundaries)
         grad = torch.zeros_like(final)
         self._kl(final, b, grad)

@@ -42,3 +42,27 @@ class OnDisk:
     def supports(tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` can be set aside: a CPU tensor (an accelerator's stays put)."""
         return tensor.device.type == "cpu"
+
+
+class OnDiskStack:
+    """A last-in, first-out stack of tensors whose CPU ones wait in temporary files.
+
+    The streamed distillations keep every block's input of one batch for the
+    backward through the blocks: 16 MB a TinyLlama-shape block for 2048
+    tokens, the part of their memory that grows with depth. Pushed as they
+    are made, popped in reverse, each comes back as the same bytes.
+    ``aside=False`` keeps a tensor in memory (one held elsewhere anyway).
+    """
+
+    def __init__(self) -> None:
+        self._items: list[OnDisk | torch.Tensor] = []
+
+    def append(self, tensor: torch.Tensor, aside: bool = True) -> None:
+        self._items.append(OnDisk(tensor) if aside and OnDisk.supports(tensor) else tensor)
+
+    def pop(self) -> torch.Tensor:
+        item = self._items.pop()
+        return item.take() if isinstance(item, OnDisk) else item
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,5 +1,5 @@
 """OnDisk: a tensor set aside in a temporary file comes back with the same bytes, and its
-memory is freed meanwhile."""
+memory is freed meanwhile; OnDiskStack, a stack of them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import weakref
 import torch
 
 from onecomp_core.engine.offload import set_aside
-from onecomp_core.kernels import OnDisk
+from onecomp_core.kernels import OnDisk, OnDiskStack
 
 
 def test_a_tensor_comes_back_bit_identical_and_the_file_is_gone():
@@ -36,3 +36,19 @@ def test_set_aside_frees_the_streams_inside_and_restores_them_after():
     assert len(stream) == 3
     for got, want in zip(stream, expected, strict=True):
         assert torch.equal(got, want)
+
+
+def test_the_stack_gives_back_the_same_tensors_last_first_and_holds_none_of_them():
+    stack = OnDiskStack()
+    made = [torch.randn(3, 5, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    copies = [t.clone() for t in made]
+    refs = [weakref.ref(t) for t in made]
+    kept = made[0]
+    stack.append(made[0], aside=False)  # held elsewhere anyway: stays in memory
+    for t in made[1:]:
+        stack.append(t)
+    del made, t
+    assert refs[0]() is kept and refs[1]() is None and refs[2]() is None  # on disk, not here
+    assert len(stack) == 3
+    assert torch.equal(stack.pop(), copies[2]) and torch.equal(stack.pop(), copies[1])
+    assert stack.pop() is kept and len(stack) == 0

@@ -36,6 +36,7 @@ import torch
 
 from onecomp_core.contract import ModelWalk
 from onecomp_core.kernels import (
+    OnDiskStack,
     backward_in_pieces,
     end_kl,
     kl_sum,
@@ -175,13 +176,13 @@ class _Distillation:
         return _BlockInUse(self, index)
 
     # -- the loss ----------------------------------------------------------------------------------
-    def _final(self, b: int, keep: list[torch.Tensor] | None) -> torch.Tensor:
+    def _final(self, b: int, keep: OnDiskStack | None) -> torch.Tensor:
         """Batch ``b`` through the trained blocks without gradients; ``keep`` gets the inputs."""
         x = self.inputs[b]
         with torch.no_grad():
             for index in range(self.first, len(self.walk)):
-                if keep is not None:
-                    keep.append(x)
+                if keep is not None:  # on disk until the backward (the first is self.inputs)
+                    keep.append(x, aside=index > self.first)
                 with self._in_use(index) as block:
                     x = run_in_pieces(block, x, self.kwargs[b])
         return x
@@ -199,7 +200,7 @@ class _Distillation:
     # -- one step: streamed forward, loss at the end, backward block by block ----------------------
     def step(self, b: int, update: bool = True) -> None:
         """One Adam step on batch ``b`` (``update=False``: only leave the gradients)."""
-        boundaries: list[torch.Tensor] = []
+        boundaries = OnDiskStack()
         final = self._final(b, boundaries)
         grad = torch.zeros_like(final)
         self._kl(final, b, grad)
