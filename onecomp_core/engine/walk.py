@@ -236,12 +236,10 @@ class Engine:
     ) -> Streams | None:
         layers, block = self._block_layers(name), self.source.materialize(name, self.device)
         fp_block = copy.deepcopy(block) if self.qep is not None else None
-        with torch.no_grad(), self._timed("fp_forward_s"):
-            fp_out = (
-                self._run_all(block, streams.full_precision, streams)
-                if (streams and streams.full_precision is not None)
-                else None
-            )
+        has_fp = streams is not None and streams.full_precision is not None
+        # each stream waits on disk while the other runs through the block (the same bytes back)
+        with torch.no_grad(), self._timed("fp_forward_s"), set_aside(has_fp and streams.quantized):
+            fp_out = self._run_all(block, streams.full_precision, streams) if has_fp else None
         if streams is not None and fp_block is None:  # dead once fp_out exists (not for QEP)
             streams.full_precision = None
         if streams is None:
@@ -279,7 +277,7 @@ class Engine:
             self._update(self.ranks.from_writer(self.method.on_block_done(whole)))
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         if streams is not None:
-            with torch.no_grad(), self._timed("forward_s"):
+            with torch.no_grad(), self._timed("forward_s"), set_aside(fp_out):
                 outputs = self._run_all(block, streams.quantized, streams)
             streams = Streams(outputs, streams.kwargs, streams.token_masks, fp_out)
         if self.writer is not None:  # before the checkpoint: a finished block has its shard

@@ -102,3 +102,25 @@ def test_no_other_dense_weight_of_the_block_is_in_memory_during_a_solve_and_all_
         expected = original[name].weight.detach().half()
         assert torch.equal(results[name].weight, expected)
         assert torch.equal(layer.weight.detach(), expected.float())
+
+
+def test_each_stream_waits_on_disk_while_the_other_runs_through_the_block(monkeypatch):
+    from onecomp_core.engine import blocks
+
+    seen = []
+    real = blocks.run_block
+
+    def spy(block, x, kwargs):  # the batch activations alive as a block forward starts
+        seen.append(_activations_alive())
+        return real(block, x, kwargs)
+
+    monkeypatch.setattr(blocks, "run_block", spy)
+    method = Watching(include_layer_keywords=["layers.0."])
+    calibration = CalibrationConfig(
+        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
+    )
+    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
+    Runner(model, method, calibration, show_progress=False).run()
+    # two batches: the running stream's inputs, plus the one output made so far (without
+    # setting aside, the other stream's two batches as well: [4, 5, ...])
+    assert len(seen) > 2 and seen == [2, 3] * (len(seen) // 2)
