@@ -86,9 +86,10 @@ def _admm_update(
     gram = f.t() @ f
     ft_t = f.t() @ target
     del f
-    z = state.z * d[:, None]
-    u = state.u * d[:, None]
-    state.z = state.u = None  # replaced at the end; dropped meanwhile (k × c each)
+    # into the factor's scale in place: the state is replaced at the end (k × c each)
+    z = state.z.mul_(d[:, None])
+    u = state.u.mul_(d[:, None])
+    state.z = state.u = None
     if right is not None:
         e_left, v_left = torch.linalg.eigh(gram)
         e_left = e_left.clamp_min(0)
@@ -101,7 +102,8 @@ def _admm_update(
     current = None
     # every (k × c) step in place where that keeps the bits (a + b = b + a, a·b = b·a), each
     # operand dropped once used, products written into a dead operand's memory: the
-    # Sylvester branch holds 4 such matrices (Z or U, the base, two products), not ~12
+    # Sylvester branch holds 4 such matrices (Z or U, the base, two products), not ~12; the
+    # inverse branch 4 (FᵀT, U, the right-hand side, Y), not 6
     for _ in range(ADMM_STEPS):
         r = rho * state.rho_mult
         diff = z - u
@@ -120,7 +122,7 @@ def _admm_update(
             if current != r:
                 inv = torch.linalg.inv(gram + (reg + r) * torch.eye(k, device=gram.device))
                 current = r
-            y = inv @ (ft_t + r * diff)
+            y = inv @ diff.mul_(r).add_(ft_t)  # FᵀT + r(Z − U), in Z − U's memory
             del diff
         if adaptive:
             z_old = z
@@ -140,8 +142,8 @@ def _admm_update(
             z, state.v = svid_project(shifted, state.v)
             u = shifted.sub_(z)  # U + Y − Z
             del shifted
-    state.z = z / d[:, None]
-    state.u = u / d[:, None]
+    state.z = z.div_(d[:, None])
+    state.u = u.div_(d[:, None])
 
 
 def _divide_by_spectrum_(
