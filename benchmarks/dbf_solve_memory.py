@@ -107,7 +107,6 @@ def _eigh_only(args: argparse.Namespace, n: int, return_freed_memory) -> None:
 
     _, c = _inputs(1, n)
     c.diagonal().add_(0.1 * c.diagonal().mean())  # damped, as the fit's C is
-    probe = c[:, -5:].clone()  # columns to check the top pairs against (C is consumed)
     check = c.clone()
     return_freed_memory()
     start = reset_peak_rss()
@@ -120,7 +119,6 @@ def _eigh_only(args: argparse.Namespace, n: int, return_freed_memory) -> None:
         del c
     seconds = time.perf_counter() - t0
     peak = peak_rss_above(start)
-    del probe
     top = v[:, -5:]
     residual = float((check @ top - top * e[-5:]).abs().max())
     top = v[:, -50:]
