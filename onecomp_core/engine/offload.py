@@ -87,14 +87,14 @@ class DiskStreams:
 
 
 @contextmanager
-def set_aside(*streams: Sequence[torch.Tensor] | None | bool) -> Iterator[None]:
+def set_aside(*streams: Sequence[torch.Tensor] | None) -> Iterator[None]:
     """In-memory streams' tensors in temporary files inside the ``with``, back after.
 
     A layer solve reads none of the block's activations, yet they sat beside
     its (in × in) matrices: 128 MB for 32×256 tokens at hidden 2048 (the
     quantized inputs and the fp outputs). Lists of CPU tensors are emptied in
     place and refilled with the same bytes; anything else (a
-    :class:`DiskStream`, tensors on an accelerator, None or False) stays as it is.
+    :class:`DiskStream`, tensors on an accelerator, None) stays as it is.
     """
     parked = []
     for stream in streams:

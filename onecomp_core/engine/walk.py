@@ -238,7 +238,8 @@ class Engine:
         fp_block = copy.deepcopy(block) if self.qep is not None else None
         has_fp = streams is not None and streams.full_precision is not None
         # each stream waits on disk while the other runs through the block (the same bytes back)
-        with torch.no_grad(), self._timed("fp_forward_s"), set_aside(has_fp and streams.quantized):
+        waits = streams.quantized if has_fp else None
+        with torch.no_grad(), self._timed("fp_forward_s"), set_aside(waits):
             fp_out = self._run_all(block, streams.full_precision, streams) if has_fp else None
         if streams is not None and fp_block is None:  # dead once fp_out exists (not for QEP)
             streams.full_precision = None
