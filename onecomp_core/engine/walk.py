@@ -12,9 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import time
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -26,6 +24,7 @@ from ..contract.selection import select_layers
 from ..data.streamed import ResidentModel
 from ..storage.packed import apply_results, release_weights
 from . import blocks as blockwise
+from . import offload as disk
 from . import quant_error
 from .checkpoint import BlockCheckpoint
 from .distributed import Ranks
@@ -33,11 +32,11 @@ from .finetune import finetune_block
 from .gradients import moments_for
 from .heap import trim_heap
 from .model_walk import Walk
-from .offload import DiskStreams, Streams, light_result, set_aside, weights_aside
 from .qep import QEPConfig, corrected_hessians, paired_statistics
 from .shared_solves import job_of, solve_jobs
 from .shared_statistics import Recording
 from .statistics import StatisticsCollector, model_statistics, token_mask
+from .timings import Timings
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ class Engine:
         block_callback: Callable[[BlockView], None] | None = None,
         source: Any = None,
         writer: Any = None,
-        offload: DiskStreams | None = None,
+        offload: disk.DiskStreams | None = None,
     ) -> None:
         self.model, self.method, self.layers = model, method, layers
         # block tensors from memory or disk; finished blocks to a ShardWriter; activations on disk
@@ -80,23 +79,16 @@ class Engine:
         self.needs: Needs = method.needs()
         self.moments: dict[str, LayerMoments] | None = None
         self._layer_bar = None
+        self._parked = disk.ParkedResults()  # finished blocks' results, for a model pass
         #: this process's place in a torch.distributed run (one process: rank 0 of 1)
         self.ranks = Ranks.current()
         #: seconds per phase: capture_s + forward_s is one calibration forward of the model
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def _timed(self, key: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
+        self.timings = Timings()
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, LayerResult]:
         """Quantize every selected layer; returns :attr:`results`."""
-        with self._timed("moments_s"):
+        with self.timings.timed("moments_s"):
             self.moments = self._moments()
         # model-level steps go through the blocks; a streamed block is refilled with the results
         walk = Walk(self.model, self.device, self.source, fill=self._fill_block)
@@ -139,11 +131,12 @@ class Engine:
                     peak = torch.cuda.max_memory_allocated(self.device) / 2**20
                     bar.set_postfix_str(f"GPU peak {peak:.0f} MiB")
             del streams  # the last block's outputs feed nothing (a teacher keeps its own)
+            self._parked.revive(self.results)
             self._outside_blocks(prefix)
             if not self.ranks.is_writer:
                 return self.results  # the model-level step runs on rank 0 alone
             view = RunView(self.model, self.layers, self._data_batches(), dict(self.results))
-            with self._timed("model_hooks_s"):
+            with self.timings.timed("model_hooks_s"):
                 changed = self.method.on_model_done(dataclasses.replace(view, walk=walk))
                 self._update(changed)
                 if self.writer is not None and changed:  # shards written before the step
@@ -194,13 +187,13 @@ class Engine:
     # -- streams and resume ----------------------------------------------------------------------
     def _start_streams(
         self, prefix: str, blocks: nn.ModuleList, checkpoint: BlockCheckpoint | None, start: int
-    ) -> Streams | None:
+    ) -> disk.Streams | None:
         if start:
             self._restore(blocks, checkpoint, start)
         if not self._needs_data:
             return None
         local = self.ranks.share_of_batches(self.batches)  # the batches this rank streams
-        with self.source.outside(prefix, self.device), self._timed("capture_s"):
+        with self.source.outside(prefix, self.device), self.timings.timed("capture_s"):
             inputs, kwargs = blockwise.capture_inputs(self.model, blocks[0], local, self.device)
         inputs = self._keep(inputs)
         masks = [token_mask(mask) for _, mask in local]
@@ -209,7 +202,7 @@ class Engine:
             saved = self.ranks.shard_streams(checkpoint.load_streams(start, self.device))
             inputs = self._keep(saved["quantized"])
             fp = self._keep(saved["full_precision"]) if "full_precision" in saved else None
-        return Streams(inputs, kwargs, masks, fp)
+        return disk.Streams(inputs, kwargs, masks, fp)
 
     def _keep(self, tensors) -> list[torch.Tensor]:
         """A stream of activations: a list, or files on disk with ``--offload-activations``."""
@@ -218,7 +211,9 @@ class Engine:
     def _restore(self, blocks: nn.ModuleList, checkpoint: BlockCheckpoint, start: int) -> None:
         for name, result in checkpoint.load_results(start).items():
             light = self.writer is not None and not self.needs.model_pass
-            self._store(name, light_result(result) if light else result)
+            self._store(name, disk.light_result(result) if light else result)
+        if self.writer is not None and self.writer.keep_results:  # as if walked this run
+            self._parked.park(self.results, list(self.results))
         for index in range(start):
             rest = checkpoint.load_rest(index)
             if rest and not self.source.streamed:  # a streamed block's rest is in its shard
@@ -231,22 +226,22 @@ class Engine:
         index: int,
         name: str,
         block: nn.Module,
-        streams: Streams | None,
+        streams: disk.Streams | None,
         checkpoint: BlockCheckpoint | None,
-    ) -> Streams | None:
+    ) -> disk.Streams | None:
         layers, block = self._block_layers(name), self.source.materialize(name, self.device)
         fp_block = copy.deepcopy(block) if self.qep is not None else None
         has_fp = streams is not None and streams.full_precision is not None
         # each stream waits on disk while the other runs through the block (the same bytes back)
         waits = streams.quantized if has_fp else None
-        with torch.no_grad(), self._timed("fp_forward_s"), set_aside(waits):
+        with torch.no_grad(), self.timings.timed("fp_forward_s"), disk.set_aside(waits):
             fp_out = self._run_all(block, streams.full_precision, streams) if has_fp else None
         if streams is not None and fp_block is None:  # dead once fp_out exists (not for QEP)
             streams.full_precision = None
         if streams is None:
             self._solve(layers, dict.fromkeys(layers))
         else:  # the fp outputs wait on disk until fine-tuning reads them
-            with set_aside(fp_out):
+            with disk.set_aside(fp_out):
                 for group in self._groups(block, layers, streams):
                     group_layers = {n: layers[n] for n in group}
                     rest = [m for n, m in layers.items() if n not in group_layers]
@@ -268,19 +263,19 @@ class Engine:
         )
         whole = self.ranks.for_hooks(view, self.method, self.needs.fine_tunes)
         if self.needs.fine_tunes and streams is not None:  # engine block fine-tuning
-            with self._timed("finetune_s"):
+            with self.timings.timed("finetune_s"):
                 tuned = finetune_block(self.method, whole, self.needs.finetune)[0]
                 kept = self.ranks.from_writer(tuned)  # the block holds ``tuned``'s weights:
                 self._update(kept, write=kept is not tuned)  # written only if rank 0's differ
             view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
             whole = dataclasses.replace(whole, results=view.results)
-        with self._timed("block_hooks_s"):
+        with self.timings.timed("block_hooks_s"):
             self._update(self.ranks.from_writer(self.method.on_block_done(whole)))
         view = dataclasses.replace(view, results={n: self.results[n] for n in layers})
         if streams is not None:
-            with torch.no_grad(), self._timed("forward_s"), set_aside(fp_out):
+            with torch.no_grad(), self.timings.timed("forward_s"), disk.set_aside(fp_out):
                 outputs = self._run_all(block, streams.quantized, streams)
-            streams = Streams(outputs, streams.kwargs, streams.token_masks, fp_out)
+            streams = disk.Streams(outputs, streams.kwargs, streams.token_masks, fp_out)
         if self.writer is not None:  # before the checkpoint: a finished block has its shard
             self.writer.write_block(index, block, layers, view.results, self.method)
         if checkpoint is not None:
@@ -295,42 +290,46 @@ class Engine:
         trim_heap()  # the block's freed fragments back to the system (else the peak creeps up)
         if self.block_callback is not None:
             self.block_callback(view)
+        if self.writer is not None and self.writer.keep_results:  # on disk until the model step
+            self._parked.park(self.results, layers)
         return streams
 
-    def _run_all(self, block: nn.Module, inputs: list[torch.Tensor], streams: Streams):
+    def _run_all(self, block: nn.Module, inputs: list[torch.Tensor], streams: disk.Streams):
         return self._keep(
             blockwise.run_block(block, x, kw) for x, kw in zip(inputs, streams.kwargs, strict=True)
         )
 
     def _groups(
-        self, block: nn.Module, layers: dict[str, nn.Module], streams: Streams
+        self, block: nn.Module, layers: dict[str, nn.Module], streams: disk.Streams
     ) -> list[list[str]]:
         if not (layers and self.needs.sequential):
             return [list(layers)] if layers else []
         return blockwise.sequential_groups(block, layers, streams.quantized[0], streams.kwargs[0])
 
-    def _group(self, block: nn.Module, group: dict, streams: Streams, rest: list) -> None:
-        """Statistics of one sub-group (each pass stops at its last layer), then its solves
-        (the block's inputs and ``rest`` layers' weights set aside: no solve reads them)."""
+    def _group(self, block: nn.Module, group: dict, streams: disk.Streams, rest: list) -> None:
+        """Statistics of one sub-group (each pass stops at its last layer; the block's inputs
+        read back from disk a batch at a time), then its solves (the inputs and ``rest``
+        layers' weights set aside: no solve reads them)."""
         kind = self.needs.inputs
         hessians: dict[str, torch.Tensor | None] = dict.fromkeys(group)
-        if kind != "none":
-            collector = StatisticsCollector(group, kind, self.needs.precision)
-            record = Recording.of(self.ranks, len(self.batches), collector)
-            stop = blockwise.StopAfter(list(group.values()))
-            with self._timed("statistics_s"), torch.no_grad(), collector.hooked(), stop:
-                for i, mask in enumerate(streams.token_masks):  # no batch held after the loop
+        with disk.read_in_turn(streams.quantized) as inputs:
+            if kind != "none":
+                collector = StatisticsCollector(group, kind, self.needs.precision)
+                record = Recording.of(self.ranks, len(self.batches), collector)
+                stop = blockwise.StopAfter(list(group.values()))
+                unused = disk.weights_until_used([*group.values(), *rest])  # after ``stop``
+                timed = self.timings.timed("statistics_s")
+                with timed, torch.no_grad(), collector.hooked(), stop, unused:
+                    for i, mask in enumerate(streams.token_masks):  # one batch held at a time
+                        if record is not None:
+                            record.batch(i)
+                        collector.new_batch(mask)
+                        stop.run(block, inputs[i], streams.kwargs[i], only=collector.owners())
                     if record is not None:
-                        record.batch(i)
-                    collector.new_batch(mask)
-                    stop.run(
-                        block, streams.quantized[i], streams.kwargs[i], only=collector.owners()
-                    )
-                if record is not None:
-                    record.finish_collector(collector)
-            hessians = collector.hessians()
-        with set_aside(streams.quantized), weights_aside(rest):
-            self._solve(group, hessians)
+                        record.finish_collector(collector)
+                hessians = collector.hessians()
+            with disk.weights_aside(rest):
+                self._solve(group, hessians)
 
     def _group_qep(
         self,
@@ -338,39 +337,40 @@ class Engine:
         fp_block: nn.Module,
         block_name: str,
         group: dict[str, nn.Module],
-        streams: Streams,
+        streams: disk.Streams,
         rest: list[nn.Module],
     ) -> None:
         """Pair each layer's full-precision and quantized-stream inputs, correct, quantize."""
         fp_group = {n: fp_block.get_submodule(n[len(block_name) + 1 :]) for n in group}
         record = Recording.of(self.ranks, len(self.batches))
-        with self._timed("statistics_s"):
+        with self.timings.timed("statistics_s"):
             paired = paired_statistics(
                 block, fp_block, fp_group, group, streams, self.needs, record and record.on_batch
             )
             if record is not None:
                 paired.stats = record.finish(paired.stats)
         diag = self.needs.inputs == "diag"
-        with weights_aside(rest):
+        with disk.weights_aside(rest):
             self._solve(group, corrected_hessians(group, paired.stats, self.qep, diag))
 
     def _solve(self, group: dict[str, nn.Module], hessians: dict[str, torch.Tensor | None]) -> None:
         """Quantize ``group`` (under torchrun each rank its share) and store every result."""
         if self.ranks.distributed:
             jobs = {n: job_of(n, self.layers, hessians.pop(n), self.moments) for n in group}
-            with self._timed("solve_s"):
+            with self.timings.timed("solve_s"):
                 results = solve_jobs(self.ranks, self.method, jobs)
             for name, result in results.items():
                 self._accept(name, result, jobs[name].hessian)
             return
         hand_over = not self.method.calc_quant_error  # the solve may free H (LayerJob)
-        for name in group:  # popped: a solved layer's H is freed before the next solve
-            job = job_of(name, self.layers, hessians.pop(name), self.moments, hand_over)
-            with self._timed("solve_s"):
-                result = self.method.quantize(job)
-            self._accept(name, result, job.hessian, write=False)
-            # dead until the group's write-back below: a solve holds one layer's weight
-            release_weights(self.layers, [name])
+        with disk.solved_in_turn(self.layers, hessians, list(group)) as ready:  # the rest on disk
+            for name in group:  # popped: a solved layer's H is freed before the next solve
+                ready(name)
+                job = job_of(name, self.layers, hessians.pop(name), self.moments, hand_over)
+                with self.timings.timed("solve_s"):
+                    result = self.method.quantize(job)
+                self._accept(name, result, job.hessian, write=False)
+                release_weights(self.layers, [name])  # dead until the group's write-back
         apply_results(self.layers, {n: self.results[n] for n in group})
 
     def _accept(

@@ -33,9 +33,14 @@ class OnDisk:
 
     def take(self) -> torch.Tensor:
         """The tensor again (a new CPU tensor); the file is closed and gone."""
+        tensor = self.read()
+        self._file.close()
+        return tensor
+
+    def read(self) -> torch.Tensor:
+        """A new CPU tensor with the bytes; the file stays for another read or :meth:`take`."""
         self._file.seek(0)
         raw = np.fromfile(self._file, dtype=np.uint8)
-        self._file.close()
         return torch.from_numpy(raw).view(self.dtype).reshape(self.shape)
 
     @staticmethod

@@ -18,12 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from onecomp_core.cli import main
 from onecomp_core.contract import LayerJob
 from onecomp_core.engine.distributed import assign_layers, shard_range
 from onecomp_core.engine.shared_solves import row_slices, rows_of
 from onecomp_core.registry import create_method
-from onecomp_core.testing import HessianRTNPlugin, registered_plugin
 
 ASSETS = Path(__file__).resolve().parents[3] / "shared" / "assets"
 STORIES = str(ASSETS / "stories260K")
@@ -133,14 +131,25 @@ def _assert_same_output(a: Path, b: Path, same_config: bool = True) -> None:
     assert qa == qb
 
 
+#: the CLI with the test plugin (hessian_rtn) registered
+ONE_PROCESS = """
+import sys
+from onecomp_core.cli import main
+from onecomp_core.testing import HessianRTNPlugin, registered_plugin
+with registered_plugin(HessianRTNPlugin()):
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _one_process(out: Path, *args: str) -> None:
-    """The reference: one process, one thread (as each rank has)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["quantize", STORIES, *args, *DATA, "--out", str(out), "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    """The reference: one process, one thread (as each rank has), in a process of its own:
+    SciPy's OpenBLAS (DBF's eigh) reads its thread count from the environment at load
+    time, and its eigenvectors' bits depend on it."""
+    command = [sys.executable, "-c", ONE_PROCESS, "quantize", STORIES, *args, *DATA]
+    run = subprocess.run(
+        [*command, "--out", str(out), "--quiet"], env=_env(), capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 def _env() -> dict[str, str]:
@@ -269,6 +278,6 @@ def test_an_error_on_one_rank_ends_the_run_with_one_line_and_the_rerun_resumes(t
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert resumed.stderr.count("resuming after block 2 of 5") == 1  # rank 0 says it
-    with registered_plugin(HessianRTNPlugin()):  # the same solve, under its own name
-        _one_process(tmp_path / "one", "--method", "hessian_rtn", "--no-checkpoint")
+    # the same solve, under its own name
+    _one_process(tmp_path / "one", "--method", "hessian_rtn", "--no-checkpoint")
     _assert_same_output(out, tmp_path / "one", same_config=False)

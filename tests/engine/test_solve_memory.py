@@ -1,6 +1,7 @@
-"""While a layer is solved, the block's activations and its other layers' weights are set
-aside: no calibration batch (the quantized inputs, the fp outputs) and no other dense weight
-of the block is in memory beside the solve, and the run's results do not change."""
+"""While a layer is solved, the block's activations, its other layers' weights and their
+Hessians are set aside: no calibration batch (the quantized inputs, the fp outputs), no other
+dense weight of the block and no other layer's H is in memory beside the solve, and the run's
+results do not change."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from onecomp_core.seed_api import Runner
 
 STORIES = Path(__file__).resolve().parents[3] / "shared" / "assets" / "stories260K"
 CALIB = STORIES.parent / "text" / "wikitext2-valid.tokens.txt"
-BATCH, LENGTH, HIDDEN = 4, 32, 64
+BATCH, LENGTH, HIDDEN, INTERMEDIATE = 4, 32, 64, 172
 
 
 def _activations_alive() -> int:
@@ -27,6 +28,16 @@ def _activations_alive() -> int:
         1
         for o in gc.get_objects()
         if isinstance(o, torch.Tensor) and o.shape == (BATCH, LENGTH, HIDDEN)
+    )
+
+
+def _down_hessians_alive() -> int:
+    """down_proj's H is the only (172 × 172) tensor of a stories260K run."""
+    gc.collect()
+    return sum(
+        1
+        for o in gc.get_objects()
+        if isinstance(o, torch.Tensor) and o.shape == (INTERMEDIATE, INTERMEDIATE)
     )
 
 
@@ -47,6 +58,8 @@ class Watching(Method):
     #: per solve: the block's other layers whose dense weight is in memory
     dense_others: list = param(items=object, factory=list, internal=True, saved=False)
     layers: dict = param(items=object, factory=dict, internal=True, saved=False)
+    #: per solve: how many copies of down_proj's H are in memory
+    down_h: list = param(items=object, factory=list, internal=True, saved=False)
 
     def needs(self):  # fine-tuning keeps the fp outputs: both streams exist during the solves
         return Needs(inputs="full", finetune=FineTune(1, 1e-3))
@@ -56,6 +69,7 @@ class Watching(Method):
 
     def quantize_layer(self, job: LayerJob):
         self.alive.append(_activations_alive())
+        self.down_h.append(_down_hessians_alive())
         block = job.name.rsplit(".", 2)[0]
         self.dense_others.append(
             [
@@ -73,8 +87,20 @@ def test_no_batch_activation_is_alive_during_a_solve():
         dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
     )
     model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    Runner(model, method, calibration, show_progress=False).run()
+    original = dict(model.load_model().named_modules())
+    results = Runner(model, method, calibration, show_progress=False).run()
     assert len(method.alive) == 7 and method.alive == [0] * 7
+    # one group of seven layers: the six others wait on disk (weight and H) for their turn
+    assert method.dense_others == [[]] * 7
+    assert method.down_h == [0] * 6 + [1]  # down_proj's own H, in its job
+    _all_came_back(method, original, results)
+
+
+def _all_came_back(method: Watching, original: dict, results: dict) -> None:
+    for name, layer in method.layers.items():  # every weight came back: the same bytes
+        expected = original[name].weight.detach().half()
+        assert torch.equal(results[name].weight, expected)
+        assert torch.equal(layer.weight.detach(), expected.float())
 
 
 @dataclass
@@ -95,13 +121,11 @@ def test_no_other_dense_weight_of_the_block_is_in_memory_during_a_solve_and_all_
     model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
     original = dict(model.load_model().named_modules())
     results = Runner(model, method, calibration, show_progress=False).run()
-    # the groups (q k v) (o) (gate up) (down): only the group's layers not solved yet are dense
-    others = [[n.rsplit(".", 1)[1] for n in names] for names in method.dense_others]
-    assert others == [["k_proj", "v_proj"], ["v_proj"], [], [], ["up_proj"], [], []]
-    for name, layer in method.layers.items():  # every weight came back: the same bytes
-        expected = original[name].weight.detach().half()
-        assert torch.equal(results[name].weight, expected)
-        assert torch.equal(layer.weight.detach(), expected.float())
+    # the groups (q k v) (o) (gate up) (down): the rest of the block set aside, and the
+    # group's layers not solved yet waiting on disk
+    assert method.dense_others == [[]] * 7
+    assert method.down_h == [0] * 6 + [1]
+    _all_came_back(method, original, results)
 
 
 def test_each_stream_waits_on_disk_while_the_other_runs_through_the_block(monkeypatch):
@@ -124,3 +148,47 @@ def test_each_stream_waits_on_disk_while_the_other_runs_through_the_block(monkey
     # two batches: the running stream's inputs, plus the one output made so far (without
     # setting aside, the other stream's two batches as well: [4, 5, ...])
     assert len(seen) > 2 and seen == [2, 3] * (len(seen) // 2)
+
+
+def test_a_statistics_pass_holds_one_batch_of_the_block_inputs(monkeypatch):
+    from onecomp_core.engine import blocks
+
+    seen = []
+    real = blocks.StopAfter.run
+
+    def spy(self, block, hidden, kwargs, only=None):  # batches alive as a statistics pass starts
+        seen.append(_activations_alive())
+        return real(self, block, hidden, kwargs, only)
+
+    monkeypatch.setattr(blocks.StopAfter, "run", spy)
+    method = Watching(include_layer_keywords=["layers.0."])
+    calibration = CalibrationConfig(
+        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
+    )
+    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
+    original = dict(model.load_model().named_modules())
+    results = Runner(model, method, calibration, show_progress=False).run()
+    # the batch being read (held two batches without reading them back one at a time)
+    assert seen == [1, 1]
+    _all_came_back(method, original, results)
+
+
+def test_a_statistics_pass_reads_only_the_weights_of_the_layers_it_runs():
+    from torch import nn
+
+    from onecomp_core.engine.blocks import StopAfter
+    from onecomp_core.engine.offload import weights_until_used
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4))
+    before = [m.weight.detach().clone() for m in block]
+    dense = []
+    block[0].register_forward_hook(lambda m, a, o: dense.append([x.weight.numel() for x in block]))
+    stop = StopAfter([block[1]])  # the pass stops as layer 1 is entered
+    with stop, weights_until_used(list(block)):
+        for _ in range(2):
+            stop.run(block, torch.randn(2, 4), {})
+    # layer 0 came back as it ran; layer 1 (where the pass stops) and 2 never did
+    assert dense == [[16, 0, 0], [16, 0, 0]]
+    assert all(torch.equal(m.weight, w) for m, w in zip(block, before, strict=True))
+    assert all(len(m._forward_pre_hooks) == 0 for m in block)  # no hook left behind

@@ -8,7 +8,7 @@ import weakref
 
 import torch
 
-from onecomp_core.engine.offload import set_aside
+from onecomp_core.engine.offload import read_in_turn, set_aside
 from onecomp_core.kernels import OnDisk, OnDiskStack
 
 
@@ -52,3 +52,24 @@ def test_the_stack_gives_back_the_same_tensors_last_first_and_holds_none_of_them
     assert len(stack) == 3
     assert torch.equal(stack.pop(), copies[2]) and torch.equal(stack.pop(), copies[1])
     assert stack.pop() is kept and len(stack) == 0
+
+
+def test_read_leaves_the_file_for_another_read_and_take_closes_it():
+    t = torch.arange(12.0).reshape(3, 4)
+    parked = OnDisk(t)
+    first, second = parked.read(), parked.read()
+    assert torch.equal(first, t) and torch.equal(second, t) and first is not second
+    assert not parked._file.closed
+    assert torch.equal(parked.take(), t) and parked._file.closed
+
+
+def test_read_in_turn_empties_the_list_reads_on_index_and_refills_it():
+    stream = [torch.full((2, 3), float(i)) for i in range(3)]
+    with read_in_turn(stream) as batches:
+        assert stream == [] and len(batches) == 3
+        assert torch.equal(batches[2], torch.full((2, 3), 2.0))
+        assert torch.equal(batches[0], torch.zeros(2, 3))
+    assert [float(t[0, 0]) for t in stream] == [0.0, 1.0, 2.0]  # the same bytes, in order
+    meta = [torch.zeros(2, device="meta")]
+    with read_in_turn(meta) as batches:  # not on the CPU: yielded as it is
+        assert batches is meta and len(meta) == 1
