@@ -14,8 +14,8 @@ import ctypes
 import ctypes.util
 from functools import cache
 
-#: mallopt's parameter number of the mmap threshold in glibc's malloc.h
-_M_MMAP_THRESHOLD = -3
+#: mallopt's parameter numbers in glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 @cache
@@ -34,11 +34,16 @@ def return_freed_memory() -> None:
     glibc raises its mmap threshold after the first large free, so later
     block-sized tensors come from the heap and the heap's high-water mark stays
     resident: a freed block would still count. A fixed threshold (64 KiB)
-    keeps every tensor of that size in its own mapping, unmapped when freed.
+    keeps every tensor of that size in its own mapping, unmapped when freed. The
+    heap's free top goes back at once too (no trim threshold, no top pad, as
+    ``MALLOC_TRIM_THRESHOLD_=0 MALLOC_TOP_PAD_=0``): a 4-block synthetic GPTQ run
+    peaked at 943 instead of 1002 MiB with those variables set.
     """
     libc = _glibc()
     if libc is not None:
         libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 0)
+        libc.mallopt(_M_TOP_PAD, 0)
 
 
 def trim_heap() -> None:
