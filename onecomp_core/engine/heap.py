@@ -37,7 +37,8 @@ def return_freed_memory() -> None:
     keeps every tensor of that size in its own mapping, unmapped when freed. The
     heap's free top goes back at once too (no trim threshold, no top pad, as
     ``MALLOC_TRIM_THRESHOLD_=0 MALLOC_TOP_PAD_=0``): a 4-block synthetic GPTQ run
-    peaked at 943 instead of 1002 MiB with those variables set.
+    peaked at 943 instead of 1002 MiB with those variables set (one run each of
+    ``python benchmarks/scale.py --blocks 4 --methods gptq``, a loaded machine).
     """
     libc = _glibc()
     if libc is not None:

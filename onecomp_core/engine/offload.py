@@ -171,6 +171,17 @@ class ParkedResults:
         self._files.clear()
 
 
+def _park_weight(module: nn.Module) -> tuple[torch.Tensor, OnDisk] | None:
+    """``module``'s dense CPU weight into a temporary file, its memory freed; None when it
+    has none (meta, empty) or it is on an accelerator. ``weight.data = file.take()`` undoes it."""
+    weight = getattr(module, "weight", None)
+    if not (isinstance(weight, torch.Tensor) and weight.numel() and OnDisk.supports(weight)):
+        return None
+    parked = (weight, OnDisk(weight.data))
+    weight.data = weight.data.new_empty(0)
+    return parked
+
+
 def light_result(result: LayerResult) -> LayerResult:
     """A copy of ``result`` whose tensors are meta tensors of the same shapes and dtypes."""
     return drop_tensors(copy.copy(result))
@@ -195,12 +206,7 @@ def weights_aside(modules: Iterable[nn.Module]) -> Iterator[None]:
     back as the same bytes (:class:`OnDisk`), so no result changes; weights on
     an accelerator or not materialized (meta) stay as they are.
     """
-    parked = []
-    for module in modules:
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.numel() and OnDisk.supports(weight):
-            parked.append((weight, OnDisk(weight.data)))
-            weight.data = weight.data.new_empty(0)
+    parked = [item for item in map(_park_weight, modules) if item is not None]
     try:
         yield
     finally:
@@ -227,10 +233,9 @@ def weights_until_used(modules: Iterable[nn.Module]) -> Iterator[None]:
 
     handles = []
     for module in modules:
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.numel() and OnDisk.supports(weight):
-            parked[id(module)] = (weight, OnDisk(weight.data))
-            weight.data = weight.data.new_empty(0)
+        item = _park_weight(module)
+        if item is not None:
+            parked[id(module)] = item
             handles.append(module.register_forward_pre_hook(bring_back))
     try:
         yield
@@ -263,10 +268,9 @@ def solved_in_turn(
     stats: dict[str, OnDisk] = {}
     h = None
     for name in names[1:]:
-        weight = getattr(modules[name], "weight", None)
-        if isinstance(weight, torch.Tensor) and weight.numel() and OnDisk.supports(weight):
-            weights[name] = (weight, OnDisk(weight.data))
-            weight.data = weight.data.new_empty(0)
+        item = _park_weight(modules[name])
+        if item is not None:
+            weights[name] = item
         h = hessians.get(name)
         if isinstance(h, torch.Tensor) and h.numel() and OnDisk.supports(h) and id(h) not in shared:
             stats[name] = OnDisk(h)

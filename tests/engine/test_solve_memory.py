@@ -83,17 +83,22 @@ class Watching(Method):
 
 def test_no_batch_activation_is_alive_during_a_solve():
     method = Watching(include_layer_keywords=["layers.0."])
-    calibration = CalibrationConfig(
-        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
-    )
-    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    original = dict(model.load_model().named_modules())
-    results = Runner(model, method, calibration, show_progress=False).run()
+    original, results = _run(method)
     assert len(method.alive) == 7 and method.alive == [0] * 7
     # one group of seven layers: the six others wait on disk (weight and H) for their turn
     assert method.dense_others == [[]] * 7
     assert method.down_h == [0] * 6 + [1]  # down_proj's own H, in its job
     _all_came_back(method, original, results)
+
+
+def _run(method: Watching) -> tuple[dict, dict]:
+    """(the model's modules before the run, the run's results): layer 0, 8 windows of 32."""
+    calibration = CalibrationConfig(
+        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
+    )
+    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
+    original = dict(model.load_model().named_modules())
+    return original, Runner(model, method, calibration, show_progress=False).run()
 
 
 def _all_came_back(method: Watching, original: dict, results: dict) -> None:
@@ -115,12 +120,7 @@ class WatchingGroups(Watching):
 
 def test_no_other_dense_weight_of_the_block_is_in_memory_during_a_solve_and_all_come_back():
     method = WatchingGroups(include_layer_keywords=["layers.0."])
-    calibration = CalibrationConfig(
-        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
-    )
-    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    original = dict(model.load_model().named_modules())
-    results = Runner(model, method, calibration, show_progress=False).run()
+    original, results = _run(method)
     # the groups (q k v) (o) (gate up) (down): the rest of the block set aside, and the
     # group's layers not solved yet waiting on disk
     assert method.dense_others == [[]] * 7
@@ -140,11 +140,7 @@ def test_each_stream_waits_on_disk_while_the_other_runs_through_the_block(monkey
 
     monkeypatch.setattr(blocks, "run_block", spy)
     method = Watching(include_layer_keywords=["layers.0."])
-    calibration = CalibrationConfig(
-        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
-    )
-    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    Runner(model, method, calibration, show_progress=False).run()
+    _run(method)
     # two batches: the running stream's inputs, plus the one output made so far (without
     # setting aside, the other stream's two batches as well: [4, 5, ...])
     assert len(seen) > 2 and seen == [2, 3] * (len(seen) // 2)
@@ -162,12 +158,7 @@ def test_a_statistics_pass_holds_one_batch_of_the_block_inputs(monkeypatch):
 
     monkeypatch.setattr(blocks.StopAfter, "run", spy)
     method = Watching(include_layer_keywords=["layers.0."])
-    calibration = CalibrationConfig(
-        dataset=str(CALIB), max_length=LENGTH, num_calibration_samples=8, batch_size=BATCH
-    )
-    model = ModelConfig(path=STORIES, dtype="float32", device="cpu")
-    original = dict(model.load_model().named_modules())
-    results = Runner(model, method, calibration, show_progress=False).run()
+    original, results = _run(method)
     # the batch being read (held two batches without reading them back one at a time)
     assert seen == [1, 1]
     _all_came_back(method, original, results)
