@@ -16,7 +16,7 @@ from onecomp_core.kernels import swapped_in
 from onecomp_core.testing import linear_layers, quantize_layers, tiny_model
 from onecomp_dbf import DBF
 from onecomp_dbf.distill import Teacher, _Distillation, distill_model, kl_loss
-from onecomp_dbf.trainable import trainable_twins
+from onecomp_dbf.trainable import TrainableDBF, trainable_twins
 
 
 def test_kl_loss_is_zero_for_equal_logits_and_respects_the_mask():
@@ -200,3 +200,30 @@ def test_trainable_state_is_parked_between_uses(sign_lr):
     assert all((getattr(twin, key) is None) == (sign_lr == 0) for key in kept)  # fixed: dropped
     twin.unpark("cpu")
     assert torch.equal(twin.weight_t().detach(), weight)
+
+
+def test_fixed_signs_are_unpacked_one_block_at_a_time(monkeypatch):
+    """Fixed signs are 1 byte each unpacked: every block's at once would grow with depth."""
+    q = DBF(target_bits=1.0, iters=5, finetune_steps=0, flag_hessian=False)
+    model, layers, results, batches, teacher, _ = _setup(q)
+    block_of = {id(r): n.split(".")[2] for n, r in results.items()}
+    twins: list[TrainableDBF] = []
+    most = [0]
+    unpack = TrainableDBF._unpack_fixed
+
+    def counting_unpack(self, device):
+        unpack(self, device)
+        if all(t is not self for t in twins):
+            twins.append(self)
+        held = {block_of[id(t.result)] for t in twins if t.sign_a is not None}
+        most[0] = max(most[0], len(held))
+
+    monkeypatch.setattr(TrainableDBF, "_unpack_fixed", counting_unpack)
+    walk = Walk(model, "cpu")
+    new, _ = distill_model(walk, layers, results, batches, teacher, 4, 1e-2, 0.0, seed=0)
+    assert len({block_of[id(t.result)] for t in twins}) == len(walk) > 1 and most[0] == 1
+    assert all(t.sign_a is None for t in twins)  # parked again: nothing left unpacked
+    assert set(new) == set(results) and all(r.finetuned for r in new.values())
+    for name, result in new.items():  # the fixed signs went through untouched
+        assert torch.equal(result.dbf_A, results[name].dbf_A)
+        assert torch.equal(result.dbf_B, results[name].dbf_B)
