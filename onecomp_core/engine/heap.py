@@ -48,8 +48,10 @@ def return_freed_memory() -> None:
 
 
 def trim_heap() -> None:
-    """Give the free pages inside glibc's heaps back (``malloc_trim(0)``), e.g. after a block:
-    fragments of small freed allocations otherwise stay resident and add up over the blocks."""
+    """Give the free pages inside glibc's heaps back (``malloc_trim(0)``, a few ms): the engine
+    calls it after every phase and block. Fragments of small freed allocations otherwise stay
+    resident, add up over the blocks, and differ from run to run (~0.1–0.2 GB of [heap]
+    between two runs of the same DBF block in a probe)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

@@ -83,7 +83,7 @@ class Engine:
         #: this process's place in a torch.distributed run (one process: rank 0 of 1)
         self.ranks = Ranks.current()
         #: seconds per phase: capture_s + forward_s is one calibration forward of the model
-        self.timings = Timings()
+        self.timings = Timings(after_each=trim_heap)  # each phase's freed fragments go back
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> dict[str, LayerResult]:
