@@ -46,7 +46,8 @@ class LayerJob:
     hessian: torch.Tensor | None = None
     gradients: torch.Tensor | None = None
     input: torch.Tensor | None = None
-    #: set by the engine when the job holds the only reference to ``hessian``
+    #: set by the engine when the job holds the only reference to ``hessian`` and nothing
+    #: reads the module's weight until the result is written back (see the ``take_`` methods)
     hands_over: bool = False
 
     @property
@@ -64,6 +65,19 @@ class LayerJob:
         if self.hands_over:
             self.hessian = None
         return hessian
+
+    def take_weight(self) -> torch.Tensor:
+        """``weight``; when the engine handed the job over, the module forgets it (an empty
+        tensor until the engine writes the result back).
+
+        A method that sets the weight aside while it solves (DBF: on disk through
+        its eigendecomposition and ADMM, 44 MB for a 2048 × 5632 layer) frees
+        it only this way: otherwise the module still holds it.
+        """
+        weight = self.module.weight.data
+        if self.hands_over:
+            self.module.weight.data = weight.new_empty(0)
+        return weight
 
     def with_hessian(self, hessian: torch.Tensor | None) -> LayerJob:
         """The same job with other input statistics (for routing to another method)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from onecomp_core.kernels import small_problem_threads
+from onecomp_core.kernels import OnDisk, small_problem_threads
 
 from .config import FitSettings
 from .factors import Factors, gauge_for_fp16
@@ -244,7 +244,7 @@ def _weighted(w: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor
 
 # -- the whole fit ---------------------------------------------------------------------
 def factorize(
-    weight: torch.Tensor,
+    weight: torch.Tensor | OnDisk,
     k: int,
     settings: FitSettings,
     col_scale: torch.Tensor | None = None,
@@ -256,16 +256,22 @@ def factorize(
     ``col_scale`` s (m,) and ``row_scale`` r (n,) default to ones;
     ``correlation`` C = L·Lᵀ (m × m, see :func:`~onecomp_dbf.objective.input_correlation`) defaults
     to the identity (the diagonal objective); a one-element list hands C over
-    (scaled in place, freed once its eigenbasis is made). The result depends only on the
-    inputs and ``settings.seed`` (a private generator).
+    (scaled in place, freed once its eigenbasis is made). ``weight`` may wait on disk
+    (:class:`~onecomp_core.kernels.OnDisk`): it is read to make the target and again for the
+    refit, and not held through the eigendecomposition and the ADMM. The result depends only
+    on the inputs and ``settings.seed`` (a private generator).
     """
     n, m = weight.shape
     with torch.no_grad(), small_problem_threads(n * m * k):
         return _factorize(weight, k, settings, col_scale, row_scale, correlation)
 
 
+def _dense(weight: torch.Tensor | OnDisk) -> torch.Tensor:
+    return (weight.read() if isinstance(weight, OnDisk) else weight).detach().float()
+
+
 def _factorize(
-    weight: torch.Tensor,
+    weight: torch.Tensor | OnDisk,
     k: int,
     settings: FitSettings,
     col_scale: torch.Tensor | None,
@@ -273,12 +279,11 @@ def _factorize(
     correlation: torch.Tensor | list[torch.Tensor] | None = None,
 ) -> Factors:
     # on the weight's device (a GPU solves there); the same operations as on the CPU
-    device = weight.device
-    w = weight.detach().float()
-    n, m = w.shape
+    device = torch.device("cpu") if isinstance(weight, OnDisk) else weight.device
+    n, m = weight.shape
     s = torch.ones(m, device=device) if col_scale is None else col_scale.float().to(device)
     r = torch.ones(n, device=device) if row_scale is None else row_scale.float().to(device)
-    target = _weighted(w, r, s) if settings.use_balancing else None
+    target = _weighted(_dense(weight), r, s) if settings.use_balancing else None
     if target is not None:
         bu, bv = sinkhorn_balance(
             target, settings.balance_iters, settings.balance_alpha, settings.balance_mode
@@ -289,7 +294,7 @@ def _factorize(
     if correlation is not None:  # first: its eigh (C, eigenvectors, 2·m² workspace) is the peak
         right, root = _right_basis(correlation, bv)
     if target is None:  # made after the eigh when balancing did not need it
-        target = _weighted(w, r, s)
+        target = _weighted(_dense(weight), r, s)
     balanced = bu[:, None] * target * bv[None, :]
     del target  # rebuilt (the same bits) for the refit
     scale = balanced.norm() / math.sqrt(n * m) if balanced.abs().max() > 0 else 1.0
@@ -324,6 +329,6 @@ def _factorize(
     a = x_p * scale / bu
     c = y_p * x_q
     b = y_q / bv
-    a, c, b = refit_vectors(_weighted(w, r, s), sign_a, sign_b, a, c, b, REFIT_ROUNDS)
+    a, c, b = refit_vectors(_weighted(_dense(weight), r, s), sign_a, sign_b, a, c, b, REFIT_ROUNDS)
     a, c, b = gauge_for_fp16(a / r, c, b / s)
     return Factors(a=a, sign_a=sign_a, c=c, sign_b=sign_b, b=b)

@@ -108,7 +108,10 @@ class DBF(DBFConfig):
 
     # -- the per-layer hooks --------------------------------------------------------------
     def quantize_layer(self, job: LayerJob) -> DBFResult:
-        weight, hessian = job.weight, job.hessian
+        hessian = job.hessian
+        full = hessian is not None and hessian.dim() == 2 and self.weighting != "none"
+        # handed over with H: the fit sets it aside while it holds C's eigenbasis
+        weight = job.take_weight() if full and job.hands_over else job.weight
         n, m = weight.shape
         bits = self.layer_bits(job.name)
         k = middle_dim(n, m, bits, self.clamp_k)
@@ -121,7 +124,6 @@ class DBF(DBFConfig):
             dense_dtype=str(weight.dtype).removeprefix("torch."),
         )
         col, row = self._scales(job, m)
-        full = hessian is not None and hessian.dim() == 2 and self.weighting != "none"
         if full:  # handed on when the engine hands it over: the refit damps it in place
             hessian = [job.take_hessian()] if job.hands_over else hessian
         try:
@@ -130,10 +132,11 @@ class DBF(DBFConfig):
                 source = hessian[0] if isinstance(hessian, list) else hessian
                 corr = [input_correlation(source, col, self.hessian_damp)]
                 del source
-            # a handed-over H waits on disk while the fit holds C's eigenbasis (exact)
+            # a handed-over H and W wait on disk while the fit holds C's eigenbasis (exact;
+            # the fit reads W when it makes its target and again for its refit)
             parked = corr is not None and isinstance(hessian, list) and OnDisk.supports(hessian[0])
             if parked:
-                hessian = OnDisk(hessian.pop())
+                hessian, weight = OnDisk(hessian.pop()), OnDisk(weight)
             factors = factorize(
                 weight,
                 k,
@@ -143,7 +146,7 @@ class DBF(DBFConfig):
                 correlation=corr,
             )
             if parked:
-                hessian = [hessian.take()]
+                hessian, weight = [hessian.take()], weight.take()
             if full:
                 factors = refit_vectors_hessian(weight, hessian, factors)
             factors = factors.cpu()
@@ -152,6 +155,7 @@ class DBF(DBFConfig):
                 raise FloatingPointError("non-finite scale vectors")
         except (FloatingPointError, RuntimeError) as exc:  # LinAlgError is a RuntimeError
             logger.warning("DBF failed on layer %r (%s); it stays dense", job.name, exc)
+            weight = weight.take() if isinstance(weight, OnDisk) else weight
             return DBFResult(
                 dequantized_weight=weight.detach().cpu().clone(),
                 is_dbf_quantized=False,

@@ -147,3 +147,36 @@ def test_full_hessian_refit_lowers_output_error():
         return (x @ (lin.weight.data - deq.float()).t()).pow(2).sum().item()
 
     assert err(DBF(**{**FAST, "flag_hessian": True})) < err(DBF(**FAST))
+
+
+def test_a_handed_over_weight_waits_on_disk_through_the_fit(monkeypatch):
+    """With the job handed over (the engine's solves), the module forgets W and the fit reads
+    it from disk for its target and its refit: not resident through the ADMM, same factors."""
+    import gc
+
+    from onecomp_dbf import factorization
+
+    torch.manual_seed(0)
+    n, m = 40, 56
+    x = torch.randn(2048, m) @ (torch.randn(m, m) * 0.3 + torch.eye(m))
+    h = 2 * x.t() @ x / x.shape[0]
+    q = DBF(**{**FAST, "flag_hessian": True})
+    seen: list[int] = []
+    admm = factorization._admm_update
+
+    def counting(*args, **kwargs):  # distinct (n × m) buffers alive: W and/or the target
+        shaped = [o for o in gc.get_objects() if type(o) in (torch.Tensor, nn.Parameter)]
+        shaped = [t for t in shaped if t.shape == (n, m)]
+        seen.append(len({t.untyped_storage().data_ptr() for t in shaped}))
+        return admm(*args, **kwargs)
+
+    monkeypatch.setattr(factorization, "_admm_update", counting)
+    out = {}
+    for hand in (False, True):
+        seen.clear()
+        lin = _linear(n, m)
+        out[hand] = (q.quantize(LayerJob("l", lin, h.clone(), hands_over=hand)), list(seen))
+        assert lin.weight.numel() == (0 if hand else n * m)  # handed over: the module forgot W
+    assert out[False][1] and set(out[False][1]) == {2} and set(out[True][1]) == {1}
+    for key in ("dbf_Da", "dbf_A", "dbf_mid", "dbf_B", "dbf_Db"):
+        assert torch.equal(getattr(out[False][0], key), getattr(out[True][0], key))
