@@ -36,9 +36,10 @@ def return_freed_memory() -> None:
     resident: a freed block would still count. A fixed threshold (64 KiB)
     keeps every tensor of that size in its own mapping, unmapped when freed. The
     heap's free top goes back at once too (no trim threshold, no top pad, as
-    ``MALLOC_TRIM_THRESHOLD_=0 MALLOC_TOP_PAD_=0``): a 4-block synthetic GPTQ run
-    peaked at 943 instead of 1002 MiB with those variables set (one run each of
-    ``python benchmarks/scale.py --blocks 4 --methods gptq``, a loaded machine).
+    ``MALLOC_TRIM_THRESHOLD_=0 MALLOC_TOP_PAD_=0``): the 8-block synthetic GPTQ run
+    peaked at 1015 MiB with this (da6fd33) against 1116 MiB before (71afc25), rows of
+    ``python benchmarks/scale.py --blocks 2 8 --methods gptq`` in
+    ``benchmarks/results/scale.jsonl``.
     """
     libc = _glibc()
     if libc is not None:
@@ -50,8 +51,8 @@ def return_freed_memory() -> None:
 def trim_heap() -> None:
     """Give the free pages inside glibc's heaps back (``malloc_trim(0)``, a few ms): the engine
     calls it after every phase and block. Fragments of small freed allocations otherwise stay
-    resident, add up over the blocks, and differ from run to run (~0.1–0.2 GB of [heap]
-    between two runs of the same DBF block in a probe)."""
+    resident, add up over the blocks, and differ from run to run (in a throwaway probe,
+    glibc's main arena held 233 MiB free during one DBF block's forward, 4 MiB in another run)."""
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)

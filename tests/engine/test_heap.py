@@ -30,21 +30,13 @@ def test_trim_gives_freed_small_tensors_back_to_the_system():
     assert len(kept) == 625
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or _glibc() is None, reason="glibc only")
-def test_a_timed_phase_gives_its_freed_fragments_back_when_it_ends():
-    """The engine's timings trim the heap after every phase (a layer's solve, a statistics
-    pass): what one phase left as fragments is not resident during the next one."""
-    return_freed_memory()
-    process = psutil.Process()
-    calls: list[str] = []
-    timings = Timings(after_each=lambda: (calls.append("trim"), trim_heap()))
+def test_a_timed_phase_runs_its_after_each_hook_when_it_ends_even_on_failure():
+    """The engine passes :func:`trim_heap` here (``test_walk`` checks the wiring)."""
+    calls: list[float] = []
+    timings = Timings(after_each=lambda: calls.append(timings.get("solve_s", -1.0)))
     with timings.timed("solve_s"):
-        tensors = [torch.ones(4096) for _ in range(40_000)]
-        kept = tensors[::64]
-        del tensors
-        held = process.memory_info().rss
-    after = process.memory_info().rss
-    assert held - after > 300 * 2**20 and calls == ["trim"] and timings["solve_s"] > 0
-    with pytest.raises(ValueError), timings.timed("solve_s"):  # a failing phase trims too
+        pass
+    assert calls == [timings["solve_s"]]  # after the phase's seconds were added
+    with pytest.raises(ValueError), timings.timed("solve_s"):
         raise ValueError
-    assert calls == ["trim", "trim"] and len(kept) == 625
+    assert len(calls) == 2 and Timings().after_each is None  # none unless given

@@ -245,9 +245,12 @@ def test_sub_groups_do_not_rerun_the_whole_block():
     }
 
 
-def test_engine_reports_where_the_time_went():
+def test_engine_reports_where_the_time_went_and_trims_the_heap_after_each_phase(monkeypatch):
+    from onecomp_core.engine import walk
     from onecomp_core.engine.walk import Engine
 
+    trims: list[int] = []
+    monkeypatch.setattr(walk, "trim_heap", lambda: trims.append(1))
     runner = Runner(_model_config(), HessianRTN(wbits=4), _calibration(4, 8), show_progress=False)
     runner._load()
     runner._calibrate()
@@ -257,6 +260,8 @@ def test_engine_reports_where_the_time_went():
     engine.run()
     for key in ("capture_s", "statistics_s", "solve_s", "forward_s"):
         assert engine.timings[key] > 0, key
+    # after every layer's solve, statistics pass and forward (not only after each of 5 blocks)
+    assert len(trims) > 2 * len(layers)
 
 
 class _WeightsAtSolve(HessianRTN):
