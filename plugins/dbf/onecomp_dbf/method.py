@@ -145,8 +145,8 @@ class DBF(DBFConfig):
                 row_scale=row,
                 correlation=corr,
             )
-            if parked:
-                hessian, weight = [hessian.take()], weight.take()
+            if parked:  # W stays on disk: the refit reads it once, for W·H
+                hessian = [hessian.take()]
             if full:
                 factors = refit_vectors_hessian(weight, hessian, factors)
             factors = factors.cpu()

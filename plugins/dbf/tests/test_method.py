@@ -180,3 +180,36 @@ def test_a_handed_over_weight_waits_on_disk_through_the_fit(monkeypatch):
     assert out[False][1] and set(out[False][1]) == {2} and set(out[True][1]) == {1}
     for key in ("dbf_Da", "dbf_A", "dbf_mid", "dbf_B", "dbf_Db"):
         assert torch.equal(getattr(out[False][0], key), getattr(out[True][0], key))
+
+
+def test_the_refit_reads_a_handed_over_weight_for_its_product_and_drops_it(monkeypatch):
+    """The Hessian refit needs W only for W·H: handed over, W is read from disk for that
+    product and is not resident beside the b-step's (in × in) Gram matrix; same factors."""
+    import gc
+
+    from onecomp_dbf import refit
+
+    torch.manual_seed(0)
+    n, m = 40, 56
+    x = torch.randn(2048, m) @ (torch.randn(m, m) * 0.3 + torch.eye(m))
+    h = 2 * x.t() @ x / x.shape[0]
+    q = DBF(**{**FAST, "flag_hessian": True})
+    seen: list[int] = []
+    solve = refit._solve_symmetric_
+
+    def counting(*args, **kwargs):  # distinct (n × m) buffers alive: W·H, and W when held
+        shaped = [o for o in gc.get_objects() if type(o) in (torch.Tensor, nn.Parameter)]
+        shaped = [t for t in shaped if t.shape == (n, m)]
+        seen.append(len({t.untyped_storage().data_ptr() for t in shaped}))
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(refit, "_solve_symmetric_", counting)
+    out = {}
+    for hand in (False, True):
+        seen.clear()
+        lin = _linear(n, m)
+        out[hand] = (q.quantize(LayerJob("l", lin, h.clone(), hands_over=hand)), list(seen))
+    assert len(out[False][1]) == refit.REFIT_ROUNDS
+    assert set(out[False][1]) == {2} and set(out[True][1]) == {1}
+    for key in ("dbf_Da", "dbf_A", "dbf_mid", "dbf_B", "dbf_Db"):
+        assert torch.equal(getattr(out[False][0], key), getattr(out[True][0], key))
