@@ -53,18 +53,22 @@ def quantize_to(
     if reason is None:
         run = StreamedRun(runner, out, offload)
         reason = run.refusal
-    writer = Ranks.current().is_writer  # under torchrun rank 0 alone writes
+    ranks = Ranks.current()  # under torchrun rank 0 alone writes; all return once it has
     if reason is None:
         try:
             run.run()
-            return run.save(overwrite) if writer else out
+            saved = run.save(overwrite) if ranks.is_writer else out
+            ranks.finish_together()
+            return saved
         except RuntimeError as exc:
             if not run.reads_weights_early(exc):
                 raise
             reason, runner.model, runner.rotation_spec = str(exc), None, None
     logger.warning("streaming off (%s): the whole model is loaded into memory", reason)
     runner.run()
-    return runner.save_quantized_model(out, overwrite=overwrite) if writer else out
+    saved = runner.save_quantized_model(out, overwrite=overwrite) if ranks.is_writer else out
+    ranks.finish_together()
+    return saved
 
 
 def whole_model_reason(runner: Runner) -> str | None:

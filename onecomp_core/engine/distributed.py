@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -39,6 +41,9 @@ from ..contract import BlockView, LayerResult, Method
 from ..kernels.team import Team
 
 T = TypeVar("T")
+
+#: numbers the runs that finish together in one process group (every rank counts alike)
+_FINISHES = itertools.count()
 
 
 def shard_range(count: int, world: int, rank: int) -> range:
@@ -105,6 +110,27 @@ class Ranks:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def finish_together(self, poll_s: float = 0.2) -> None:
+        """Return on every rank once rank 0 has called this too (its output written).
+
+        A run's last steps (a model-level step, the output's shards) are rank 0's alone;
+        without this the other ranks returned before the output existed, and left the
+        group while rank 0 still worked in it. Waits through the group's store with no time
+        limit: a step of rank 0 may take longer than any collective's timeout, and a rank
+        that fails ends the launch (torchrun stops the others; a lost store raises here).
+        """
+        if not self.distributed:
+            return
+        from torch.distributed import distributed_c10d
+
+        store = distributed_c10d._get_default_store()
+        key = f"onecomp/finished/{next(_FINISHES)}"
+        if self.is_writer:
+            store.set(key, "1")
+            return
+        while not store.check([key]):  # a poll: a timed-out wait would print warnings
+            time.sleep(poll_s)
 
     # -- batches ------------------------------------------------------------------------------
     def check_batches(self, count: int) -> None:
