@@ -103,8 +103,12 @@ def refit_vectors_hessian(
             v = s_b * b[None, :]  # (k, m)
             gram_c = (u.t() @ u) * (v @ h @ v.t())
             rhs_c = ((u.t() @ wh) * v).sum(1)
+            # dropped before the next round: held, u and v (48 MB for a (k × m) at a 2048 × 5632
+            # layer, and the (k × k) Gram) sat beside the next b-step's (in × in) Gram matrix
+            del u, v
             gram_c.diagonal().add_(_ridge(gram_c))
             c = torch.linalg.solve(gram_c, rhs_c)
+            del gram_c, rhs_c
         a, c, b = gauge_for_fp16(a, c, b)
     return Factors(a=a, sign_a=s_a, c=c, sign_b=s_b, b=b)
 

@@ -182,9 +182,10 @@ def test_a_handed_over_weight_waits_on_disk_through_the_fit(monkeypatch):
         assert torch.equal(getattr(out[False][0], key), getattr(out[True][0], key))
 
 
-def test_the_refit_reads_a_handed_over_weight_for_its_product_and_drops_it(monkeypatch):
+def test_the_refit_holds_no_dead_matrix_beside_its_in_by_in_gram(monkeypatch):
     """The Hessian refit needs W only for W·H: handed over, W is read from disk for that
-    product and is not resident beside the b-step's (in × in) Gram matrix; same factors."""
+    product and is not resident beside the b-step's (in × in) Gram matrix; nor are the last
+    round's c-step matrices (diag(a)·S_A, S_B·diag(b)). Same factors either way."""
     import gc
 
     from onecomp_dbf import refit
@@ -194,13 +195,15 @@ def test_the_refit_reads_a_handed_over_weight_for_its_product_and_drops_it(monke
     x = torch.randn(2048, m) @ (torch.randn(m, m) * 0.3 + torch.eye(m))
     h = 2 * x.t() @ x / x.shape[0]
     q = DBF(**{**FAST, "flag_hessian": True})
-    seen: list[int] = []
+    seen: list[dict[tuple, int]] = []
     solve = refit._solve_symmetric_
 
-    def counting(*args, **kwargs):  # distinct (n × m) buffers alive: W·H, and W when held
-        shaped = [o for o in gc.get_objects() if type(o) in (torch.Tensor, nn.Parameter)]
-        shaped = [t for t in shaped if t.shape == (n, m)]
-        seen.append(len({t.untyped_storage().data_ptr() for t in shaped}))
+    def counting(*args, **kwargs):  # distinct buffers alive, by shape
+        ptrs: dict[tuple, set] = {}
+        for o in gc.get_objects():
+            if type(o) in (torch.Tensor, nn.Parameter) and o.dim() == 2:
+                ptrs.setdefault(tuple(o.shape), set()).add(o.untyped_storage().data_ptr())
+        seen.append({shape: len(p) for shape, p in ptrs.items()})
         return solve(*args, **kwargs)
 
     monkeypatch.setattr(refit, "_solve_symmetric_", counting)
@@ -209,7 +212,12 @@ def test_the_refit_reads_a_handed_over_weight_for_its_product_and_drops_it(monke
         seen.clear()
         lin = _linear(n, m)
         out[hand] = (q.quantize(LayerJob("l", lin, h.clone(), hands_over=hand)), list(seen))
-    assert len(out[False][1]) == refit.REFIT_ROUNDS
-    assert set(out[False][1]) == {2} and set(out[True][1]) == {1}
+    k = out[True][0].mid_features
+    assert k not in (n, m) and len(out[True][1]) == refit.REFIT_ROUNDS
+    # W·H, and W when the module holds it
+    assert [c[(n, m)] for c in out[False][1]] == [2] * refit.REFIT_ROUNDS
+    assert [c[(n, m)] for c in out[True][1]] == [1] * refit.REFIT_ROUNDS
+    # S_B alone (S_B·diag(b) of the round before is gone), S_A alone
+    assert all(c[(k, m)] == 1 and c[(n, k)] == 1 for c in out[True][1])
     for key in ("dbf_Da", "dbf_A", "dbf_mid", "dbf_B", "dbf_Db"):
         assert torch.equal(getattr(out[False][0], key), getattr(out[True][0], key))
