@@ -17,7 +17,9 @@ or a user's own ``init_process_group``), the walk splits its work:
 - a block hook (``on_block_done``, block fine-tuning) sees every batch: the
   block's streams are gathered to every rank, each runs it, rank 0's
   results win;
-- rank 0 writes checkpoints (streams gathered to it) and the output.
+- rank 0 writes checkpoints (streams gathered to it) and the output; every
+  rank returns from the run once the output is written
+  (:meth:`Ranks.finish_together`).
 
 One process is the same object with ``world == 1``: every call returns its
 input and no collective runs.
